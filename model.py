@@ -1,0 +1,464 @@
+"""
+The GPT of the papers (../shared/SPEC.md §3), nanoGPT-shaped: pre-LayerNorm blocks, causal
+self-attention through F.scaled_dot_product_attention, rotary positions (base 10000, rotate-half),
+GELU MLP of width 4*d, biases, final LayerNorm and an untied, trainable output head.
+
+The only thing that differs between the arms of the experiment is the input embedding:
+  "trainable"                        an ordinary nn.Embedding, random init std 0.02 (the baseline)
+  "glyph", "glyph_unique",           a frozen [V, w] table from glyph_embed.frozen_table(); it is
+  "binary16", "random"               an nn.Parameter with requires_grad=False, so it is saved with
+                                     the model but never trained; w < d_model is expanded with
+                                     repeat_interleave(d_model // w).
+
+Design choice: the frozen table is STORED in the checkpoint (not rebuilt from the font on load).
+Checkpoints travel between people to be merged; a rebuild depends on the local Unifont version and
+Pillow, and one changed pixel changes the table. Storing it makes a checkpoint self-contained, and
+its fingerprint (recorded in table_info at save time) is re-computed and verified on every load.
+"""
+import hashlib
+import math
+import os
+from dataclasses import dataclass, asdict, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+EMBEDDINGS = ("glyph", "glyph_unique", "binary16", "random", "trainable")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65536
+    block_size: int = 1024
+    n_layer: int = 16
+    n_head: int = 32
+    d_model: int = 1024
+    dropout: float = 0.0
+    bias: bool = True
+    embedding: str = "glyph"  # one of EMBEDDINGS
+    rope_base: float = 10000.0
+
+
+def table_fingerprint(t):
+    """16 hex chars of sha256 of the table's float32 bytes (same definition as glyph_embed.py)."""
+    return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# -----------------------------------------------------------------------------
+# embeddings
+
+class FrozenEmbedding(nn.Module):
+    """A fixed [V, w] table; rows are looked up and widened to d_model by repeat_interleave."""
+
+    def __init__(self, table, d_model):
+        super().__init__()
+        V, w = table.shape
+        if d_model % w != 0:
+            raise ValueError(f"frozen table width {w} does not divide d_model {d_model}: "
+                             f"use a table of width d_model or a divisor of it")
+        self.repeat = d_model // w
+        # a Parameter (not a buffer) so param_counts() sees it as the frozen part of the model, and
+        # merge/grow code treats all weights alike; requires_grad=False keeps it out of autograd.
+        self.weight = nn.Parameter(table.detach().clone().float(), requires_grad=False)
+
+    def forward(self, idx):
+        x = F.embedding(idx, self.weight)
+        return x.repeat_interleave(self.repeat, dim=-1) if self.repeat > 1 else x
+
+
+# -----------------------------------------------------------------------------
+# rotary position embedding, "rotate-half" layout (GPT-NeoX / Llama)
+
+def rope_tables(block_size, head_dim, base):
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # [T, hd/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [T, hd]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x [B, nh, T, hd]; cos/sin [T, hd]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+# -----------------------------------------------------------------------------
+# the transformer
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.d_model % config.n_head == 0, "d_model must be a multiple of n_head"
+        self.c_attn = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.d_model = config.d_model
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, kv=None):
+        B, T, C = x.size()
+        hd = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.d_model, dim=2)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        is_causal = True
+        if kv is not None:  # key-value cache for generation: (k_buf, v_buf, pos)
+            k_buf, v_buf, pos = kv
+            k_buf[:, :, pos:pos + T] = k
+            v_buf[:, :, pos:pos + T] = v
+            k, v = k_buf[:, :, :pos + T], v_buf[:, :, :pos + T]
+            # a prompt fed into an empty cache is causal; one new token attends to the whole cache
+            assert pos == 0 or T == 1, "the cache is fed either a whole prompt or one token at a time"
+            is_causal = T > 1
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=is_causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.d_model, 4 * config.d_model, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.d_model, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, kv=None):
+        x = x + self.attn(self.ln_1(x), cos, sin, kv)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class _HeadLoss(torch.autograd.Function):
+    """Output head + cross-entropy in row chunks, gradients computed in the same pass.
+
+    The plain route materialises [N, V] logits, then [N, V] log-probabilities, and in backward an
+    [N, V] gradient: three full passes over a tensor that, with a 65,536-id vocabulary, dwarfs the
+    rest of a small model. Here each chunk of rows is multiplied by the head, turned into
+    softmax - onehot in place and multiplied back, while it is still in cache; backward only scales
+    the stored gradients. Mathematically the same loss and gradients as F.cross_entropy (mean over
+    targets != -1). Used for training only (eval asks for the logits themselves)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, chunk):
+        n_valid = (targets != -1).sum().clamp(min=1)
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        gx = torch.empty_like(x) if want_x else None
+        gw = torch.zeros_like(weight) if want_w else None
+        gb = torch.zeros_like(bias) if (bias is not None and want_b) else None
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        for s in range(0, x.shape[0], chunk):
+            xc, tc = x[s:s + chunk], targets[s:s + chunk]
+            logits = (torch.addmm(bias, xc, weight.t()) if bias is not None else xc @ weight.t()).float()
+            mask = tc != -1
+            tgt = tc.clamp(min=0).unsqueeze(1)
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            loss += ((lse - logits.gather(1, tgt)).squeeze(1) * mask).sum()
+            if gx is None and gw is None and gb is None:
+                continue
+            p = logits.sub_(lse).exp_()  # softmax, in place
+            p.scatter_add_(1, tgt, -torch.ones_like(p[:, :1]))
+            p.mul_((mask.float() / n_valid).unsqueeze(1))
+            p = p.to(x.dtype)
+            if gx is not None:
+                torch.mm(p, weight, out=gx[s:s + chunk])
+            if gw is not None:
+                gw.addmm_(p.t(), xc)
+            if gb is not None:
+                gb += p.sum(0)
+        ctx.save_for_backward(gx, gw, gb)
+        return loss / n_valid
+
+    @staticmethod
+    def backward(ctx, g):
+        gx, gw, gb = ctx.saved_tensors
+        scale = lambda t: None if t is None else t * g.to(t.dtype)
+        return scale(gx), scale(gw), scale(gb), None, None
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config, table=None):
+        super().__init__()
+        if config.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding={config.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+        self.config = config
+        if config.embedding == "trainable":
+            if table is not None:
+                raise ValueError("embedding='trainable' takes no frozen table")
+            wte = nn.Embedding(config.vocab_size, config.d_model)
+        else:
+            if table is None:
+                raise ValueError(f"embedding={config.embedding!r} needs its frozen table (glyph_embed.frozen_table)")
+            if table.dim() != 2 or table.shape[0] != config.vocab_size:
+                raise ValueError(f"frozen table has shape {tuple(table.shape)}, expected [{config.vocab_size}, w] "
+                                 f"(one row per token id)")
+            wte = FrozenEmbedding(table, config.d_model)
+        self.transformer = nn.ModuleDict(dict(
+            wte=wte,
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.d_model, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.bias)  # untied
+        cos, sin = rope_tables(config.block_size, config.d_model // config.n_head, config.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)  # derived: not in the state dict
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+        # nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():
+            if pn.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        # the table's identity, computed once (not possible for a shape-only model on 'meta')
+        self.table_fingerprint = None
+        if self.frozen_table is not None and not self.frozen_table.is_meta:
+            self.table_fingerprint = table_fingerprint(self.frozen_table)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def frozen_table(self):
+        wte = self.transformer.wte
+        return wte.weight if isinstance(wte, FrozenEmbedding) else None
+
+    def param_counts(self):
+        """total / trainable / frozen parameters, plus 'matrices' (>=2-D weights only: the way the
+        papers count, e.g. 335.5M for the 16x1024 shape, which excludes biases and LayerNorms)."""
+        ps = list(self.parameters())
+        total = sum(p.numel() for p in ps)
+        trainable = sum(p.numel() for p in ps if p.requires_grad)
+        return dict(total=total, trainable=trainable, frozen=total - trainable,
+                    matrices=sum(p.numel() for p in ps if p.dim() >= 2))
+
+    def describe(self):
+        c = self.param_counts()
+        return (f"parameters: {c['total'] / 1e6:.1f}M total ({c['matrices'] / 1e6:.1f}M in weight matrices), "
+                f"{c['trainable'] / 1e6:.1f}M trainable, {c['frozen'] / 1e6:.1f}M frozen")
+
+    def hidden_states(self, idx, kv_cache=None):
+        """Final (post-ln_f) hidden states [B, T, d]."""
+        B, T = idx.size()
+        pos = 0 if kv_cache is None else kv_cache.pos
+        if pos + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds block_size {self.config.block_size}")
+        cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
+        x = self.transformer.drop(self.transformer.wte(idx))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cos, sin, None if kv_cache is None else kv_cache.layer(i))
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, return_logits=True):
+        """-> (logits [B, T, V] for every position, mean cross-entropy over targets != -1, or None).
+        Training passes return_logits=False: the loss then comes from the chunked head+loss (on CPU),
+        and logits is None."""
+        x = self.hidden_states(idx)
+        if targets is None:
+            return self.lm_head(x), None
+        if not return_logits and x.device.type == "cpu" and torch.is_grad_enabled():
+            chunk = max(16, (1 << 22) // self.config.vocab_size)  # ~16 MB of float32 logits per chunk
+            loss = _HeadLoss.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, self.lm_head.bias,
+                                   targets.reshape(-1), chunk)
+            return None, loss
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return (logits if return_logits else None), loss
+
+    # -------------------------------------------------------------------------
+    # generation with a key-value cache
+
+    def new_kv_cache(self, batch_size):
+        return KVCache(self, batch_size)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Sample max_new_tokens after idx [B, T]. temperature 0 means greedy. When the context
+        fills up, the cache is rebuilt from the most recent block_size // 2 tokens (rotary
+        positions are relative, so the model sees an ordinary shorter context)."""
+        block = self.config.block_size
+        cache = self.new_kv_cache(idx.size(0))
+        logits = self.lm_head(self.hidden_states(idx[:, -block:], cache)[:, -1])
+        for i in range(max_new_tokens):
+            idx_next = sample_next(logits, temperature, top_k, generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+            if i == max_new_tokens - 1:
+                break
+            if cache.pos >= block:
+                cache = self.new_kv_cache(idx.size(0))
+                logits = self.lm_head(self.hidden_states(idx[:, -(block // 2):], cache)[:, -1])
+            else:
+                logits = self.lm_head(self.hidden_states(idx_next, cache)[:, -1])
+        return idx
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: [B, n_head, block_size, head_dim] each."""
+
+    def __init__(self, model, batch_size):
+        c = model.config
+        p = model.lm_head.weight
+        shape = (batch_size, c.n_head, c.block_size, c.d_model // c.n_head)
+        self.k = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(c.n_layer)]
+        self.v = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(c.n_layer)]
+        self.pos = 0
+
+    def layer(self, i):
+        return self.k[i], self.v[i], self.pos
+
+
+def sample_next(logits, temperature=1.0, top_k=None, generator=None):
+    """logits [B, V] -> next ids [B, 1]."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size)
+
+
+def _check_plain(obj, where="checkpoint"):
+    """Only containers, scalars and tensors: what torch.load(weights_only=True) accepts. Checked
+    before writing, so a bad object fails at save time, not when someone else loads the file."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN):
+        raise TypeError(f"{where} is a {type(obj).__name__}: checkpoints hold only dicts, lists, "
+                        f"scalars and tensors (weights_only loading)")
+
+
+def save_checkpoint(obj, path):
+    """Atomic save: write a temporary file in the same directory, flush it to disk, then rename it
+    over `path`. A kill at any moment leaves either the old file or the new one, never a torn one."""
+    _check_plain(obj)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def model_checkpoint(model, tokenizer=None, table_info=None, **extra):
+    """The model part of a checkpoint dict (kind 'gpt'); train.py adds optimizer/iter/RNG/data state."""
+    info = dict(table_info or {})
+    if model.frozen_table is not None:
+        fp = table_fingerprint(model.frozen_table)
+        if info.get("fingerprint") not in (None, fp):
+            raise ValueError(f"table_info says fingerprint {info['fingerprint']}, the model's table is {fp}")
+        info["fingerprint"] = fp
+    ckpt = dict(kind="gpt", model_args=asdict(model.config),
+                model={k: v for k, v in model.state_dict().items()},
+                tokenizer_name=getattr(tokenizer, "name", None),
+                tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
+                table_info=info)
+    ckpt.update(extra)
+    return ckpt
+
+
+def read_checkpoint(path, device="cpu"):
+    """torch.load(weights_only=True) with one-line errors for a missing/truncated/foreign file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # zip reader / unpickler errors of a truncated or non-checkpoint file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"{path}: not a readable checkpoint (truncated, corrupt or not written by "
+                         f"torch.save of plain data): {first}") from None
+    if not isinstance(ckpt, dict) or "kind" not in ckpt:
+        raise ValueError(f"{path}: not a glyphgpt checkpoint (no 'kind' entry)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
+    """Rebuild a GPT from a checkpoint dict, verifying the stored table against its fingerprint."""
+    known = {f.name for f in fields(GPTConfig)}
+    args = ckpt.get("model_args")
+    if not isinstance(args, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"{path}: checkpoint has no model_args/model entries")
+    unknown = set(args) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown model_args {sorted(unknown)} (written by a newer model.py?)")
+    config = GPTConfig(**args)
+    sd = ckpt["model"]
+    table = None
+    if config.embedding != "trainable":
+        table = sd.get("transformer.wte.weight")
+        if table is None:
+            raise ValueError(f"{path}: embedding {config.embedding!r} but no frozen table in the checkpoint")
+        expected = (ckpt.get("table_info") or {}).get("fingerprint")
+        got = table_fingerprint(table)
+        if expected is None or got != expected:
+            raise ValueError(f"{path}: frozen table fingerprint {got} does not match the recorded "
+                             f"{expected} (the table was altered or the checkpoint is damaged)")
+    model = GPT(config, table=None if table is None else table.cpu())
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the recorded model_args: "
+                         f"{str(e).splitlines()[0][:200]}") from None
+    return model
+
+
+def load_model(path, device="cpu"):
+    """-> (model in eval mode, checkpoint dict). Accepts single models (kind 'gpt') and merged
+    models (kind 'merge', built by merge.from_checkpoint(ckpt, device=, path=))."""
+    ckpt = read_checkpoint(path, device)
+    kind = ckpt["kind"]
+    if kind == "gpt":
+        model = model_from_checkpoint(ckpt, device, path)
+    elif kind == "merge":
+        import merge  # only merged checkpoints need merge.py
+        model = merge.from_checkpoint(ckpt, device=device, path=path)
+    else:
+        raise ValueError(f"{path}: unknown checkpoint kind {kind!r} (expected 'gpt' or 'merge')")
+    model.eval()
+    return model, ckpt
