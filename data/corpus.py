@@ -1,0 +1,167 @@
+"""
+Small helpers shared by the data/ prepare scripts: the common command line, byte budgets,
+deterministic sampling / train-val assignment of streamed documents, and the script-share measure
+the tests use to check that a corpus is in the language it claims.
+"""
+import argparse
+import os
+import re
+import sys
+import zlib
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes of the fortune files
+
+
+def base_parser(description, default_out):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--tokenizer", default="bvv241-2-3", help="anything unicode_tokenizer.get_tokenizer() accepts")
+    p.add_argument("--max_bytes", type=float, default=None,
+                   help="stop after this many UTF-8 bytes of document text (default: everything)")
+    p.add_argument("--val_fraction", type=float, default=0.05, help="share of documents held out for val.bin")
+    p.add_argument("--out_dir", default=default_out)
+    return p
+
+
+def check_budget(value, name="--max_bytes"):
+    """None (no limit) or a positive int; zero or negative is a user error, not an empty dataset."""
+    if value is None:
+        return None
+    if value <= 0:
+        raise SystemExit(f"{name} must be > 0 (got {value:g}); leave it out to take the whole corpus")
+    return int(value)
+
+
+def check_fraction(value, name):
+    if not 0 < value < 1:
+        raise SystemExit(f"{name} must be between 0 and 1 exclusive (got {value:g})")
+    return value
+
+
+def take_bytes(docs, max_bytes):
+    """The longest prefix of `docs` whose UTF-8 size stays within max_bytes (None = all)."""
+    if max_bytes is None:
+        return list(docs)
+    out, total = [], 0
+    for d in docs:
+        n = len(d.encode("utf-8"))
+        if total + n > max_bytes and out:
+            break
+        out.append(d)
+        total += n
+    return out
+
+
+def unit_hash(key, salt):
+    """A number in [0, 1) fixed by (salt, key): sampling and val assignment of streamed documents that
+    does not depend on the order or the number of shards read."""
+    return zlib.crc32(f"{salt}\0{key}".encode("utf-8")) / 2**32
+
+
+def get_tokenizer(name):
+    """unicode_tokenizer.get_tokenizer, with a one-line error for an unknown name."""
+    from unicode_tokenizer import get_tokenizer as _get
+    try:
+        return _get(name)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise SystemExit(f"--tokenizer {name!r}: {e}") from None
+
+
+def script_share(text):
+    """Share of letters (str.isalpha) that are Latin, Cyrillic or CJK/kana/hangul."""
+    counts = dict(latin=0, cyrillic=0, cjk=0, other=0)
+    for ch in text:
+        if not ch.isalpha():
+            continue
+        o = ord(ch)
+        if o < 0x250 or 0x1E00 <= o < 0x1F00:
+            counts["latin"] += 1
+        elif 0x400 <= o < 0x530:
+            counts["cyrillic"] += 1
+        elif (0x3040 <= o < 0x3100 or 0x3400 <= o < 0xA000 or 0xAC00 <= o < 0xD7B0
+              or 0xF900 <= o < 0xFB00 or 0xFF00 <= o < 0xFFF0):
+            counts["cjk"] += 1
+        else:
+            counts["other"] += 1
+    total = max(1, sum(counts.values()))
+    return {k: v / total for k, v in counts.items()}
+
+
+def parquet_shards(repo, prefix, local_dir=None, what="this dataset"):
+    """Local paths of the parquet shards of hub dataset `repo` under folder `prefix`, in path order,
+    yielded one at a time so each is downloaded only when the reader gets to it. With local_dir, the
+    shards are read from local_dir/prefix/ (the hub's layout) and nothing is downloaded."""
+    from data.download import hf_fetch, hf_list
+    if local_dir:
+        import glob
+        paths = sorted(glob.glob(os.path.join(local_dir, prefix, "**", "*.parquet"), recursive=True))
+        if not paths:
+            raise SystemExit(f"{os.path.join(local_dir, prefix)}: no .parquet shards there")
+        yield from paths
+        return
+    for f in hf_list(repo, prefix, what=what):
+        yield hf_fetch(repo, f, what=what)
+
+
+def iter_parquet(path, columns, batch_size=1024):
+    """Rows of a parquet file as dicts of `columns`, a record batch at a time (bounded memory).
+    A truncated or corrupt file is an error naming the file, never silently skipped."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SystemExit("reading parquet shards needs pyarrow: pip install pyarrow") from None
+    try:
+        pf = pq.ParquetFile(path)
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise SystemExit(f"{path}: no column(s) {missing}; has {pf.schema_arrow.names}")
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield from batch.to_pylist()
+    except SystemExit:
+        raise
+    except Exception as e:  # ArrowInvalid, OSError...: a shard we cannot trust
+        raise SystemExit(f"{path}: not a readable parquet file ({type(e).__name__}: {e}); delete it and "
+                         f"run again to re-download") from None
+
+
+class StreamSplit:
+    """Routes a stream of (key, text) documents into train (yielded) and val (kept in memory, small),
+    with a sample fraction and a byte budget; val is assigned by hashing the key, so the split is the
+    same whatever the budget or shard order. Pass `train()` and `val()` to data.common.write_dataset:
+    it consumes train first, which fills val."""
+
+    def __init__(self, docs, max_bytes=None, sample=1.0, val_fraction=0.005, salt=""):
+        self.docs, self.max_bytes, self.sample, self.val_fraction, self.salt = docs, max_bytes, sample, val_fraction, salt
+        self.val_docs, self.bytes, self.n_docs = [], 0, 0
+
+    def train(self):
+        for key, text in self.docs:
+            if not text or (self.sample < 1 and unit_hash(key, "sample" + self.salt) >= self.sample):
+                continue
+            n = len(text.encode("utf-8"))
+            if self.max_bytes is not None and self.bytes + n > self.max_bytes and self.n_docs:
+                return  # budget reached: stop reading (and downloading) more shards
+            self.bytes += n
+            self.n_docs += 1
+            # the first document always goes to val, so a tiny budget still gives a non-empty val.bin
+            if self.n_docs == 1 or unit_hash(key, "val" + self.salt) < self.val_fraction:
+                self.val_docs.append(text)
+            else:
+                yield text
+
+    def val(self):
+        yield from self.val_docs
+
+
+def add_to_meta(out_dir, meta, **extra):
+    """Add keys known only after the documents were streamed (counts) to meta.json, atomically."""
+    import json
+    meta.update(extra)
+    path = os.path.join(out_dir, "meta.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=1, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+    return meta

