@@ -180,6 +180,11 @@ def test_wikipedia_from_the_hub_api(server, tmp_path, tok, monkeypatch):
     docs = docs_of(out, "train", tok) + docs_of(out, "val", tok)
     assert sorted(d.split("\n\n")[0] for d in docs) == sorted(["Glyph", "Unicode", "Transformer", "River",
                                                                "Глиф", "Юникод", "Река"])
+    # offline re-run: the saved listing and the verified cached shards are enough
+    monkeypatch.setattr(dl, "HF", "http://127.0.0.1:1")
+    meta = main(["--langs", "ru", "--out_dir", str(tmp_path / "w1"), "--val_fraction", "0.2"])
+    assert meta["documents"] == {"ru": 3}
+    monkeypatch.setattr(dl, "HF", server.url)
     # a shard that does not match its published sha256 is never used
     key = "/datasets/wikimedia/wikipedia/resolve/main/20231101.ru/train-00000-of-00001.parquet"
     server.files[key] = server.files[key][:-10] + b"0123456789"

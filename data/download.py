@@ -10,6 +10,7 @@ wrong) is deleted and fetched again from scratch, never used.
 """
 import glob
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -88,7 +89,7 @@ def download(url, dest, sha256=None, size=None, what="this dataset", session=Non
                 total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
                 mode = "wb"
             else:
-                raise SystemExit(f"cannot download {url}: HTTP {r.status_code} {r.reason}")
+                raise SystemExit(f"cannot download {url}: HTTP {r.status_code} {r.reason} ({what} needs this file)")
             if size is not None and total is not None and total != size:
                 raise SystemExit(f"{url}: the server announces {total:,} bytes but {size:,} were expected "
                                  f"(the file changed upstream?)")
@@ -119,24 +120,35 @@ def hf_list(repo, prefix, suffix=".parquet", what="this dataset"):
     [{"path", "size", "sha256", "url"}]. The hub publishes each LFS file's sha256 and size; download()
     checks both."""
     api = f"{HF}/api/datasets/{repo}/tree/main/{prefix}"
-    try:
-        r = requests.get(api, params={"recursive": "true"}, timeout=TIMEOUT)
-    except requests.RequestException as e:
-        _offline(api, what, e)
-    if r.status_code == 404:
-        raise SystemExit(f"{api}: not found (HTTP 404): no folder {prefix!r} in the hub dataset {repo!r}")
-    if r.status_code != 200:
-        raise SystemExit(f"cannot list {api}: HTTP {r.status_code} {r.reason}")
-    files = []
-    for e in r.json():
-        if e.get("type") != "file" or not e["path"].endswith(suffix):
-            continue
-        lfs = e.get("lfs") or {}
-        files.append(dict(path=e["path"], size=lfs.get("size", e.get("size")), sha256=lfs.get("oid"),
-                          url=f"{HF}/datasets/{repo}/resolve/main/{e['path']}"))
+    saved = os.path.join(cache_dir("hf", repo.replace("/", "__"), prefix), f"listing{suffix}.json")
+    files, url, params = [], api, {"recursive": "true"}
+    while url:  # the listing is paginated (a Link: <...>; rel="next" header) for big folders
+        try:
+            r = requests.get(url, params=params, timeout=TIMEOUT)
+        except requests.RequestException as e:
+            if os.path.exists(saved):  # offline re-run: the listing of the last successful run
+                print(f"{api} unreachable; using the listing saved in {saved}", file=sys.stderr)
+                with open(saved) as f:
+                    return json.load(f)
+            _offline(url, what, e)
+        if r.status_code == 404:
+            raise SystemExit(f"{api}: not found (HTTP 404): no folder {prefix!r} in the hub dataset {repo!r}")
+        if r.status_code != 200:
+            raise SystemExit(f"cannot list {api}: HTTP {r.status_code} {r.reason} ({what} needs internet access)")
+        for e in r.json():
+            if e.get("type") != "file" or not e["path"].endswith(suffix):
+                continue
+            lfs = e.get("lfs") or {}
+            files.append(dict(path=e["path"], size=lfs.get("size", e.get("size")), sha256=lfs.get("oid"),
+                              url=f"{HF}/datasets/{repo}/resolve/main/{e['path']}"))
+        url, params = r.links.get("next", {}).get("url"), None
     if not files:
         raise SystemExit(f"{api}: no {suffix} files under {prefix!r}")
-    return sorted(files, key=lambda f: f["path"])
+    files.sort(key=lambda f: f["path"])
+    with open(saved + ".tmp", "w") as f:
+        json.dump(files, f, indent=0)
+    os.replace(saved + ".tmp", saved)
+    return files
 
 
 def hf_fetch(repo, file, what="this dataset"):
@@ -194,10 +206,9 @@ def pip_sdist(package, version=None, what=None):
     found = sorted(p for p in glob.glob(pattern) if p.endswith((".tar.gz", ".zip")))
     if not found:
         spec = f"{package}=={version}" if version else package
-        # --no-build-isolation: we only want the archive; pip still reads its metadata, which for an
-        # sdist means running setup.py egg_info with the setuptools already installed.
+        # pip also reads the sdist's metadata (setup.py egg_info, in an isolated build env): a few s
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-              "--no-build-isolation", "-q", "-d", d, spec], d, what)
+              "-q", "-d", d, spec], d, what)
         found = sorted(p for p in glob.glob(pattern) if p.endswith((".tar.gz", ".zip")))
         if not found:
             raise SystemExit(f"{what}: pip download produced no sdist matching {pattern}")
