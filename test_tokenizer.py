@@ -1,0 +1,343 @@
+"""Tests of unicode_tokenizer.py: layout, exact parity with HF `tokenizers`, lossless mode, tiktoken,
+building from text files, fingerprints, downloads (from a local server) and bad input."""
+import functools
+import http.server
+import json
+import os
+import random
+import threading
+
+import pytest
+
+import unicode_tokenizer as ut
+from unicode_tokenizer import UnicodeTokenizer, get_tokenizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE = os.path.join(HERE, "..", "shared", "fixtures", "bvv241-2-3", "tokenizer.json")
+needs_fixture = pytest.mark.skipif(not os.path.exists(FIXTURE), reason="../shared/fixtures absent")
+
+MULTILINGUAL = (
+    "Hello world, the quick brown fox jumps over the lazy dog. Don't stop believin'!\n"
+    "Привет мир, съешь же ещё этих мягких французских булок, да выпей чаю. Ёлка и ЁЖИК.\n"
+    "你好世界。中华人民共和国成立于1949年，今天天气很好！「引号」（括号）\n"
+    "日本語のテキストとカタカナ、한국어 문장입니다.\n"
+    "emoji 😀👍🏽👨‍👩‍👧 flags 🇷🇺 private use \ue000\ue003\uf8ff \U000F0000 \uffff and \ufffd\n"
+    "combining: e\u0301 a\u0308 n\u0303 Z\u0336a\u0337l\u0338g\u0335o\u0334, Hangul jamo \u1100\u1161\n"
+    "tabs\tand\r\nCRLF\r\n  spaces   digits 0123456789 3.14159 ١٢٣ ①②\n"
+    "literal specials: <s>Hi</s><pad><unk>[INST] q [/INST]<think>x</think> <s <\\s> <special_token_57367> <unused_65535>\n"
+    "Ελληνικά, العربية, עברית, हिन्दी, ไทย, Tiếng Việt, Ænima ßtraße œuvre — “quotes” … ,,, ... ---\n"
+)
+
+
+@functools.lru_cache
+def fixture_pair():
+    tokenizers = pytest.importorskip("tokenizers")
+    return UnicodeTokenizer.from_hf_json(FIXTURE), tokenizers.Tokenizer.from_file(FIXTURE)
+
+
+def big_text(tok, n_chars=400_000, seed=0):
+    """A large multilingual text: the sample above, words glued from the tokenizer's own n-grams
+    (so merges fire in every order), random BMP characters and characters from all planes."""
+    rng = random.Random(seed)
+    ngrams = [s for s in tok.tokens[0xD800:0xE000] + tok.tokens[0xE100:0xF900] if not s.startswith("<")]
+    parts, size = [], 0
+    while size < n_chars:
+        r = rng.random()
+        if r < 0.1:
+            p = MULTILINGUAL
+        elif r < 0.8:
+            p = "".join(rng.choice(ngrams) for _ in range(rng.randint(1, 4))) + rng.choice(" \n,.")
+        elif r < 0.9:
+            p = "".join(chr(rng.randrange(0x20, 0xD800)) for _ in range(rng.randint(1, 8)))
+        else:
+            p = "".join(random_char(rng) for _ in range(rng.randint(1, 8)))
+        parts.append(p)
+        size += len(p)
+    return "".join(parts)
+
+
+def random_char(rng):
+    plane = rng.choice([0, 0, 0, 1, 2, 3, 14, 15, 16])
+    cp = rng.randrange(plane << 16, (plane + 1) << 16)
+    return chr(cp) if not 0xD800 <= cp < 0xE000 else "x"
+
+
+# -----------------------------------------------------------------------------
+# layout
+
+def test_default_layout_ids():
+    tok = get_tokenizer("bvv241-2-3")
+    assert tok.vocab_size == 65536 and tok.name == "bvv241-2-3"
+    assert tok.encode("A") == [65] and tok.encode("я") == [0x44F] and tok.encode("\ufffd") == [0xFFFD]
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (57344, 57345, 57346, 57347)
+    assert tok.encode("<pad></s><unk>") == [57344, 57346, 57347]
+    assert tok.encode("😀\ue000") == [57347, 57347]  # no id: <unk>
+    assert tok.encode("1 2\n") == [49, 32, 50, 10]  # digits and whitespace are single tokens
+    s = tok.token_strings()
+    assert len(s) == 65536 and s[65] == "A" and s[0xE016] == "[FILE_SEP]"
+    assert s[0xE017] == "<special_token_57367>" and s[0xFFFF] == "<unused_65535>" and s[0xF900] == "\uf900"
+    ngrams = ut.read_ngrams(ut.DEFAULT_NGRAMS)
+    assert s[0xD800:0xD800 + len(ngrams)] == ngrams  # the shipped list fills the surrogate slots first
+    assert ngrams == sorted(ngrams, key=lambda g: (-len(g), g)) and all(2 <= len(g) <= 3 for g in ngrams)
+    assert not any(c.isspace() or c.isdigit() for g in ngrams for c in g)
+    assert tok.encode("the") == [tok.tokens.index("the")]  # common English trigram from the shipped list
+
+
+@needs_fixture
+def test_fixture_notice_example():
+    tok, _ = fixture_pair()
+    ids = tok.encode("Hello world, привет мир, 你好世界")
+    assert ids == [60506, 56703, 32, 61333, 57304, 44, 32, 58680, 58484, 32, 1084, 61848, 44, 32, 20320, 22909, 63197]
+    assert tok.decode(ids) == "Hello world, привет мир, 你好世界"
+    assert len(tok.merges) == 12224 and tok.engine.kind == "tiktoken"
+
+
+# -----------------------------------------------------------------------------
+# parity with HF tokenizers
+
+@needs_fixture
+def test_parity_with_tokenizers_multilingual():
+    tok, hf = fixture_pair()
+    for line in MULTILINGUAL.splitlines(keepends=True) + [MULTILINGUAL]:
+        assert tok.encode(line) == hf.encode(line).ids, line
+    text = big_text(tok)
+    assert tok.encode(text) == hf.encode(text).ids
+    docs = text.split("\n")[:2000]
+    assert tok.encode_batch(docs) == [e.ids for e in hf.encode_batch(docs)]
+
+
+@needs_fixture
+def test_parity_adversarial_fuzz():
+    """Short strings over tiny alphabets taken from n-grams (repeated letters like '...', 'EEE'), where
+    merge order and tie-breaking matter most."""
+    tok, hf = fixture_pair()
+    rng = random.Random(1)
+    ngrams = [s for s in tok.tokens[0xD800:0xE000] + tok.tokens[0xE100:0xF900] if not s.startswith("<")]
+    repeated = [g for g in ngrams if len(set(g)) < len(g)]
+    texts = []
+    for _ in range(5000):
+        pool = rng.sample(ngrams, rng.randint(1, 5)) + rng.sample(repeated, 2)
+        alphabet = sorted(set("".join(pool))) + [" ", "😀", "<s>"]
+        texts.append("".join(rng.choice(alphabet) if rng.random() < 0.5 else rng.choice(pool)
+                             for _ in range(rng.randint(1, 30))))
+    assert [tok.encode(t) for t in texts] == [e.ids for e in hf.encode_batch(texts)]
+
+
+@needs_fixture
+def test_python_engine_matches_tokenizers():
+    tok, hf = fixture_pair()
+    slow = tok._python_engine()
+    text = big_text(tok, 40_000, seed=3)
+    assert slow(text) == hf.encode(text).ids == tok.encode(text)
+
+
+# -----------------------------------------------------------------------------
+# lossless
+
+def test_lossless_round_trip_all_planes():
+    tok = get_tokenizer("bvv241-2-3-lossless")
+    base = get_tokenizer("bvv241-2-3")
+    assert tok.fingerprint != base.fingerprint
+    rng = random.Random(0)
+    for _ in range(300):
+        s = "".join(random_char(rng) if rng.random() < 0.7 else rng.choice(["the ", "при", "中国", "<s>", "\n"])
+                    for _ in range(rng.randint(0, 60)))
+        ids = tok.encode(s)
+        assert tok.decode(ids) == s
+        # identical to the default ids, except that each <unk> (from a character) became 3 escape ids
+        unknown = iter([ord(c) for c in s if ord(c) not in base.char_ids])
+        expect = []
+        for i in base.encode(s):
+            if i == base.unk_id:
+                cp = next(unknown)
+                i = [0xE017 + (cp >> 14), 0xE05B + ((cp >> 7) & 127), 0xE05B + (cp & 127)]
+            expect += i if isinstance(i, list) else [i]
+        assert ids == expect
+    assert tok.encode("a\U0010FFFFb") == [97, 0xE017 + 0x43, 0xE05B + 127, 0xE05B + 127, 98]
+    assert tok.decode([0xE017]) == "\ufffd"  # a truncated escape decodes to U+FFFD, never raises
+    assert tok.encode("<unk>") == [57347] and tok.decode([57347]) == "<unk>"
+
+
+def test_lossless_hypothesis():
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+    tok = get_tokenizer("bvv241-2-3-lossless")
+
+    @hypothesis.settings(max_examples=200, deadline=None)
+    @hypothesis.given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80))
+    def round_trip(s):
+        assert tok.decode(tok.encode(s)) == s
+    round_trip()
+
+
+# -----------------------------------------------------------------------------
+# other tokenizers
+
+def test_tiktoken_gpt2_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty cache: nothing to download from
+    tok = get_tokenizer("gpt2")
+    assert tok.vocab_size == 50257 and tok.eos_id == 50256
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.decode(tok.encode(MULTILINGUAL)) == MULTILINGUAL
+    assert tok.encode_batch(["Hello world", "hi"]) == [[15496, 995], [5303]]
+    strings = tok.token_strings()
+    assert len(strings) == 50257 and strings[15496] == "Hello" and strings[50256] == "<|endoftext|>"
+    tok.save(tmp_path / "gpt2.json")
+    again = get_tokenizer(str(tmp_path / "gpt2.json"))
+    assert again.fingerprint == tok.fingerprint and again.name == "gpt2"
+
+
+def test_general_hf_json_through_tokenizers(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers
+    hf = tokenizers.Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "world": 2, "</s>": 3}, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = str(tmp_path / "wl.json")
+    hf.save(path)
+    with pytest.raises(ValueError, match="expected 'BPE'"):
+        UnicodeTokenizer.from_hf_json(path)
+    tok = get_tokenizer(path)
+    assert tok.encode("hello world foo") == [1, 2, 0] and tok.eos_id == 3 and tok.unk_id == 0
+    tok.save(str(tmp_path / "again.json"))
+    assert get_tokenizer(str(tmp_path / "again.json")).fingerprint == tok.fingerprint
+
+
+# -----------------------------------------------------------------------------
+# building, saving, fingerprints
+
+CORPUS = {
+    "en": "The cat sat on the mat. Don't the other cats sit there too?\n\nThe end, 2024.",
+    "ru": "Кошка сидела на ковре. Другие кошки тоже сидели.\n\nКонец.",
+    "zh": "中国人民银行今天宣布，中国经济增长。\n\n人民生活水平提高。",
+}
+
+
+def write_corpus(tmp_path):
+    specs = []
+    for lang, text in CORPUS.items():
+        (tmp_path / f"{lang}.txt").write_text(text, encoding="utf-8")
+        specs.append(f"{lang}={tmp_path / f'{lang}.txt'}")
+    return specs
+
+
+def test_build_from_text_files(tmp_path):
+    out = str(tmp_path / "tok.json")
+    ut.main(["build", *write_corpus(tmp_path), "--top_k", "20", "--out", out, "--ngrams_out", str(tmp_path / "ng.txt")])
+    tok = get_tokenizer(out)
+    ngrams = ut.read_ngrams(str(tmp_path / "ng.txt"))
+    assert tok.vocab_size == 65536 and tok.eos_id == 57346 and tok.encode("A") == [65]
+    assert tok.tokens[0xD800:0xD800 + len(ngrams)] == ngrams and tok.tokens[0xD800 + len(ngrams)].startswith("<unused_")
+    assert "the" in ngrams and "he" in ngrams and "ко" in ngrams and "人民" in ngrams and "中国人" in ngrams
+    assert not any(c in "0123456789 \n" for g in ngrams for c in g)  # digits, whitespace never inside
+    assert "ta" not in ngrams  # within-word counting for Latin: 'sat on' gives no 'to'/'ta' across words
+    assert tok.encode("the") == [tok.vocab["the"]] and tok.decode(tok.encode("the cat 中国人")) == "the cat 中国人"
+    tokenizers = pytest.importorskip("tokenizers")  # the saved file is a valid HF tokenizer.json
+    hf = tokenizers.Tokenizer.from_file(out)
+    text = MULTILINGUAL + "".join(CORPUS.values())
+    assert tok.encode(text) == hf.encode(text).ids
+
+
+def test_build_max_layout(tmp_path):
+    out = str(tmp_path / "max.json")
+    ut.main(["build", *write_corpus(tmp_path), "--layout", "bvv241-max", "--top_k", "15", "--out", out])
+    tok = get_tokenizer(out)
+    assert tok.vocab_size == 131072 and max(len(a + b) for a, b in tok.merges) == 5
+    assert tok.engine.kind == "python"  # 4/5-grams: tiktoken's rank order is not provably identical
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_file(out)
+    text = MULTILINGUAL + "".join(CORPUS.values()) * 3
+    assert tok.encode(text) == hf.encode(text).ids
+    many = [f"{chr(0x4E00 + i // 100)}{chr(0x4E00 + i % 100)}" for i in range(9000)]
+    layout = ut.build_layout(many, 131072)  # 9000 > 8192 slots below 0x10000: the rest go from 0x10000
+    assert layout[0xD800] == many[0] and layout[0xE100] == many[2048] and layout[0x10000] == many[8192]
+    assert layout[0x10000 + 9000 - 8192].startswith("<unused_") and layout[0x1FFFF] == "<unused_131071>"
+
+
+def test_fingerprint_stable_and_distinct(tmp_path):
+    tok = get_tokenizer("bvv241-2-3")
+    assert len(tok.fingerprint) == 16 and tok.fingerprint == get_tokenizer("bvv241-2-3").fingerprint
+    tok.save(str(tmp_path / "t.json"))
+    again = get_tokenizer(str(tmp_path / "t.json"))
+    assert again.fingerprint == tok.fingerprint and again.encode(MULTILINGUAL) == tok.encode(MULTILINGUAL)
+    lossless = get_tokenizer("bvv241-2-3-lossless")
+    lossless.save(str(tmp_path / "l.json"))
+    assert get_tokenizer(str(tmp_path / "l.json")).fingerprint == lossless.fingerprint != tok.fingerprint
+    other = UnicodeTokenizer.from_ngrams(ut.read_ngrams(ut.DEFAULT_NGRAMS)[1:])
+    assert other.fingerprint != tok.fingerprint
+    if os.path.exists(FIXTURE):
+        assert UnicodeTokenizer.from_hf_json(FIXTURE).fingerprint not in (tok.fingerprint, other.fingerprint)
+
+
+def test_encode_batch_matches_encode():
+    tok = get_tokenizer("bvv241-2-3")
+    docs = [MULTILINGUAL[i:] for i in range(0, 400, 7)]
+    assert tok.encode_batch(docs) == [tok.encode(d) for d in docs]
+    assert tok.encode_batch([]) == [] and tok.encode("") == []
+
+
+# -----------------------------------------------------------------------------
+# hub download (served from a local HTTP server: the hub itself is unreachable here)
+
+def test_download_from_hub_is_cached_and_checked(tmp_path, monkeypatch):
+    if not os.path.exists(FIXTURE):
+        pytest.skip("../shared/fixtures absent")
+    root = tmp_path / "hub"
+    (root / "Bochkov" / "bvv241-2-3" / "resolve" / "main").mkdir(parents=True)
+    with open(FIXTURE, "rb") as f:
+        (root / "Bochkov" / "bvv241-2-3" / "resolve" / "main" / "tokenizer.json").write_bytes(f.read())
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("GLYPHGPT_CACHE", str(tmp_path / "cache"))
+    try:
+        with pytest.raises(ValueError, match="could not download"):
+            get_tokenizer("hf:Nobody/missing")
+        tok = get_tokenizer("hf:bvv241-2-3")
+    finally:
+        server.shutdown()
+    assert tok.name == "hf:bvv241-2-3" and tok.encode("Hello") == [60506, 56703]
+    assert get_tokenizer("hf:bvv241-2-3").fingerprint == tok.fingerprint  # second time: from the cache
+    cached = tmp_path / "cache" / "hf" / "Bochkov--bvv241-2-3" / "tokenizer.json"
+    cached.write_bytes(cached.read_bytes().replace(b'"<pad>"', b'"<PAD>"'))
+    with pytest.raises(ValueError, match="does not match"):
+        get_tokenizer("hf:bvv241-2-3")
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+# -----------------------------------------------------------------------------
+# bad input
+
+def test_bad_input(tmp_path):
+    tok = get_tokenizer("bvv241-2-3")
+    with pytest.raises(ValueError, match="lone surrogate U\\+D800"):
+        tok.encode("ab\ud800c")
+    with pytest.raises(ValueError, match="lone surrogate"):
+        get_tokenizer("bvv241-2-3-lossless").encode("\udfff")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([65, 65536])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([-1])
+    with pytest.raises(ValueError, match="no such tokenizer file"):
+        UnicodeTokenizer.from_hf_json(str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        get_tokenizer(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"type": "BPE", "vocab": {"a": 0}')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        get_tokenizer(str(bad))
+    bad.write_text(json.dumps({"model": {"type": "Unigram", "vocab": []}}))
+    with pytest.raises(ValueError, match="expected 'BPE'"):
+        UnicodeTokenizer.from_hf_json(str(bad))
+    bad.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0, "b": 5}, "merges": []}}))
+    with pytest.raises(ValueError, match="without gaps"):
+        get_tokenizer(str(bad))
+    bad.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": [["a", "b"]]}}))
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        get_tokenizer(str(bad))
+    with pytest.raises(SystemExit, match="LANG=PATH"):
+        ut.main(["build", "en=" + str(tmp_path / "nope.txt")])
