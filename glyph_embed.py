@@ -31,9 +31,13 @@ import torch
 # -----------------------------------------------------------------------------
 # font: GNU Unifont .hex (one line per code point: "XXXX:" + 32 or 64 hex digits = 16 rows of 8/16 px)
 
+# Pinned release: the GNU mirror first, the upstream (unifoundry) font-builds copy second; one sha256.
 UNIFONT_VERSION = "15.1.05"
-UNIFONT_URL = f"https://ftp.gnu.org/gnu/unifont/unifont-{UNIFONT_VERSION}/unifont-{UNIFONT_VERSION}.hex.gz"
-UNIFONT_SHA256 = "3f1ff33e1ce5e4bbdbfa5fb4f57a4e4d2c5e1a8e8d08a3f6b5d0e0bd9b0ba8e9"  # see README: verify when online
+UNIFONT_URLS = [
+    f"https://ftpmirror.gnu.org/unifont/unifont-{UNIFONT_VERSION}/unifont-{UNIFONT_VERSION}.hex.gz",
+    f"https://unifoundry.com/pub/unifont/unifont-{UNIFONT_VERSION}/font-builds/unifont-{UNIFONT_VERSION}.hex.gz",
+]
+UNIFONT_SHA256 = "e2b2e2c3c85a26e76afec499d27be66f2ebb356be6634cc2f3339e6a41026eeb"
 DEBIAN_UNIFONT = "/usr/share/unifont/unifont.hex"
 _HEX_LINE = re.compile(rb"^([0-9A-Fa-f]{4,6}):([0-9A-Fa-f]{32}|[0-9A-Fa-f]{64})$")
 
@@ -52,36 +56,42 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def download_unifont(url=UNIFONT_URL, sha256=UNIFONT_SHA256, dest=None):
-    """Download the pinned Unifont .hex.gz with a progress bar, verify its sha256, cache it."""
+def download_unifont(urls=None, sha256=UNIFONT_SHA256, dest=None):
+    """Download the pinned Unifont .hex.gz (progress bar), verify its sha256, cache it atomically."""
     import requests
     from tqdm import tqdm
-    dest = dest or os.path.join(cache_dir(), os.path.basename(url))
-    try:
-        r = requests.get(url, stream=True, timeout=30)
-        r.raise_for_status()
-        total = int(r.headers.get("content-length", 0)) or None
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), suffix=".part")
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="unifont") as bar:
-            for chunk in r.iter_content(1 << 16):
-                f.write(chunk)
-                h.update(chunk)
-                bar.update(len(chunk))
-    except (requests.RequestException, OSError) as e:
-        raise SystemExit(f"error: could not download GNU Unifont from {url} ({type(e).__name__}); "
-                         f"install the Debian package 'unifont' or pass --font / set GLYPHGPT_UNIFONT")
-    if h.hexdigest() != sha256:
-        os.remove(tmp)
-        raise SystemExit(f"error: sha256 mismatch for {url}: got {h.hexdigest()}, expected {sha256}")
-    os.replace(tmp, dest)  # atomic: a half-downloaded file is never cached
-    return dest
+    urls = [urls] if isinstance(urls, str) else (urls or UNIFONT_URLS)
+    dest = dest or os.path.join(cache_dir(), os.path.basename(urls[0]))
+    errors = []
+    for url in urls:
+        tmp = dest + ".part"
+        try:
+            r = requests.get(url, stream=True, timeout=30)
+            r.raise_for_status()
+            total = int(r.headers.get("content-length", 0)) or None
+            h = hashlib.sha256()
+            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="unifont") as bar:
+                for chunk in r.iter_content(1 << 16):
+                    f.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+        except (requests.RequestException, OSError) as e:
+            errors.append(f"{url} ({type(e).__name__})")
+            continue
+        if h.hexdigest() != sha256:
+            os.remove(tmp)
+            errors.append(f"{url} (sha256 {h.hexdigest()[:16]}..., expected {sha256[:16]}...)")
+            continue
+        os.replace(tmp, dest)  # atomic: a half-downloaded file is never cached
+        return dest
+    raise SystemExit(f"error: could not download GNU Unifont: {'; '.join(errors)}. Install the Debian package "
+                     f"'unifont', or pass a .hex/.hex.gz path (--font / $GLYPHGPT_UNIFONT)")
 
 
 def find_font(path=None):
     """Explicit path, $GLYPHGPT_UNIFONT, the Debian file, our cache, else download."""
     candidates = [path, os.environ.get("GLYPHGPT_UNIFONT"), DEBIAN_UNIFONT,
-                  os.path.join(cache_dir(), os.path.basename(UNIFONT_URL))]
+                  os.path.join(cache_dir(), os.path.basename(UNIFONT_URLS[0]))]
     for i, p in enumerate(candidates):
         if p and os.path.exists(p):
             return p
@@ -148,15 +158,18 @@ class Font:
         last = np.where(has, 15 - rows[:, ::-1].argmax(axis=1), -1)
         ink_h = (last - first + 1) * s
         top = (cell - ink_h) // 2
-        x0 = (cell - w * s) // 2
-        y = np.arange(cell)[None, :] - top[:, None]                  # [k, cell] row offset into ink box
-        x = np.arange(cell)[None, :] - x0[:, None]
-        vy = (y >= 0) & (y < ink_h[:, None])
-        vx = (x >= 0) & (x < (w * s)[:, None])
-        ry = np.clip(first[:, None] + y // s, 0, 15)
-        rx = np.clip(x // s, 0, 15)
-        out = g[np.arange(len(cps))[:, None, None], ry[:, :, None], rx[:, None, :]]
-        return out * (vy[:, :, None] & vx[:, None, :])
+        big = g.repeat(s, axis=1).repeat(s, axis=2)                  # [k, 16s, 16s] font pixels s x s
+        # vertical: cell row y shows big row y - top + first*s (whole-row gather, blank outside the ink box)
+        ry = np.arange(cell)[None, :] - top[:, None] + first[:, None] * s
+        inside = (ry >= first[:, None] * s) & (ry < (last[:, None] + 1) * s)
+        rows = big[np.arange(len(cps))[:, None], np.clip(ry, 0, 16 * s - 1)] * inside[:, :, None]
+        # horizontal: the advance box (w*s px, w = 8 or 16) centred in the cell
+        out = np.zeros((len(cps), cell, cell), dtype=np.uint8)
+        for wv in (8, 16):
+            sel = w == wv
+            x0 = (cell - wv * s) // 2
+            out[sel, :, x0:x0 + wv * s] = rows[sel, :, :wv * s]
+        return out
 
 
 _FONTS = {}
@@ -222,54 +235,103 @@ def gaussian_blur_batch(img):
     return b.transpose(1, 0, 2)
 
 
-def distort(strips, easy, recipe="bvv241-2-3"):
-    """strips [N, cell, cell*n] uint8 1=ink, all the same width -> distorted, thresholded, 1=ink."""
-    N, cell, width = strips.shape
-    R, S, p = RECIPES[recipe] if easy else HARD
-    src, mask = distortion_map(width, cell, R, S, p)
-    flat = (1 - strips.reshape(N, -1)).astype(np.uint8) * 255       # 8-bit image: ink 0, paper 255
-    flat = np.concatenate([flat, np.full((N, 1), 255, np.uint8)], axis=1)  # index -1 -> white
-    img = flat[:, src]                                                 # rotate + paste
-    img[:, mask] = 0                                                   # noise pixels become ink
-    if easy:
-        img = gaussian_blur_batch(img)
-    return (img < 128).astype(np.uint8)
+def kept_columns(n, cell):
+    """Pillow's NEAREST resize of a 1-bit strip [cell, cell*n] to [cell, cell]: column x <- floor((x+0.5)n)."""
+    return np.floor((np.arange(cell) + 0.5) * n).astype(np.int64)
 
 
-def squash(strips, n):
-    """[N, cell, cell*n] -> [N, cell, cell]: Pillow NEAREST resize, column x <- column floor((x+0.5)n)."""
-    cell = strips.shape[1]
-    cols = np.floor((np.arange(cell) + 0.5) * n).astype(np.int64)
-    return strips[:, :, cols]
+# GaussianBlur(0.5) is 3 box passes that each reach 1 px: a blurred pixel depends on +-3 columns only,
+# so for long strips we blur a window of +-BLUR_REACH columns around each kept column (exact).
+BLUR_REACH = 4
+_PLANS = {}
+
+
+def plan(n, cell, easy, recipe, constants):
+    """What to compute for every strip of n characters: for each needed pre-blur pixel, which character
+    (k; n = blank) and which pixel of its cell (off) it comes from, after rotation + paste; the noise mask
+    at those pixels; and how to blur (None | "full" | "window"). Computed once per strip width."""
+    key = (n, cell, easy, recipe, constants)
+    if key in _PLANS:
+        return _PLANS[key]
+    W, keep = cell * n, kept_columns(n, cell)
+    blur = None
+    if recipe == "clean":
+        cols, src, mask = keep, np.arange(cell * W).reshape(cell, W)[:, keep], None
+    else:
+        R, S, p = RECIPES[constants] if easy else HARD
+        src_all, mask_all = distortion_map(W, cell, R, S, p)
+        if not easy:
+            cols = keep                                  # no blur: only the kept columns matter
+        elif W <= cell * (2 * BLUR_REACH + 1):
+            cols, blur = np.arange(W), "full"
+        else:
+            cols = np.clip(keep[:, None] + np.arange(-BLUR_REACH, BLUR_REACH + 1), 0, W - 1).ravel()
+            blur = "window"                              # clipping = Pillow's edge extension
+        src, mask = src_all[:, cols], mask_all[:, cols]
+    k = np.where(src >= 0, (src % W) // cell, n)
+    off = np.where(src >= 0, (src // W) * cell + (src % W) % cell, 0)
+    _PLANS[key] = (k, off, mask, blur, keep)
+    return _PLANS[key]
+
+
+def render_group(cell_ix, table, cell, easy, recipe, constants):
+    """cell_ix [N, n] rows of `table` (cells, last row blank) -> bitmaps [N, cell, cell] 1 = ink."""
+    N, n = cell_ix.shape
+    k, off, mask, blur, keep = plan(n, cell, easy, recipe, constants)
+    ix = np.concatenate([cell_ix, np.full((N, 1), len(table) - 1, np.int64)], axis=1)
+    cells = table[ix].reshape(N, -1)                     # [N, (n+1)*cell*cell] whole-cell copies
+    pick = (k * (cell * cell) + off).ravel()
+    if n == 1 and np.array_equal(pick, np.arange(cell * cell)):
+        ink = cells[:, :cell * cell].reshape(N, cell, cell)  # identity (one undistorted character)
+    else:
+        ink = cells[:, pick].reshape(N, *k.shape)
+    if mask is not None:
+        ink[:, mask] = 1                                 # noise pixels become ink
+    if blur is None:
+        return ink                                       # hard scripts / clean: already the kept columns
+    img = (1 - ink) * np.uint8(255)                      # the builder's 8-bit image: ink 0, paper 255
+    from PIL import Image, ImageFilter
+    if blur == "full":                                   # rows of the whole strip, then the kept columns
+        tall = Image.fromarray(np.ascontiguousarray(img.reshape(N * cell, -1)))
+        img = np.asarray(tall.filter(ImageFilter.GaussianBlur((0.5, 0)))).reshape(N, cell, -1)[:, :, keep]
+    else:                                                # every window is its own row, keep its centre
+        tall = Image.fromarray(np.ascontiguousarray(img.reshape(-1, 2 * BLUR_REACH + 1)))
+        img = np.asarray(tall.filter(ImageFilter.GaussianBlur((0.5, 0))))[:, BLUR_REACH].reshape(N, cell, cell)
+    wide = Image.fromarray(np.ascontiguousarray(img.transpose(1, 0, 2).reshape(cell, N * cell)))
+    img = np.asarray(wide.filter(ImageFilter.GaussianBlur((0, 0.5)))).reshape(cell, N, cell).transpose(1, 0, 2)
+    return (img < 128).astype(np.uint8)                  # threshold
 
 
 def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
     """Bitmaps [len(texts), cell, cell] uint8 (1 = ink) of many strings, vectorised per strip width."""
+    if recipe not in ("faithful", "clean"):
+        raise ValueError(f"recipe must be 'faithful' or 'clean', got {recipe!r}")
+    if constants not in RECIPES:
+        raise ValueError(f"constants must be one of {sorted(RECIPES)}, got {constants!r}")
     font = font or load_font()
+    lens = np.array([len(t) for t in texts], dtype=np.int64)
+    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    uniq, inv = np.unique(cps, return_inverse=True)
+    table = np.concatenate([font.cells(uniq, cell), np.zeros((1, cell, cell), np.uint8)])  # + blank
+    hard = np.concatenate([[0], np.cumsum(~((cps <= 0x24F) | ((cps >= 0x370) & (cps <= 0x58F))))])
+    easy = (hard[starts + lens] - hard[starts]) == 0
     out = np.zeros((len(texts), cell, cell), dtype=np.uint8)
-    groups = {}
-    for i, t in enumerate(texts):
-        groups.setdefault((len(t), recipe == "faithful" and is_easy(t)), []).append(i)
-    for (n, easy), ids in sorted(groups.items()):
-        if n == 0:
-            continue  # an empty string stays blank (not distorted: the builder never sees it)
-        chunk = max(1, 8192 // n)
-        for c in range(0, len(ids), chunk):
-            sel = ids[c:c + chunk]
-            cps = np.array([[ord(ch) for ch in texts[i]] for i in sel], dtype=np.int64)
-            cells = font.cells(cps.reshape(-1), cell).reshape(len(sel), n, cell, cell)
-            strips = cells.transpose(0, 2, 1, 3).reshape(len(sel), cell, n * cell)
-            if recipe == "faithful":
-                strips = distort(strips, easy, constants)
-            elif recipe != "clean":
-                raise ValueError(f"recipe must be 'faithful' or 'clean', got {recipe!r}")
-            out[sel] = squash(strips, n)
-    return out
+    for n in np.unique(lens[lens > 0]):
+        for e in (False, True):
+            sel = np.nonzero((lens == n) & (easy == e))[0]
+            chunk = max(1, (1 << 22) // (cell * cell * (n if e else 1)))   # bounded memory per step
+            for c in range(0, len(sel), chunk):
+                s = sel[c:c + chunk]
+                ix = inv[starts[s][:, None] + np.arange(n)]
+                out[s] = render_group(ix, table, cell, bool(e) and recipe == "faithful", recipe, constants)
+    return out  # an empty string stays blank (the builder never sees one)
 
 
 def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
     """Bitmap [cell, cell] uint8 of one token string, 1 = ink."""
     return render_batch([text], cell, recipe, font, constants)[0]
+
 
 # -----------------------------------------------------------------------------
 # tables
@@ -279,13 +341,42 @@ def table_fingerprint(t):
     return hashlib.sha256(t.detach().to(torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def bytes_to_unicode():
+    """GPT-2's printable stand-in for every byte: how byte-level vocabularies store their tokens."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
 def token_strings_of(tokenizer):
-    """(list of surface strings, fingerprint, name) of a tokenizer object or a plain list of strings."""
+    """(surface strings, fingerprint, name) of a tokenizer or of a plain list of strings.
+    Byte-level (tiktoken) tokens are rendered in their stored form, e.g. 'Ġpainted' (SPEC: bvv241-nemo),
+    so partial UTF-8 characters get distinct pictures instead of all becoming U+FFFD."""
     if isinstance(tokenizer, (list, tuple)):
         strings = list(tokenizer)
         fp = hashlib.sha256(json.dumps(strings, ensure_ascii=False).encode()).hexdigest()[:16]
         return strings, fp, "list"
-    return list(tokenizer.token_strings()), tokenizer.fingerprint, getattr(tokenizer, "name", "?")
+    enc = getattr(tokenizer, "enc", None)
+    if enc is not None and hasattr(enc, "decode_single_token_bytes"):
+        b2u = bytes_to_unicode()
+        strings = []
+        for i in range(tokenizer.vocab_size):
+            try:
+                strings.append("".join(b2u[b] for b in enc.decode_single_token_bytes(i)))
+            except KeyError:  # ids that are no token (cl100k_base has a few)
+                strings.append("")
+    else:
+        strings = list(tokenizer.token_strings())
+    if len(strings) != tokenizer.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.name!r}: token_strings() has {len(strings)} entries, "
+                         f"vocab_size is {tokenizer.vocab_size}")
+    return strings, tokenizer.fingerprint, getattr(tokenizer, "name", "?")
 
 
 def pca(X, chunk=16384):
@@ -485,3 +576,97 @@ def check_tokenizer(info, tokenizer_or_fp, where="table"):
     if info.get("tokenizer_fingerprint") != fp:
         raise ValueError(f"{where}: built for tokenizer fingerprint {info.get('tokenizer_fingerprint')}, "
                          f"but the tokenizer in use has {fp}")
+
+# -----------------------------------------------------------------------------
+# reports, sample sheet, command line
+
+def collision_report(table, strings, top=15):
+    """Human-readable summary of the groups of ids with identical rows."""
+    groups = collision_groups(table)
+    n_ids = sum(len(g) for g in groups)
+    lines = [f"{len(groups)} collision groups covering {n_ids} of {len(strings)} ids "
+             f"({len(strings) - n_ids + len(groups)} distinct rows)"]
+    for g in groups[:top]:
+        shown = ", ".join(f"{i}:{strings[i]!r}" for i in g[:8])
+        lines.append(f"  [{len(g)}] {shown}{' ...' if len(g) > 8 else ''}")
+    return "\n".join(lines)
+
+
+def sample_sheet(path, texts=("A", "the", "中", "<pad>", "ing"), cell=32, constants="bvv241-2-3", font=None,
+                 zoom=4):
+    """PNG: one row per sample, columns = clean render, faithful render (ink black, 1 px grey grid gap)."""
+    from PIL import Image, ImageDraw
+    font = font or load_font()
+    label_w, pad = 120, 4
+    W = label_w + 2 * (cell * zoom + pad) + pad
+    H = pad + len(texts) * (cell * zoom + pad) + 16
+    sheet = Image.new("L", (W, H), 200)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((label_w + pad, 2), "clean", fill=0)
+    draw.text((label_w + 2 * pad + cell * zoom, 2), "faithful", fill=0)
+    for r, t in enumerate(texts):
+        y = 16 + pad + r * (cell * zoom + pad)
+        label = t if t.isascii() else " ".join(f"U+{ord(c):04X}" for c in t)
+        draw.text((pad, y + cell * zoom // 2 - 6), label, fill=0)
+        for c, recipe in enumerate(("clean", "faithful")):
+            bm = render(t, cell, recipe, font, constants)
+            img = Image.fromarray(((1 - bm) * 255).astype(np.uint8)).resize((cell * zoom,) * 2, Image.NEAREST)
+            sheet.paste(img, (label_w + pad + c * (cell * zoom + pad), y))
+    sheet.save(path)
+    return path
+
+
+def strings_from_tokenizer_json(path):
+    """id -> stored token string of an HF tokenizer.json (model.vocab + added_tokens); gaps -> ''."""
+    with open(path, encoding="utf-8") as f:
+        j = json.load(f)
+    vocab = dict((v, k) for k, v in j.get("model", {}).get("vocab", {}).items())
+    for a in j.get("added_tokens", []):
+        vocab[a["id"]] = a["content"]
+    if not vocab:
+        raise ValueError(f"{path}: no model.vocab / added_tokens found (not an HF tokenizer.json?)")
+    return [vocab.get(i, "") for i in range(max(vocab) + 1)]
+
+
+def main(argv=None):
+    import argparse
+    import time
+    ap = argparse.ArgumentParser(description="Build a frozen glyph embedding table for a tokenizer.")
+    ap.add_argument("--tokenizer", default="bvv241-2-3", help="name or path accepted by unicode_tokenizer.get_tokenizer")
+    ap.add_argument("--strings_json", default=None,
+                    help="instead of --tokenizer: any HF tokenizer.json, rendered from its stored vocab strings "
+                         "(the table's tokenizer fingerprint is then a hash of those strings)")
+    ap.add_argument("--kind", default="glyph", choices=["glyph", "glyph_unique", "binary16", "random"])
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--cell", type=int, default=None, help="32 (<= 1024 dims) or 64 (<= 4096 dims)")
+    ap.add_argument("--constants", default="bvv241-2-3", choices=sorted(RECIPES))
+    ap.add_argument("--font", default=None, help="Unifont .hex or .hex.gz (default: $GLYPHGPT_UNIFONT, Debian, cache, download)")
+    ap.add_argument("--out", default=None, help="write {'table', 'info'} here (torch.save)")
+    ap.add_argument("--report", action="store_true", help="print the collision report")
+    ap.add_argument("--sheet", default=None, help="write a PNG of sample glyph bitmaps here")
+    ap.add_argument("--no_cache", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        if a.strings_json:
+            tok = strings_from_tokenizer_json(a.strings_json)
+        else:
+            from unicode_tokenizer import get_tokenizer
+            tok = get_tokenizer(a.tokenizer)
+        strings = token_strings_of(tok)[0]
+        t0 = time.time()
+        table, info = frozen_table(tok, a.kind, a.dim, a.cell, a.constants, a.font, use_cache=not a.no_cache)
+        print(f"{a.kind} table {tuple(table.shape)} in {time.time() - t0:.1f}s: {json.dumps(info)}")
+        if a.out:
+            save_table(table, info, a.out)
+            print(f"wrote {a.out}")
+        if a.report:
+            print(collision_report(table, strings))
+        if a.sheet:
+            sample_sheet(a.sheet, cell=a.cell or 32, constants=a.constants, font=load_font(a.font))
+            print(f"wrote {a.sheet}")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
