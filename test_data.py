@@ -346,6 +346,38 @@ def test_sft_qa_formats_and_no_eval_items(tmp_path, tok):
     assert not any("solar panel" in d or "Normandy" in d or "Red Planet" in d or "planted" in d for d in docs)
 
 
+def test_sft_qa_downloads(server, tmp_path, tok, monkeypatch):
+    """The download path of every QA source (URLs patched to a local server serving the fixtures)."""
+    pytest.importorskip("pyarrow")
+    import data.download as dl
+    import data.sft_qa.prepare as sq
+    root = os.path.join(FIX, "sft_qa")
+    for src in ("commonsense_qa", "squad_v2", "boolq", "nq_open"):
+        for name in os.listdir(os.path.join(root, src)):
+            server.files[f"/{src}/{name}"] = open(os.path.join(root, src, name), "rb").read()
+        monkeypatch.setattr(sq, dict(commonsense_qa="CSQA", squad_v2="SQUAD", boolq="BOOLQ", nq_open="NQ")[src],
+                            f"{server.url}/{src}/")
+    for var, path in (("ARC_ZIP", "arc/ARC-V1-Feb2018.zip"), ("MMLU_TAR", "mmlu/data.tar")):
+        data = open(os.path.join(root, path), "rb").read()
+        server.files["/" + path] = data
+        monkeypatch.setattr(sq, var, dict(url=f"{server.url}/{path}", size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    listing = []
+    for name in sorted(os.listdir(os.path.join(root, "trivia_qa"))):
+        data = open(os.path.join(root, "trivia_qa", name), "rb").read()
+        server.files[f"/datasets/mandarjoshi/trivia_qa/resolve/main/unfiltered.nocontext/{name}"] = data
+        listing.append(dict(type="file", path=f"unfiltered.nocontext/{name}", size=len(data),
+                            lfs=dict(oid=hashlib.sha256(data).hexdigest(), size=len(data))))
+    server.json_routes["/api/datasets/mandarjoshi/trivia_qa/tree/main/unfiltered.nocontext"] = listing
+    monkeypatch.setattr(dl, "HF", server.url)
+    local = sq.build(sq.REAL, sq.Files(root), n_synthetic=0)
+    assert sq.build(sq.REAL, sq.Files(), n_synthetic=0) == local  # downloaded == read locally
+    assert len(local[0]) == 13
+    server.files.pop("/boolq/train.jsonl")
+    os.remove(os.path.join(os.environ["GLYPHGPT_CACHE"], "sft_qa", "boolq", "train.jsonl"))
+    with pytest.raises(SystemExit, match="boolq/train.jsonl: HTTP 404"):
+        sq.build(["boolq"], sq.Files(), n_synthetic=0)
+
+
 def test_sft_qa_offline_generator_and_bad_input(tmp_path, tok):
     from data.sft_qa.prepare import main, synthetic_items
     assert synthetic_items(12, seed=0) == synthetic_items(12, seed=0)

@@ -32,12 +32,16 @@ from data.common import split_docs, write_dataset  # noqa: E402
 from data.corpus import base_parser, check_budget, check_fraction, get_tokenizer, take_bytes, unit_hash  # noqa: E402
 from data.download import cache_dir, download, hf_fetch, hf_list  # noqa: E402
 
-ARC_ZIP = "https://ai2-public-datasets.s3.amazonaws.com/arc/ARC-V1-Feb2018.zip"  # ~680 MB (with the ARC corpus)
+# The two archives eval.py also reads: same URLs, sizes and sha256 (recorded by the HF `datasets`
+# loaders), and the same cache path, so they are downloaded once for both.
+ARC_ZIP = dict(url="https://s3-us-west-2.amazonaws.com/ai2-website/data/ARC-V1-Feb2018.zip", size=680841265,
+               sha256="6d2d5ab50b2ceec6ba5f79c921be77cf2de712ea25a2b3f4fff3acc101cecfa0")  # with the ARC corpus
+MMLU_TAR = dict(url="https://people.eecs.berkeley.edu/~hendrycks/data.tar", size=166184960,
+                sha256="bec563ba4bac1d6aaf04141cd7d1605d7a5ca833e38f994051e818489592989b")
 CSQA = "https://s3.amazonaws.com/commensenseqa/"
 SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 BOOLQ = "https://storage.googleapis.com/boolq/"
 NQ = "https://raw.githubusercontent.com/google-research-datasets/natural-questions/master/nq_open/"
-MMLU_TAR = "https://people.eecs.berkeley.edu/~hendrycks/data.tar"  # the original MMLU release (CSV)
 TRIVIA_HF = ("mandarjoshi/trivia_qa", "unfiltered.nocontext")
 
 # source -> {"train": [file names], "eval": [file names]}, names inside <root>/<source>/.
@@ -76,11 +80,14 @@ class Files:
             raise SystemExit(f"{path}: not found (--local_dir must hold <source>/<file> as in the cache)")
         return path
 
+    def _archive(self, spec, what):
+        dest = os.path.join(cache_dir("eval", "downloads"), os.path.basename(spec["url"]))
+        return download(spec["url"], dest, spec["sha256"], spec["size"], what=what)
+
     def open_text(self, source, name):
         """The text of one file of a source (for ARC: a member of the zip)."""
         if source.startswith("arc_"):
-            zpath = self._local("arc", "ARC-V1-Feb2018.zip") if self.local_dir else \
-                download(ARC_ZIP, os.path.join(self.root, "arc", "ARC-V1-Feb2018.zip"), what="ARC")
+            zpath = self._local("arc", "ARC-V1-Feb2018.zip") if self.local_dir else self._archive(ARC_ZIP, "ARC")
             with zipfile.ZipFile(zpath) as z:
                 members = [m for m in z.namelist() if m.endswith("/" + name) or m == name]
                 if not members:
@@ -104,8 +111,7 @@ class Files:
 
     def mmlu_questions(self):
         """Questions of MMLU's test, dev and val CSVs (original data.tar)."""
-        path = self._local("mmlu", "data.tar") if self.local_dir else \
-            download(MMLU_TAR, os.path.join(self.root, "mmlu", "data.tar"), what="MMLU")
+        path = self._local("mmlu", "data.tar") if self.local_dir else self._archive(MMLU_TAR, "MMLU")
         import csv
         out = []
         with tarfile.open(path) as t:
