@@ -318,7 +318,7 @@ def test_sft_qa_formats_and_no_eval_items(tmp_path, tok):
     meta = main(["--local_dir", os.path.join(FIX, "sft_qa"), "--out_dir", str(tmp_path), "--synthetic", "30",
                  "--val_fraction", "0.1"])
     docs = docs_of(tmp_path, "train", tok) + docs_of(tmp_path, "val", tok)
-    assert len(docs) == meta["documents"] == 13 + 30
+    assert len(docs) == meta["documents"] == 15 + 30
     assert meta["dtype"] == "uint16" and meta["answer_sep"] == ""
     # the exact bytes of one item of each format (ARC/CSQA items go to ARC or MMLU layout by id hash)
     expected_any = [
@@ -331,6 +331,9 @@ def test_sft_qa_formats_and_no_eval_items(tmp_path, tok):
         ("Context: The Sun is the star at the center of the Solar System.\nQuestion: is the sun a planet?\nAnswer:no",),
         ("Question: where did they film hot tub time machine\nAnswer:Fernie Alpine Resort",),
         ("Question: Who was the man behind The Chipmunks?\nAnswer:David Seville",),
+        ("Context: Arthur's Magazine (1844-1846) was an American literary periodical. It was published in "
+         "Philadelphia. First for Women is a woman's magazine published by Bauer Media Group. It was started in 1989.\n"
+         "Question: Which magazine was started first, Arthur's Magazine or First for Women?\nAnswer:Arthur's Magazine",),
     ]
     for options in expected_any:
         assert sum(o in docs for o in options) == 1, options[0]
@@ -343,7 +346,20 @@ def test_sft_qa_formats_and_no_eval_items(tmp_path, tok):
         assert not any(f"Question: {q}\n" in d for d in docs), q
     # the deliberately leaked train items (an ARC dev question, a SQuAD dev question, an MMLU test
     # question) were dropped, and the unanswerable SQuAD item was never written
-    assert not any("solar panel" in d or "Normandy" in d or "Red Planet" in d or "planted" in d for d in docs)
+    assert not any("solar panel" in d or "Normandy" in d or "Red Planet" in d or "planted" in d or "Ed Wood" in d
+                   for d in docs)
+
+
+def test_json_array_streaming(tmp_path):
+    from data.sft_qa.prepare import iter_json_array
+    path = os.path.join(FIX, "sft_qa", "hotpot_qa", "hotpot_train_v1.1.json")
+    whole = json.load(open(path, encoding="utf-8"))
+    for chunk in (7, 100, 1 << 20):  # elements cut across chunk boundaries at many places
+        assert list(iter_json_array(path, chunk)) == whole
+    cut = tmp_path / "cut.json"
+    cut.write_text(open(path, encoding="utf-8").read()[:-50])
+    with pytest.raises(SystemExit, match="cut.json: truncated"):
+        list(iter_json_array(str(cut), 64))
 
 
 def test_sft_qa_downloads(server, tmp_path, tok, monkeypatch):
@@ -352,10 +368,10 @@ def test_sft_qa_downloads(server, tmp_path, tok, monkeypatch):
     import data.download as dl
     import data.sft_qa.prepare as sq
     root = os.path.join(FIX, "sft_qa")
-    for src in ("commonsense_qa", "squad_v2", "boolq", "nq_open"):
+    for src in ("commonsense_qa", "squad_v2", "boolq", "nq_open", "hotpot_qa"):
         for name in os.listdir(os.path.join(root, src)):
             server.files[f"/{src}/{name}"] = open(os.path.join(root, src, name), "rb").read()
-        monkeypatch.setattr(sq, dict(commonsense_qa="CSQA", squad_v2="SQUAD", boolq="BOOLQ", nq_open="NQ")[src],
+        monkeypatch.setattr(sq, dict(commonsense_qa="CSQA", squad_v2="SQUAD", boolq="BOOLQ", nq_open="NQ", hotpot_qa="HOTPOT")[src],
                             f"{server.url}/{src}/")
     for var, path in (("ARC_ZIP", "arc/ARC-V1-Feb2018.zip"), ("MMLU_TAR", "mmlu/data.tar")):
         data = open(os.path.join(root, path), "rb").read()
@@ -371,7 +387,7 @@ def test_sft_qa_downloads(server, tmp_path, tok, monkeypatch):
     monkeypatch.setattr(dl, "HF", server.url)
     local = sq.build(sq.REAL, sq.Files(root), n_synthetic=0)
     assert sq.build(sq.REAL, sq.Files(), n_synthetic=0) == local  # downloaded == read locally
-    assert len(local[0]) == 13
+    assert len(local[0]) == 15
     server.files.pop("/boolq/train.jsonl")
     os.remove(os.path.join(os.environ["GLYPHGPT_CACHE"], "sft_qa", "boolq", "train.jsonl"))
     with pytest.raises(SystemExit, match="boolq/train.jsonl: HTTP 404"):

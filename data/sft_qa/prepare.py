@@ -7,7 +7,7 @@ byte for byte in the evaluation prompt formats of prompts.py (SPEC §7) with the
                                   [--tokenizer bvv241-2-3] [--max_bytes N]
 
 Only TRAIN splits are used: ARC-Easy/Challenge, CommonsenseQA, SQuAD v2 (answerable items), BoolQ,
-NQ-Open and TriviaQA (unfiltered, no context), each from its original distribution (TriviaQA from
+NQ-Open, TriviaQA (unfiltered, no context) and HotpotQA (supporting paragraphs as context), each from its original distribution (TriviaQA from
 its authors' hub copy). Their validation/test files, and MMLU's test/dev/val questions, are read too,
 only to drop any train item whose normalised question also occurs there (decontamination).
 "synthetic" is a small deterministic generator (arithmetic, comparisons, letter choice, extraction)
@@ -42,6 +42,7 @@ CSQA = "https://s3.amazonaws.com/commensenseqa/"
 SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 BOOLQ = "https://storage.googleapis.com/boolq/"
 NQ = "https://raw.githubusercontent.com/google-research-datasets/natural-questions/master/nq_open/"
+HOTPOT = "http://curtis.ml.cmu.edu/datasets/hotpot/"  # train file ~540 MB (all ten context paragraphs)
 TRIVIA_HF = ("mandarjoshi/trivia_qa", "unfiltered.nocontext")
 
 # source -> {"train": [file names], "eval": [file names]}, names inside <root>/<source>/.
@@ -57,11 +58,13 @@ SOURCES = {
     "boolq": dict(train=["train.jsonl"], eval=["dev.jsonl"]),
     "nq_open": dict(train=["NQ-open.train.jsonl"], eval=["NQ-open.dev.jsonl"]),
     "trivia_qa": dict(train=["train-"], eval=["validation-", "test-"]),
+    "hotpot_qa": dict(train=["hotpot_train_v1.1.json"],
+                      eval=["hotpot_dev_distractor_v1.json", "hotpot_dev_fullwiki_v1.json"]),
 }
 REAL = list(SOURCES)
 LICENCES = {"arc_easy": "CC BY-SA 4.0", "arc_challenge": "CC BY-SA 4.0", "commonsense_qa": "MIT",
             "squad_v2": "CC BY-SA 4.0", "boolq": "CC BY-SA 3.0", "nq_open": "CC BY-SA 3.0",
-            "trivia_qa": "Apache-2.0", "synthetic": "generated here"}
+            "trivia_qa": "Apache-2.0", "hotpot_qa": "CC BY-SA 4.0", "synthetic": "generated here"}
 
 
 # ---------------------------------------------------------------------------- fetching
@@ -93,11 +96,15 @@ class Files:
                 if not members:
                     raise SystemExit(f"{zpath}: no member {name}")
                 return z.read(members[0]).decode("utf-8")
-        base = dict(commonsense_qa=CSQA, squad_v2=SQUAD, boolq=BOOLQ, nq_open=NQ)[source]
-        path = self._local(source, name) if self.local_dir else \
-            download(base + name, os.path.join(self.root, source, name), what=source)
-        with open(path, encoding="utf-8") as f:
+        with open(self.path(source, name), encoding="utf-8") as f:
             return f.read()
+
+    def path(self, source, name):
+        """Local path of a plain (non-archive) file of a source, downloaded first if needed."""
+        if self.local_dir:
+            return self._local(source, name)
+        base = dict(commonsense_qa=CSQA, squad_v2=SQUAD, boolq=BOOLQ, nq_open=NQ, hotpot_qa=HOTPOT)[source]
+        return download(base + name, os.path.join(self.root, source, name), what=source)
 
     def parquet_paths(self, source, prefix):
         if self.local_dir:
@@ -131,6 +138,38 @@ def read_jsonl(text, what):
             except json.JSONDecodeError as e:
                 raise SystemExit(f"{what} line {i}: not JSON ({e})") from None
     return rows
+
+
+def iter_json_array(path, chunk=1 << 22):
+    """The elements of a file holding one big JSON array, decoded one at a time (HotpotQA's 540 MB
+    train file would take several GB as one json.load)."""
+    dec = json.JSONDecoder()
+    with open(path, encoding="utf-8") as f:
+        buf, pos, started = "", 0, False
+        while True:
+            more = f.read(chunk)
+            buf = buf[pos:] + more
+            pos = 0
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n,":
+                    pos += 1
+                if not started and pos < len(buf):
+                    if buf[pos] != "[":
+                        raise SystemExit(f"{path}: expected a JSON array")
+                    started, pos = True, pos + 1
+                    continue
+                if pos < len(buf) and buf[pos] == "]":
+                    return
+                try:
+                    obj, end = dec.raw_decode(buf, pos)
+                except json.JSONDecodeError:
+                    if not more:
+                        raise SystemExit(f"{path}: truncated or invalid JSON near character {pos}") from None
+                    break  # the element continues in the next chunk
+                yield obj
+                pos = end
+            if not more:
+                raise SystemExit(f"{path}: JSON array not closed (truncated file?)")
 
 
 def read_parquet(paths, columns):
@@ -206,6 +245,20 @@ def parse_trivia(rows):
             for r in rows if r["answer"]["value"]]
 
 
+def parse_hotpot(rows):
+    """HotpotQA: the context is the supporting paragraphs only (the two that hold the answer, in the
+    order the facts cite them), not the eight distractors, to keep items SQuAD-sized."""
+    items = []
+    for r in rows:
+        paragraphs = {title: "".join(sentences).strip() for title, sentences in r["context"]}
+        titles = list(dict.fromkeys(t for t, _ in r["supporting_facts"] if t in paragraphs))
+        if not titles or not r["answer"]:
+            continue
+        context = " ".join(paragraphs[t] for t in titles)
+        items.append((norm(r["question"]), prompts.with_answer(prompts.squad_prompt(context, r["question"]), r["answer"])))
+    return items
+
+
 def load_source(files, source, split, mmlu_fraction=0.0):
     """Items (split="train") or just the questions (split="eval") of one source."""
     out = []
@@ -214,6 +267,9 @@ def load_source(files, source, split, mmlu_fraction=0.0):
         if source == "trivia_qa":
             rows = read_parquet(files.parquet_paths(source, name), ["question", "answer"] if split == "train" else ["question"])
             out += parse_trivia(rows) if split == "train" else [r["question"] for r in rows]
+        elif source == "hotpot_qa":
+            rows = iter_json_array(files.path(source, name))
+            out += parse_hotpot(rows) if split == "train" else [r["question"] for r in rows]
         elif source == "squad_v2":
             data = json.loads(files.open_text(source, name))
             out += parse_squad(data) if split == "train" else squad_questions(data)
