@@ -147,45 +147,6 @@ SOURCES = {
 }
 
 
-def cache_dir(*parts):
-    root = os.environ.get("GLYPHGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "glyphgpt")
-    path = os.path.join(root, *parts)
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download(url, dest, sha256, size):
-    """Fetch url -> dest with a progress bar; written to dest.part and renamed only when verified."""
-    import requests
-    if os.path.exists(dest) and os.path.getsize(dest) == size and sha256_file(dest) == sha256:
-        return dest
-    part = dest + ".part"
-    try:
-        with requests.get(url, stream=True, timeout=30) as r:
-            r.raise_for_status()
-            with open(part, "wb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=os.path.basename(dest)) as bar:
-                for block in r.iter_content(1 << 20):
-                    f.write(block)
-                    bar.update(len(block))
-    except requests.RequestException as e:
-        raise SystemExit(f"cannot download {url} ({type(e).__name__}); no internet? Put the original files "
-                         f"under a directory and pass --data_dir (layout: see `python eval.py --help`)") from None
-    got = sha256_file(part)
-    if got != sha256:
-        os.remove(part)
-        raise SystemExit(f"{url}: sha256 {got} does not match the expected {sha256}; download removed")
-    os.replace(part, dest)
-    return dest
-
-
 def extract(archive, members, data_dir):
     """Copy the archive members matching the `members` patterns to data_dir/<target>."""
     opened = zipfile.ZipFile(archive) if archive.endswith(".zip") else tarfile.open(archive)
@@ -206,6 +167,7 @@ def extract(archive, members, data_dir):
 
 def ensure_data(task_names):
     """Download (once) the original files the tasks need; returns the data_dir they are laid out in."""
+    from data.download import cache_dir, download  # resumable, size + sha256 verified, one-line errors
     data_dir = cache_dir("eval", "data")
     done = os.path.join(data_dir, ".done")
     have = set(open(done).read().split()) if os.path.exists(done) else set()
@@ -217,9 +179,10 @@ def ensure_data(task_names):
         if "dest" in s:  # a plain file: download straight into the layout
             dest = os.path.join(data_dir, s["dest"])
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            download(s["url"], dest, s["sha256"], s["size"])
+            download(s["url"], dest, s["sha256"], s["size"], what=f"the {src} benchmark")
         else:
-            archive = download(s["url"], os.path.join(cache_dir("eval", "downloads"), name), s["sha256"], s["size"])
+            archive = download(s["url"], os.path.join(cache_dir("eval", "downloads"), name), s["sha256"], s["size"],
+                               what=f"the {src} benchmark")
             extract(archive, s["members"], data_dir)
         with open(done, "a") as f:
             f.write(src + "\n")

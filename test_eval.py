@@ -1,0 +1,354 @@
+"""Tests of eval.py on the small fixtures in tests_data/eval (the benchmarks' original formats)."""
+import io
+import json
+import math
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+import eval as E
+from model import GPT, GPTConfig, load_model, model_checkpoint, save_checkpoint
+from unicode_tokenizer import get_tokenizer
+
+FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests_data", "eval")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer("bvv241-2-3")
+
+
+def tiny_gpt(block_size=256, seed=0):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=65536, block_size=block_size, n_layer=2, n_head=2, d_model=32, embedding="trainable")
+    return GPT(cfg).eval()
+
+
+def forced_gpt(letter="B", block_size=256):
+    """A real GPT whose output head ignores its input and puts all the mass on one character."""
+    m = tiny_gpt(block_size)
+    with torch.no_grad():
+        m.lm_head.weight.zero_()
+        m.lm_head.bias.zero_()
+        m.lm_head.bias[ord(letter)] = 30.0
+    return m
+
+
+class LogitAverage(torch.nn.Module):
+    """Logit averaging of experts with nothing but the model interface (SPEC §6). Stands in for
+    merge.py's MergedGPT where that is not installed; also exercises eval.py's path for models that
+    are not our GPT class."""
+
+    def __init__(self, experts):
+        super().__init__()
+        self.experts = torch.nn.ModuleList(experts)
+        self.config = experts[0].config
+
+    def forward(self, idx, targets=None):
+        return torch.stack([e(idx)[0] for e in self.experts]).mean(0), None
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        from model import sample_next
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size:])
+            idx = torch.cat((idx, sample_next(logits[:, -1], temperature, top_k, generator)), dim=1)
+        return idx
+
+
+def merged(experts):
+    try:
+        import merge
+        return merge.MergedGPT(experts)
+    except (ImportError, AttributeError, TypeError):
+        return LogitAverage(experts)
+
+
+# ---------------------------------------------------------------------------- prompts, byte-exact
+
+def test_prompts_are_byte_exact_to_spec():
+    mmlu = E.load_task("mmlu", FIX)
+    wr = [it for it in mmlu if it["subject"] == "world_religions"]
+    assert wr[1]["prompt"] == ("Question: Which text is central to Sikhism?\n(Choose one.)\n"
+                               "Options: A) The Guru Granth Sahib B) The Vedas C) The Tripitaka D) The Avesta\nAnswer:")
+    assert wr[1]["gold"] == 0 and wr[1]["labels"] == list("ABCD")
+    arc = E.load_task("arc_easy", FIX)
+    assert arc[0]["prompt"] == ("Question: Which form of energy does a solar panel change into electricity?\n"
+                                "Options:\nA) sound\nB) light\nC) wind\nD) heat\nAnswer:")
+    assert arc[2]["labels"] == ["1", "2", "3", "4"] and arc[2]["gold"] == 2  # numeric ARC labels kept
+    csqa = E.load_task("commonsense_qa", FIX)
+    assert csqa[0]["prompt"].endswith("\nD) floor\nE) oven\nAnswer:") and csqa[0]["gold"] == 0
+    squad = E.load_task("squad_v2", FIX)
+    assert squad[0]["prompt"] == ("Context: The Normans were the people who in the 10th and 11th centuries gave their "
+                                  "name to Normandy, a region in France.\nQuestion: In what country is Normandy "
+                                  "located?\nAnswer:")
+    opus = E.load_task("opus_en_ru", FIX)
+    assert opus[0]["prompt"] == "Translate from English to Russian:\nThank you very much.\nAnswer:"
+    assert opus[0]["ref"] == "Большое спасибо." and opus[0]["max_new"] == len("Большое спасибо.")
+    zh_en = E.load_task("opus_zh_en", FIX)
+    assert zh_en[1]["prompt"] == "Translate from Chinese to English:\n车站在哪里？\nAnswer:" and zh_en[1]["ref"] == "Where is the station?"
+
+
+def test_loader_rules():
+    squad = E.load_task("squad_v2", FIX)
+    # answerable, first answer <= 8 chars: "France", "8", "O"; not the 23-char one, not the impossible one
+    assert sorted(it["answer"] for it in squad) == ["8", "France", "O"]
+    assert {it["max_new"] for it in squad} == {6, 1}
+    assert [len(E.load_task("mmlu", FIX, limit=1))] == [3]  # --limit counts per MMLU subject
+    hs = E.load_task("hellaswag", FIX)
+    assert hs[2]["ll_context"] == "Home and Garden: How to water a plant. Check the soil."
+    # exactly lm-eval's cleanup: "[step] Push" loses the marker but keeps its space, then " " + ending
+    assert hs[2]["ll_choices"][0] == "  Push a finger into the soil to feel if it is dry."
+    assert hs[0]["ll_context"] == "Roof shingle removal: A man is sitting on a roof. He"
+    boolq = E.load_task("boolq", FIX)
+    assert boolq[1]["prompt"].endswith("\nQuestion: can penguins fly?\nAnswer:") and boolq[1]["gold"] == 1
+    assert E.load_task("arc_easy", FIX)[0]["ll_choices"] == ["A", "B", "C", "D"]  # the answer follows "Answer:"
+
+
+# ---------------------------------------------------------------------------- scoring rules, CI
+
+def test_scoring_rules():
+    assert E.first_char_correct(" b", "B") and E.first_char_correct("B)", "B") and E.first_char_correct("\nc ", "C")
+    assert not E.first_char_correct(" ", "B")       # one new token spent on a space: wrong (SPEC §7)
+    assert not E.first_char_correct("", "A") and not E.first_char_correct("AB"[1:], "A")
+    assert E.first_char_correct(" 3", "3")
+    assert E.substring_correct(" in france, yes", "France") and not E.substring_correct("Fran", "France")
+    assert E.first_word_correct(" Yes, it is", "yes") and not E.first_word_correct("no", "yes")
+    assert not E.first_word_correct("yesterday", "yes")
+
+
+def test_bleu_sacrebleu_defaults_upper_cased():
+    pytest.importorskip("sacrebleu")
+    assert E.bleu("the cat sat on the mat", "The cat sat on the mat") == pytest.approx(100.0)
+    assert E.bleu("dog", "The cat sat on the mat") < 5
+
+
+def test_confidence_interval_formula():
+    mean, ci = E.mean_ci([20.0, 22.0, 24.0, 26.0])
+    sd = math.sqrt(((3 ** 2) + 1 + 1 + 3 ** 2) / 3)  # sample std (ddof=1) of 20, 22, 24, 26
+    assert mean == 23.0 and ci == pytest.approx(1.96 * sd / 2)
+    assert E.mean_ci([5.0]) == (5.0, 0.0)
+    res = E.acc_entry(np.array([[1, 0, 1, 1], [1, 1, 1, 1]], dtype=bool))
+    assert res["runs"] == [75.0, 100.0] and res["mean"] == 87.5
+    assert res["ci95"] == pytest.approx(1.96 * np.std([75, 100], ddof=1) / math.sqrt(2))
+
+
+# ---------------------------------------------------------------------------- the scorer
+
+@torch.no_grad()
+def naive_loglik(model, requests):
+    """Reference: every request alone, full logits, the lm-eval way."""
+    L = model.config.block_size
+    out = []
+    for ctx, cont in requests:
+        x = (ctx + cont)[-(L + 1):][:-1]
+        lp = torch.log_softmax(model(torch.tensor([x]))[0][0].float(), -1)
+        pos = range(len(x) - len(cont), len(x))
+        out.append((sum(float(lp[p, t]) for p, t in zip(pos, cont)),
+                    all(int(lp[p].argmax()) == t for p, t in zip(pos, cont))))
+    return out
+
+
+def test_grouped_loglik_equals_per_request_scoring(tok):
+    model = tiny_gpt(block_size=48)  # small block: several ARC prompts get truncated from the left
+    items = E.load_task("arc_challenge", FIX) + E.load_task("hellaswag", FIX) + E.load_task("boolq", FIX)
+    reqs = E.encode_requests(tok, E.choice_requests(items))
+    reqs.append((reqs[0][0], []))                # an empty continuation: log-likelihood 0
+    ours, truncated = E.loglikelihoods(model, reqs, batch_size=3, max_tokens=100)
+    ref = naive_loglik(model, reqs)
+    assert [g for _, g in ours] == [g for _, g in ref]
+    assert np.allclose([lp for lp, _ in ours], [lp for lp, _ in ref], atol=1e-4)
+    assert ours[-1] == (0.0, True)
+    assert len(truncated) > 0 and all(len(reqs[r][0]) + len(reqs[r][1]) > 48 for r in truncated)
+    # ARC letters: all options of one item are read from ONE row
+    rows, _, _ = E.plan_loglik(reqs[:len(items[0]["ll_choices"])], 1024)
+    assert len(rows) == 1
+
+
+def test_encode_requests_is_lm_eval_split(tok):
+    ctx, cont = E.encode_pair(tok, "Question: x\nAnswer: ", "B")
+    assert tok.decode(ctx) == "Question: x\nAnswer:" and tok.decode(cont) == " B"  # trailing space moves over
+    assert E.encode_requests(tok, [("Question: x\nAnswer: ", "B")]) == [(ctx, cont)]
+
+
+def test_lm_eval_adapter_returns_our_loglikelihoods(tok):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval_adapter import GlyphLM
+    model = tiny_gpt(block_size=64)
+    items = E.load_task("arc_easy", FIX) + E.load_task("hellaswag", FIX)
+    pairs = E.choice_requests(items)
+    ours, _ = E.loglikelihoods(model, E.encode_requests(tok, pairs))
+    lm = GlyphLM(model=model, tokenizer=tok, batch_size=4)
+    theirs = lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)], disable_tqdm=True)
+    assert [g for _, g in ours] == [g for _, g in theirs]
+    assert np.allclose([lp for lp, _ in ours], [lp for lp, _ in theirs], atol=1e-4)
+    assert E.choose(items, ours) == E.choose(items, theirs)
+    text = lm.generate_until([Instance("generate_until", {}, ("Question: hi\nAnswer:", dict(until=["\n"], max_gen_toks=3)), 0)],
+                             disable_tqdm=True)
+    assert isinstance(text[0], str) and "\n" not in text[0]
+    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("some text " * 20,), 0)], disable_tqdm=True)
+    assert rolling[0] < 0
+
+
+# ---------------------------------------------------------------------------- protocols end to end
+
+def test_forced_letter_model_gives_expected_accuracy(tok):
+    model = forced_gpt("B")
+    for protocol in ("loglik", "paper"):
+        res = E.evaluate(model, tok, ["mmlu", "arc_easy", "commonsense_qa"], protocol, FIX, runs=3)
+        assert res["mmlu"]["mean"] == pytest.approx(100 * 3 / 7)  # golds B, C, D, B, B, C, A
+        assert res["arc_easy"]["mean"] == pytest.approx(25.0)      # golds B, A, 3, D
+        assert res["commonsense_qa"]["mean"] == pytest.approx(100 / 3)
+        subj = res["mmlu"]["per_subject"]
+        assert subj["abstract_algebra"]["mean"] == pytest.approx(100 / 3) and subj["world_religions"]["mean"] == 0
+        assert sum(s["n"] for s in subj.values()) == 7
+    assert res["mmlu"]["ci95"] == 0.0 and res["mmlu"]["runs"] == [res["mmlu"]["mean"]] * 3
+
+
+def test_paper_protocol_is_seeded_and_one_token_path_matches_generate(tok):
+    model = tiny_gpt()
+    a = E.evaluate(model, tok, ["mmlu", "arc_challenge"], "paper", FIX, runs=3, seed=7, log_samples=True)
+    b = E.evaluate(model, tok, ["mmlu", "arc_challenge"], "paper", FIX, runs=3, seed=7, log_samples=True)
+    for t in a:
+        assert a[t]["samples"] == b[t]["samples"] and a[t]["runs"] == b[t]["runs"]
+    c = E.evaluate(model, tok, ["mmlu"], "paper", FIX, runs=3, seed=8, log_samples=True)
+    assert c["mmlu"]["samples"] != a["mmlu"]["samples"]
+    # MMLU's single new token is drawn from one batched forward pass; model.generate with the same
+    # per-item generator draws the very same tokens
+    prompts = [it["prompt"] for it in E.load_task("mmlu", FIX)]
+    fast, _ = E.sample_continuations(model, tok, "mmlu", prompts[:4], 1, 5, 1.0, 50, 7, batch_size=3)
+    for i, p in enumerate(prompts[:4]):
+        ids = tok.encode(p)
+        y = model.generate(torch.tensor([ids] * 5), 1, temperature=1.0, top_k=50, generator=E.item_generator(7, "mmlu", i, "cpu"))
+        assert fast[i] == [tok.decode([t]) for t in y[:, -1].tolist()]
+
+
+def test_all_tasks_both_protocols_and_long_prompts_are_truncated(tok):
+    model = tiny_gpt(block_size=40)  # shorter than most prompts: truncated from the left, never a crash
+    names = [t for t in E.GROUPS["all"] if not t.startswith("opus")] + ["opus_en_zh"]
+    if not _has("sacrebleu"):
+        names.remove("opus_en_zh")
+    for protocol in ("paper", "loglik"):
+        res = E.evaluate(model, tok, names, protocol, FIX, runs=2, limit=2)
+        assert set(res) == set(names)
+        assert res["mmlu"]["truncated"] == 6 and res["arc_easy"]["truncated"] == 2  # 2 per MMLU subject
+        for r in res.values():
+            assert 0 <= r["mean"] <= 100 and r["n"] > 0
+    assert "acc_norm" in res["hellaswag"]
+
+
+def _has(mod):
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
+
+
+def test_merged_model_evaluates(tok):
+    a, b = tiny_gpt(seed=1), tiny_gpt(seed=2)
+    m = merged([a, b])
+    res = E.evaluate(m, tok, ["arc_easy", "squad_v2"], "loglik", FIX, limit=2)
+    assert res["arc_easy"]["n"] == 2
+    # the merged log-likelihoods are those of the averaged logits, computed by hand
+    items = E.load_task("arc_easy", FIX)
+    reqs = E.encode_requests(tok, E.choice_requests(items))
+    ours, _ = E.loglikelihoods(m, reqs)
+    assert np.allclose([lp for lp, _ in ours], [lp for lp, _ in naive_loglik(m, reqs)], atol=1e-4)
+    # a merge of two copies of one model scores exactly like that model
+    same, _ = E.loglikelihoods(merged([a, a]), reqs)
+    single, _ = E.loglikelihoods(a, reqs)
+    assert np.allclose([lp for lp, _ in same], [lp for lp, _ in single], atol=1e-4)
+    paper = E.evaluate(m, tok, ["mmlu", "arc_easy"], "paper", FIX, runs=2, limit=1)
+    assert paper["mmlu"]["n"] == 3 and paper["arc_easy"]["n"] == 1
+
+
+def test_bits_per_byte(tok, tmp_path):
+    from data.common import write_dataset
+    docs = ["The quick brown fox jumps over the lazy dog. " * 3, "Съешь же ещё этих мягких французских булок.", "你好，世界。" * 4]
+    meta = write_dataset(str(tmp_path / "d"), docs * 3, docs, tok, source="test")
+    model = tiny_gpt(block_size=32)
+    res = E.evaluate(model, tok, ["bpb"], val_data=str(tmp_path / "d"))["bpb"]
+    from data.common import open_split
+    data = torch.from_numpy(open_split(str(tmp_path / "d"), "val", tok).astype(np.int64))
+    n = (len(data) - 1) // 32
+    x, y = data[:n * 32].view(n, 32), data[1:n * 32 + 1].view(n, 32)
+    loss = torch.nn.functional.cross_entropy(model(x)[0].reshape(-1, 65536), y.reshape(-1)).item()
+    assert res["loss"] == pytest.approx(loss, rel=1e-5)
+    assert res["mean"] == pytest.approx(loss / math.log(2) * meta["val_tokens"] / meta["val_bytes"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- command line, files, bad input
+
+def test_cli_writes_json_and_compare_table(tok, tmp_path, capsys):
+    model = forced_gpt("B")
+    ckpt = str(tmp_path / "forced.pt")
+    save_checkpoint(model_checkpoint(model, tok), ckpt)
+    out1, out2 = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu,arc_easy", "--out", out1, "--device", "cpu"])
+    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu", "--protocol", "paper", "--runs", "2",
+            "--out", out2, "--device", "cpu"])
+    r = json.load(open(out1))
+    assert r["protocol"] == "loglik" and r["tokenizer"] == "bvv241-2-3" and len(r["model_fingerprint"]) == 16
+    assert r["tasks"]["mmlu"]["mean"] == pytest.approx(100 * 3 / 7) and "abstract_algebra" in r["tasks"]["mmlu"]["per_subject"]
+    assert json.load(open(out2))["decoding"] == dict(runs=2, temperature=E.TEMPERATURE, top_k=E.TOP_K)
+    capsys.readouterr()
+    E.main(["--compare", out1, out2])
+    text = capsys.readouterr().out
+    assert "| task | metric | a (loglik) | b (paper) |" in text
+    assert "| mmlu | acc | 42.86 ± " in text and "| arc_easy | acc | 25.00 ± 49.00 |  |" in text
+
+
+def test_bad_input_messages(tok, tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'mmlu_pro'.*known tasks: mmlu, arc_easy"):
+        E.resolve_tasks("mmlu,mmlu_pro")
+    with pytest.raises(FileNotFoundError, match="ARC-Easy-Dev.jsonl: missing benchmark file"):
+        E.load_task("arc_easy", str(tmp_path))
+    (tmp_path / "mmlu" / "test").mkdir(parents=True)
+    bad = tmp_path / "mmlu" / "test" / "anatomy_test.csv"
+    bad.write_text("What is it?,a,b,c,d,A\nWhat else?,a,b,c,d,E\n")
+    with pytest.raises(ValueError, match=r"anatomy_test.csv:2: answer 'E' is not one of A, B, C, D"):
+        E.load_task("mmlu", str(tmp_path))
+    bad.write_text("What is it?,a,b,c,A\n")
+    with pytest.raises(ValueError, match=r"anatomy_test.csv:1: expected 6 fields"):
+        E.load_task("mmlu", str(tmp_path))
+    (tmp_path / "boolq").mkdir()
+    (tmp_path / "boolq" / "dev.jsonl").write_text('{"question": "q", "answer": true, "passage": "p"}\n{"question": \n')
+    with pytest.raises(ValueError, match=r"dev.jsonl:2: not valid JSON"):
+        E.load_task("boolq", str(tmp_path))
+    (tmp_path / "boolq" / "dev.jsonl").write_text('{"question": "q", "answer": true}\n')
+    with pytest.raises(ValueError, match=r"dev.jsonl:1: missing key 'passage'"):
+        E.load_task("boolq", str(tmp_path))
+    not_model = tmp_path / "notes.pt"
+    not_model.write_text("hello")
+    with pytest.raises(SystemExit, match="notes.pt: cannot load as a glyphgpt model"):
+        E.main(["--ckpt", str(not_model), "--data_dir", FIX, "--tasks", "mmlu"])
+    with pytest.raises(SystemExit, match="unknown task 'nope'"):
+        E.main(["--ckpt", str(not_model), "--tasks", "nope"])
+
+
+def test_download_cache_and_archive_layout(tmp_path, monkeypatch, tok):
+    """ensure_data with an archive already in the cache (no network): verified, extracted into the
+    same layout --data_dir reads."""
+    monkeypatch.setenv("GLYPHGPT_CACHE", str(tmp_path / "cache"))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name in ["data/test/anatomy_test.csv", "data/dev/anatomy_dev.csv"]:
+            body = b"What is it?,a,b,c,d,C\n"
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            t.addfile(info, io.BytesIO(body))
+    raw = buf.getvalue()
+    import hashlib
+    src = dict(E.SOURCES["mmlu"], size=len(raw), sha256=hashlib.sha256(raw).hexdigest(), url="https://example.invalid/data.tar")
+    monkeypatch.setitem(E.SOURCES, "mmlu", src)
+    dl = tmp_path / "cache" / "eval" / "downloads"
+    dl.mkdir(parents=True)
+    (dl / "data.tar").write_bytes(raw)
+    data_dir = E.ensure_data(["mmlu"])
+    assert os.listdir(os.path.join(data_dir, "mmlu", "test")) == ["anatomy_test.csv"]
+    assert E.load_task("mmlu", data_dir)[0]["gold"] == 2
