@@ -1,0 +1,118 @@
+"""
+Benchmark of glyph_embed.py: build time and peak memory of the frozen tables, and the speed-up of the
+batched renderer over the literal per-token Pillow builder, measured side by side in this run.
+
+    python bench_glyph.py                 # 65,536 x 1024 faithful (bvv241-2-3) + truncations + cache load
+    python bench_glyph.py --big           # also 131,072 x 4096 (64x64 cells, bvv241-max constants)
+    python bench_glyph.py --tokenizer gpt2
+
+Each case runs in a fresh subprocess (no cache: $GLYPHGPT_CACHE points to a temporary directory), so
+its peak RSS is its own.
+"""
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import glyph_embed as ge
+
+
+def vocab(name, size=None):
+    """Token strings of a tokenizer; --big pads bvv241-2-3 to 131,072 ids with seeded 2-5 letter n-grams
+    (a stand-in for the bvv241-max vocabulary, which is not available offline)."""
+    from unicode_tokenizer import get_tokenizer
+    strings = ge.token_strings_of(get_tokenizer(name))[0]
+    if size and size > len(strings):
+        rng = random.Random(0)
+        letters = [chr(c) for c in list(range(0x61, 0x7B)) + list(range(0x430, 0x450)) + list(range(0x4E00, 0x4E80))]
+        seen = set(strings)
+        while len(strings) < size:
+            s = "".join(rng.choice(letters) for _ in range(rng.randint(2, 5)))
+            if s not in seen:
+                seen.add(s)
+                strings.append(s)
+    return strings
+
+
+def case(args):
+    """One measurement, in this (fresh) process; prints one JSON line."""
+    strings = vocab(args.tokenizer, args.size)
+    out = {"case": args.case, "V": len(strings)}
+    t0 = time.time()
+    font = ge.load_font()
+    out["font_s"] = time.time() - t0
+    if args.case == "render_ratio":
+        # the literal builder, one token at a time (test_glyph.reference_render) vs the batched path
+        from test_glyph import reference_render
+        sample = random.Random(0).sample(strings, 2000)
+        t0 = time.time()
+        for s in sample:
+            if s:
+                reference_render(s, font, cell=args.cell)
+        out["pillow_per_token_2000_s"] = time.time() - t0
+        t0 = time.time()
+        ge.render_batch(sample, args.cell, font=font)
+        out["batched_2000_s"] = time.time() - t0
+        t0 = time.time()
+        ge.render_batch(strings, args.cell, font=font)
+        out["batched_all_s"] = time.time() - t0
+        out["pillow_per_token_all_s_extrapolated"] = out["pillow_per_token_2000_s"] * len(strings) / 2000
+        out["speedup_all"] = out["pillow_per_token_all_s_extrapolated"] / out["batched_all_s"]
+    else:
+        t0, c0 = time.time(), time.process_time()
+        table, info = ge.frozen_table(strings, "glyph", args.dim, cell=args.cell, constants=args.constants)
+        out["build_s"] = time.time() - t0
+        out["build_cpu_s"] = time.process_time() - c0
+        for k, (w, c) in ge.TIMINGS.items():
+            out[f"{k}_s"], out[f"{k}_cpu_s"] = w, c
+        out["shape"] = list(table.shape)
+        out["fingerprint"] = info["fingerprint"]
+        for d in (512, 256, 64, 32):
+            if d < args.dim:
+                t0 = time.time()
+                ge.frozen_table(strings, "glyph", d, cell=args.cell, constants=args.constants)
+                out[f"dim{d}_from_cached_basis_s"] = time.time() - t0
+        t0 = time.time()
+        ge.frozen_table(strings, "glyph", args.dim, cell=args.cell, constants=args.constants)
+        out["cache_load_s"] = time.time() - t0
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(out))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokenizer", default="bvv241-2-3")
+    ap.add_argument("--big", action="store_true", help="also 131,072 x 4096 (several minutes, ~5 GB)")
+    ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--dim", type=int, default=1024, help=argparse.SUPPRESS)
+    ap.add_argument("--cell", type=int, default=32, help=argparse.SUPPRESS)
+    ap.add_argument("--constants", default="bvv241-2-3", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        return case(args)
+    cases = [["--case", "table"], ["--case", "render_ratio"]]
+    if args.big:
+        cases.append(["--case", "table", "--size", "131072", "--dim", "4096", "--cell", "64",
+                      "--constants", "bvv241-max"])
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, tokenizer {args.tokenizer}")
+    for c in cases:
+        with tempfile.TemporaryDirectory() as d:
+            env = dict(os.environ, GLYPHGPT_CACHE=d)
+            r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer] + c, env=env,
+                               capture_output=True, text=True)
+            if r.returncode:
+                raise SystemExit(f"case {c} failed: {r.stderr.strip().splitlines()[-1]}")
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+
+
+if __name__ == "__main__":
+    main()
