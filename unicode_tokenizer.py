@@ -40,7 +40,6 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<think>", "</think>", "<emotions>", "</emotions>",
                   "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "[INST]", "[/INST]",
@@ -209,6 +208,9 @@ class UnicodeTokenizer:
                 raise ValueError("lossless mode needs the free placeholder ids 0xE017-0xE0DA of the bvv241 layout")
         self.char_ids = {ord(s) for s in self.tokens if len(s) == 1}
         self._unknown = re.compile(f"[^{py_class(self.char_ids)}]")
+        self._special_ids = {s: i for i, s in self.added}
+        longest_first = sorted(self._special_ids, key=len, reverse=True)  # so re's leftmost match is the longest
+        self._special_re = re.compile("|".join(map(re.escape, longest_first)) if self.added else "(?!)")
         self._fingerprint = None
         self._engine = None  # built on first encode
 
@@ -229,18 +231,39 @@ class UnicodeTokenizer:
 
     # --- encoding
     def encode(self, text):
-        check_text(text)
-        unknown = self._unknown.findall(text) if self.lossless else None
-        ids = self.engine(self._unknown.sub(self.sentinel, text))
-        if unknown:  # each unk that came from a character (not a literal "<unk>") -> 3 escape ids
-            out, k = [], 0
-            for i in ids:
-                if i == -1:
-                    cp = ord(unknown[k]); k += 1
-                    out += [ESC_LEAD + (cp >> 14), ESC_CONT + ((cp >> 7) & 127), ESC_CONT + (cp & 127)]
-                else:
-                    out.append(i)
-            return out
+        if not isinstance(text, str):
+            raise ValueError(f"expected str to encode, got {type(text).__name__}")
+        if self._special_re.search(text) is None:
+            if self._unknown.search(text) is None:  # fast path: no special token, every character has an id
+                return (self._engine or self.engine)(text)
+            return self._encode_ordinary(text)
+        ids, pos = [], 0  # literal special-token strings first, leftmost-longest, as HF does
+        for m in self._special_re.finditer(text):
+            ids += self._encode_ordinary(text[pos:m.start()])
+            ids.append(self._special_ids[m.group()])
+            pos = m.end()
+        return ids + self._encode_ordinary(text[pos:])
+
+    def _encode_ordinary(self, text):
+        engine = self._engine or self.engine
+        if self._unknown.search(text) is None:  # the common case: every character has an id
+            return engine(text)
+        check_text(text)  # lone surrogates are "unknown" too, but an error
+        masked, n_unknown = self._unknown.subn(self.sentinel, text)  # no-id characters -> one sentinel
+        ids = engine(masked)  # -1 where the sentinel was
+        if n_unknown:
+            if self.lossless:  # each unknown character -> 3 escape ids
+                unknown, out = iter(self._unknown.findall(text)), []
+                for i in ids:
+                    if i == -1:
+                        cp = ord(next(unknown))
+                        out += [ESC_LEAD + (cp >> 14), ESC_CONT + ((cp >> 7) & 127), ESC_CONT + (cp & 127)]
+                    else:
+                        out.append(i)
+                return out
+            if self.unk_id is None:
+                raise ValueError(f"character {self._unknown.search(text).group()!r} has no id and the tokenizer has no unk token")
+            ids = [self.unk_id if i == -1 else i for i in ids]
         return ids
 
     def encode_batch(self, texts, num_threads=None):
@@ -249,8 +272,10 @@ class UnicodeTokenizer:
         if workers <= 1:
             return [self.encode(t) for t in texts]
         if self.engine.kind == "tiktoken":  # tiktoken releases the GIL: threads use all cores
+            step = -(-len(texts) // (4 * workers))  # a few big chunks: a pool task costs ~10 us
+            chunks = [texts[i:i + step] for i in range(0, len(texts), step)]
             with ThreadPoolExecutor(workers) as pool:
-                return list(pool.map(self.encode, texts))
+                return [ids for chunk in pool.map(lambda c: [self.encode(t) for t in c], chunks) for ids in chunk]
         import multiprocessing  # the pure-Python engine needs processes (forked: they inherit self)
         global _BATCH_TOKENIZER
         _BATCH_TOKENIZER = self
@@ -278,10 +303,12 @@ class UnicodeTokenizer:
         rank order == n-gram order except between two splits of the same n-gram); (2) no merge result
         is longer than 3 characters (a trigram never merges further, so ties between two splits of one
         trigram can only be disjoint, where order does not matter; two overlapping ones, [aa,a,aa],
-        cannot arise because a bigram next to a free char merges into the trigram first);
-        (3) no added token is a prefix of another (tiktoken matches specials leftmost-first, HF
-        leftmost-longest). Characters and their UTF-8 prefixes get ranks below every n-gram, so
-        bytes always form whole characters first. Pieces are maximal runs of n-gram characters (no
+        cannot arise because a bigram next to a free char merges into the trigram first).
+        Special tokens are split off before (encode()), as HF does. Characters and their UTF-8 prefixes get ranks below every n-gram, so
+        bytes always form whole characters first (a byte sequence that starts with a continuation byte
+        is never ranked beyond the single byte, so no token straddles a character boundary, and the
+        prefix merges of every character exist, so none stays partial: the -2 entries of the
+        rank -> id table are unreachable; the tests check it). Pieces are maximal runs of n-gram characters (no
         merge crosses a character that is in no n-gram) or single other characters; only reachable
         n-grams are ranked, so tiktoken's whole-piece lookup never yields a token BPE cannot build."""
         try:
@@ -289,8 +316,7 @@ class UnicodeTokenizer:
         except ImportError:
             return None
         targets = list(dict.fromkeys(a + b for a, b in self.merges))
-        if (generate_merges(targets, self.vocab) != self.merges or any(len(t) > 3 for t in targets)
-                or any(s != t and t.startswith(s) for _, s in self.added for _, t in self.added)):
+        if generate_merges(targets, self.vocab) != self.merges or any(len(t) > 3 for t in targets):
             return None
         ranks, rank_ids = {}, []
         for b in range(256):  # every single byte (tiktoken wants them), ids only for ASCII chars
@@ -311,47 +337,30 @@ class UnicodeTokenizer:
         for t in targets:
             ranks[t.encode("utf-8")] = len(rank_ids)
             rank_ids.append(self.vocab[t])
-        specials = {}
-        for i, s in self.added:
-            specials[s] = len(rank_ids)
-            rank_ids.append(i)
         ngram_chars = {ord(c) for t in targets for c in t}
         pat = f"[{char_class(ngram_chars)}]+|[^{char_class(ngram_chars)}]" if ngram_chars else "(?s:.)"
-        enc = tiktoken.Encoding(f"bvv-{self.fingerprint}", pat_str=pat, mergeable_ranks=ranks,
-                                special_tokens=specials)
-        lookup = np.array(rank_ids, dtype=np.int64)
-        unk = self.unk_id if (self.unk_id is not None and not self.lossless) else -1
-        lossless = self.lossless
+        enc = tiktoken.Encoding(f"bvv-{self.fingerprint}", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+        rank_to_id = rank_ids.__getitem__  # (faster than numpy for the short lists of typical documents)
 
-        def run(text):
-            ids = lookup[np.asarray(enc.encode(text, allowed_special="all"), dtype=np.int64)]
-            if unk != -1:
-                ids[ids == -1] = unk
-            elif not lossless and (ids == -1).any():
-                raise ValueError("text has a character with no id and the tokenizer has no unk token")
-            if (ids < -1).any():  # cannot happen for valid text; never return a silent wrong id
-                raise ValueError("internal error: tiktoken produced a partial-character token")
-            return ids.tolist()
-        run.kind = "tiktoken"
+        def run(text):  # text: no special tokens, unknown characters already replaced by the sentinel
+            ranks = enc.encode_ordinary(text)
+            return list(map(rank_to_id, ranks))
+        run.kind, run.enc = "tiktoken", enc
         return run
 
     def _python_engine(self):
-        """Plain exact BPE: split off added tokens (leftmost-longest), then repeatedly merge the adjacent
-        pair with the lowest merge rank, leftmost first. Runs separated by characters that are in no
-        merge are independent, so they are encoded (and cached) one by one."""
+        """Plain exact BPE, HF's algorithm: repeatedly merge the adjacent pair with the lowest merge rank,
+        leftmost first. Runs separated by characters that are in no merge are independent, so they
+        are encoded (and cached) one by one."""
         from functools import lru_cache
         rank = {(self.vocab[a], self.vocab[b]): (r, self.vocab[a + b]) for r, (a, b) in enumerate(self.merges)}
         merge_chars = {c for a, b in self.merges for c in a + b}
         runs = re.compile(f"[{py_class({ord(c) for c in merge_chars})}]+|." if merge_chars else ".", re.S)
-        added = sorted((s for _, s in self.added), key=len, reverse=True)
-        added_re = re.compile("|".join(map(re.escape, added))) if added else None
-        added_ids = {s: i for i, s in self.added}
-        unk = self.unk_id if (self.unk_id is not None and not self.lossless) else -1
-        sentinel, lossless = self.sentinel, self.lossless
+        vocab = self.vocab
 
         @lru_cache(maxsize=1 << 16)
         def bpe(run):
-            sym = [self.vocab.get(c, -1) if c != sentinel else -1 for c in run]
+            sym = [vocab.get(c, -1) for c in run]  # -1: the sentinel (no id)
             while len(sym) > 1:
                 best = None
                 for i in range(len(sym) - 1):
@@ -362,28 +371,12 @@ class UnicodeTokenizer:
                     break
                 _, i, new = best
                 sym[i:i + 2] = [new]
-            if unk == -1 and not lossless and -1 in sym:
-                raise ValueError("text has a character with no id and the tokenizer has no unk token")
-            return tuple(unk if s == -1 else s for s in sym)
+            return sym
 
-        def leftmost_longest(text):
-            # HF matches added tokens leftmost-longest; regex alternation of longest-first does that
-            pos = 0
-            if added_re is not None:
-                for m in added_re.finditer(text):
-                    yield text[pos:m.start()], None
-                    yield None, added_ids[m.group()]
-                    pos = m.end()
-            yield text[pos:], None
-
-        def run(text):
+        def run(text):  # text: no special tokens, unknown characters already replaced by the sentinel
             out = []
-            for piece, special in leftmost_longest(text):
-                if special is not None:
-                    out.append(special)
-                else:
-                    for r in runs.findall(piece):
-                        out.extend(bpe(r))
+            for r in runs.findall(text):
+                out += bpe(r)
             return out
         run.kind = "python"
         return run
