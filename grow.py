@@ -1,0 +1,492 @@
+"""
+Grow a deep model layer by layer on the frozen substrate (../shared/SPEC.md §5, "Growing
+Transformers"): train k blocks, freeze them, stack k new blocks ON TOP, train only the new blocks,
+the (reused, never re-initialised) output head and the final LayerNorm, repeat. Optionally, from a
+given stage on, the earlier blocks get LoRA adapters that train with the new blocks and are merged
+into the base weights at the end of the stage (the abs-bvv-5/6 recipe).
+
+Every stage is trained by train.py's own loop (train.train(cfg, model=...)): same data sampler,
+optimizer, schedule, logging, checkpointing and exact resume. This file only builds the stage's
+model (what is new, what is frozen, which adapters) and keeps the books between stages.
+
+$ python grow.py config/grow_shakespeare_tiny.py             # the whole schedule, one command
+$ python grow.py config/grow_shakespeare_tiny.py             # again: resumes (stage, iteration) or reports
+$ python grow.py config/grow_9x1024_3stages.py --plan_only   # per-stage parameter counts, no data needed
+
+Writes out_dir/stage_{i}.pt (a plain 'gpt' checkpoint after stage i: sample.py / eval.py load it),
+out_dir/grow_log.jsonl (one line per stage: parameter counts, val loss, bits per byte, time),
+out_dir/stage_{i}/log.jsonl (train.py's log of that stage) and out_dir/grow_schedule.json.
+While stage i runs, its resumable checkpoint (with optimizer) is out_dir/stage_{i}/ckpt.pt; it is
+deleted once stage_{i}.pt is written.
+
+Why the frozen prefix is cheap: every parameter below the first new block has requires_grad=False
+and the input (a frozen table lookup) needs no gradient, so autograd records nothing for those
+blocks: no graph, no stored activations, no backward, exactly as if they ran under torch.no_grad().
+test_grow.py checks that zero saved tensors come from frozen blocks; bench_grow.py measures it.
+"""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+import train as T
+from configurator import ConfigError, configure, defaults_from
+from model import GPT, Block, GPTConfig, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
+
+# -----------------------------------------------------------------------------
+# grow.py's own config keys; train.py's keys apply as well (data, batch, optimizer, model width)
+growth = [2, 2]  # new blocks per stage, bottom to top: [3, 3, 3] = the 9-layer study
+grow_from = ""  # a checkpoint with N layers to grow on top of; "" = stage 1 trains the first blocks from scratch
+stage_iters = []  # iterations per stage; [] = max_iters for every stage
+stage_tokens = []  # or tokens per stage (rounded up to whole iterations); set one of the two
+stage_lr = []  # peak learning rate per stage; [] = learning_rate; min_lr scales with it
+new_block_init = "zero_proj"  # zero_proj: new blocks start as identity (grown model = smaller model) | random
+lora_from_stage = 0  # 1-based stage from which earlier blocks get LoRA adapters; 0 = never
+lora_rank = 8
+lora_alpha = 16.0
+lora_targets = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+plan_only = False  # print the stages and their parameter counts (built on the meta device) and exit
+# -----------------------------------------------------------------------------
+_OWN = defaults_from(globals())
+# init_from / lr_decay_iters / eval_only are set per stage by grow.py; n_layer = the final depth
+# (0 = whatever the schedule adds up to; if set, the schedule must add up to it)
+DEFAULTS = {**{k: v for k, v in T.DEFAULTS.items() if k not in ("init_from", "lr_decay_iters", "eval_only")},
+            "out_dir": "out-grow", "n_layer": 0, **_OWN}
+
+LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+# what a stage's result depends on: a re-run with any of these changed is refused, not resumed
+SCHEDULE_KEYS = ("growth", "grow_from", "new_block_init", "lora_from_stage", "lora_rank", "lora_alpha",
+                 "lora_targets", "tokenizer", "embedding", "table_dim", "table_path", "d_model", "n_head",
+                 "bias", "rope_base", "dropout", "datasets", "batch_size", "block_size",
+                 "gradient_accumulation_steps", "seed", "warmup_iters", "min_lr", "weight_decay",
+                 "beta1", "beta2", "grad_clip", "decay_lr")
+
+fail = T.fail  # ValueError with a one-line message; main() turns it into a clean exit
+
+
+# -----------------------------------------------------------------------------
+# LoRA: a low-rank update next to a frozen nn.Linear, merged into it at the end of a stage
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha / rank) * x A^T B^T with base frozen. B starts at zero, so wrapping a
+    layer does not change the model; after training, merge() folds B A into base.weight."""
+
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's default, as in peft
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+
+    @torch.no_grad()
+    def merge(self):
+        """-> the base nn.Linear with the adapter folded in (computed in float32)."""
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scale
+        self.base.weight.copy_((self.base.weight.float() + delta).to(self.base.weight.dtype))
+        return self.base
+
+
+def attach_lora(model, blocks, targets, rank, alpha):
+    """Wrap the target linears of the given blocks (their base weights stay frozen)."""
+    for i in blocks:
+        for t in targets:
+            parent_name, name = t.split(".")
+            parent = getattr(model.transformer.h[i], parent_name)
+            setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha))
+
+
+def merge_lora(model):
+    """Replace every LoRALinear by its merged base: the model is a plain GPT again."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, name, child.merge())
+    return model
+
+
+def has_lora(model):
+    return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+# -----------------------------------------------------------------------------
+# the schedule
+
+def _per_stage(cfg, key, n, default):
+    """A per-stage list from the config: [] -> [default] * n; otherwise exactly n positive numbers."""
+    v = cfg[key]
+    if not v:
+        return [default] * n
+    if len(v) != n or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in v):
+        fail(f"{key}={v!r}: expected {n} positive numbers, one per stage of growth={cfg['growth']}")
+    return list(v)
+
+
+def make_plan(cfg, n_base=0):
+    """-> list of stages: dict(stage (1-based), new (block indices), depth, iters, lr, min_lr, lora).
+    n_base: layers of the grow_from checkpoint (0 = grow from nothing)."""
+    g = cfg["growth"]
+    if not g or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in g):
+        fail(f"growth={g!r}: expected a non-empty list of positive ints (new blocks per stage), e.g. [3, 3, 3]")
+    depth = n_base + sum(g)
+    if cfg["n_layer"] and cfg["n_layer"] != depth:
+        fail(f"growth={g} adds {sum(g)} layers to the {n_base} of "
+             f"{cfg['grow_from'] or 'nothing'} = {depth}, but n_layer={cfg['n_layer']}")
+    n = len(g)
+    if cfg["stage_iters"] and cfg["stage_tokens"]:
+        fail("stage_iters and stage_tokens are both set: give the length of each stage one way")
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+    if cfg["stage_tokens"]:
+        iters = [math.ceil(t / tokens_per_iter) for t in _per_stage(cfg, "stage_tokens", n, 0)]
+    else:
+        iters = _per_stage(cfg, "stage_iters", n, cfg["max_iters"])
+        if any(int(i) != i for i in iters):
+            fail(f"stage_iters={cfg['stage_iters']!r}: expected whole numbers of iterations")
+        iters = [int(i) for i in iters]
+    if min(iters) < 1:
+        fail(f"max_iters={cfg['max_iters']}: every stage needs at least one iteration")
+    lrs = [float(x) for x in _per_stage(cfg, "stage_lr", n, cfg["learning_rate"])]
+    lf = cfg["lora_from_stage"]
+    if lf < 0 or lf > n:
+        fail(f"lora_from_stage={lf}: expected 0 (no LoRA) or a stage number 1..{n}")
+    if lf == 1 and n_base == 0:
+        fail("lora_from_stage=1 but stage 1 grows from nothing: there are no earlier blocks to adapt")
+    if lf:
+        bad = [t for t in cfg["lora_targets"] if t not in LORA_TARGETS]
+        if bad or not cfg["lora_targets"]:
+            fail(f"lora_targets={cfg['lora_targets']!r}: {bad[0] if bad else 'empty'} is not a linear layer "
+                 f"of a block; expected some of {', '.join(LORA_TARGETS)}")
+        if cfg["lora_rank"] < 1 or cfg["lora_alpha"] <= 0:
+            fail(f"lora_rank={cfg['lora_rank']}, lora_alpha={cfg['lora_alpha']}: expected rank >= 1 and alpha > 0")
+    if cfg["new_block_init"] not in ("zero_proj", "random"):
+        fail(f"new_block_init={cfg['new_block_init']!r}: expected 'zero_proj' or 'random'")
+    stages, top = [], n_base
+    for i, k in enumerate(g):
+        stages.append(dict(stage=i + 1, new=list(range(top, top + k)), depth=top + k, iters=iters[i],
+                           tokens=iters[i] * tokens_per_iter, lr=lrs[i],
+                           min_lr=cfg["min_lr"] * lrs[i] / cfg["learning_rate"],
+                           lora=bool(lf) and i + 1 >= lf))
+        top += k
+    return stages
+
+
+def schedule_of(cfg, stages, base_fp):
+    """Everything a stage's result depends on, as plain JSON (compared on re-runs)."""
+    s = {k: cfg[k] for k in SCHEDULE_KEYS}
+    s["datasets"] = dict(s["datasets"])
+    s["stages"] = [{k: st[k] for k in ("depth", "iters", "lr", "min_lr", "lora")} for st in stages]
+    s["grow_from_table"] = base_fp
+    return json.loads(json.dumps(s))  # tuples -> lists, so it compares equal to what was read back
+
+
+def stage_config(cfg, st, out_dir, resume):
+    """train.py's config for one stage: its depth, length, learning rate, own data seed and folder.
+    The seed differs per stage so each stage trains on fresh batches (train.py's batches are a
+    function of (seed, iteration)); validation for the stage reports uses the base seed."""
+    return {**cfg, "n_layer": st["depth"], "max_iters": st["iters"], "lr_decay_iters": st["iters"],
+            "learning_rate": st["lr"], "min_lr": st["min_lr"], "seed": cfg["seed"] + st["stage"] - 1,
+            "out_dir": os.path.join(out_dir, f"stage_{st['stage']}"),
+            "init_from": "resume" if resume else "scratch", "eval_only": False}
+
+
+# -----------------------------------------------------------------------------
+# building a stage's model
+
+def init_new_block(block, model, how):
+    """'random': GPT's own init (N(0, 0.02), residual projections / sqrt(2 * depth)).
+    'zero_proj': the same, but both residual output projections are zero, so the block adds
+    nothing at first: the grown model computes exactly what the smaller one did (LLaMA-Pro style),
+    and gradients still flow (c_proj gets them at once, the rest from the next step on)."""
+    block.apply(model._init_weights)
+    for name, p in block.named_parameters():
+        if name.endswith("c_proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * model.config.n_layer))
+    if how == "zero_proj":
+        for lin in (block.attn.c_proj, block.mlp.c_proj):
+            nn.init.zeros_(lin.weight)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+
+def stack_blocks(model, st, cfg):
+    """Append the stage's new blocks on top of model (in place) and return it."""
+    if len(model.transformer.h) != st["new"][0]:
+        raise RuntimeError(f"stage {st['stage']} expects {st['new'][0]} layers below it, the model has "
+                           f"{len(model.transformer.h)}")
+    model.config = dataclasses.replace(model.config, n_layer=st["depth"], dropout=cfg["dropout"])
+    dev = model.lm_head.weight.device
+    torch.manual_seed(cfg["seed"] + 1000 * st["stage"])  # new-block init is reproducible per stage
+    for _ in st["new"]:
+        block = Block(model.config).to(dev)
+        init_new_block(block, model, cfg["new_block_init"])
+        model.transformer.h.append(block)
+    for m in model.modules():  # the stage's dropout (config key) applies to old blocks too
+        if isinstance(m, nn.Dropout):
+            m.p = cfg["dropout"]
+    for m in model.modules():
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+            m.dropout = cfg["dropout"]
+    return model
+
+
+def prepare_stage(model, st, cfg, first_from_scratch=False):
+    """Freeze everything, then unfreeze the new blocks, the final norm and the head (and a
+    trainable embedding in a stage 1 grown from nothing: it has nothing to be frozen from);
+    attach LoRA adapters to all earlier blocks in a LoRA stage."""
+    model.requires_grad_(False)
+    for i in st["new"]:
+        model.transformer.h[i].requires_grad_(True)
+    model.transformer.ln_f.requires_grad_(True)
+    model.lm_head.requires_grad_(True)
+    if first_from_scratch and cfg["embedding"] == "trainable":
+        model.transformer.wte.requires_grad_(True)
+    if st["lora"]:
+        attach_lora(model, range(st["new"][0]), cfg["lora_targets"], cfg["lora_rank"], cfg["lora_alpha"])
+    return model
+
+
+def model_config(cfg, vocab_size, n_layer):
+    return GPTConfig(vocab_size=vocab_size, block_size=cfg["block_size"], n_layer=n_layer, n_head=cfg["n_head"],
+                     d_model=cfg["d_model"], dropout=cfg["dropout"], bias=cfg["bias"],
+                     embedding=cfg["embedding"], rope_base=cfg["rope_base"])
+
+
+def planned_counts(cfg, stages, vocab_size, base_config=None):
+    """Parameter counts of every stage, from models built on the meta device (no memory, no table):
+    the same prepare_stage() as the real run. -> list of param_counts() dicts."""
+    out = []
+    for st in stages:
+        conf = dataclasses.replace(base_config, n_layer=st["depth"]) if base_config else \
+            model_config(cfg, vocab_size, st["depth"])
+        width = cfg["table_dim"] or conf.d_model
+        with torch.device("meta"):
+            table = None if conf.embedding == "trainable" else torch.empty(conf.vocab_size, width)
+            m = GPT(conf, table)
+            prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1 and base_config is None)
+        out.append(m.param_counts())
+    return out
+
+
+# -----------------------------------------------------------------------------
+# checks and bookkeeping
+
+def tensor_digest(t):
+    return hashlib.sha256(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def frozen_digests(model):
+    """sha256 of every frozen parameter (LoRA-wrapped bases included): compared after the stage."""
+    return {n: tensor_digest(p) for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def check_lower_untouched(model, before, st):
+    after = frozen_digests(model)
+    changed = [n for n in before if after.get(n) != before[n]]
+    if changed:
+        raise RuntimeError(f"stage {st['stage']}: frozen parameters changed during training: {changed[:3]}")
+
+
+@torch.no_grad()
+def merge_and_check(model, X):
+    """Merge the adapters; the merged model's logits must equal the unmerged ones (float32, no TF32)."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    was_training = model.training
+    model.eval()
+    try:
+        before = model(X)[0].float()
+        merge_lora(model)
+        after = model(X)[0].float()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        model.train(was_training)
+    diff = (after - before).abs().max().item()
+    if diff > 1e-4 * max(1.0, before.abs().max().item()):
+        raise RuntimeError(f"LoRA merge changed the logits by up to {diff:.3g}")
+    return diff
+
+
+def autocast_ctx(device, dtype):
+    """The same precision as train.py's loop uses on this device."""
+    if device.startswith("cuda"):
+        if dtype == "auto":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        if dtype != "float32":
+            return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+    return nullcontext()
+
+
+def load_base(cfg, tok):
+    """grow_from checkpoint -> model, after checking it fits the config (one-line errors)."""
+    path = cfg["grow_from"]
+    ckpt = read_checkpoint(path, "cpu")
+    if ckpt["kind"] != "gpt":
+        fail(f"grow_from={path}: a {ckpt['kind']!r} checkpoint; only single models (kind 'gpt') can grow")
+    if ckpt.get("tokenizer_fingerprint") != tok.fingerprint:
+        fail(f"grow_from={path}: trained with tokenizer {ckpt.get('tokenizer_name')!r} "
+             f"({ckpt.get('tokenizer_fingerprint')}), the config uses {tok.name!r} ({tok.fingerprint})")
+    model = model_from_checkpoint(ckpt, "cpu", path)  # verifies the stored table against its fingerprint
+    c = model.config
+    for key in ("embedding", "d_model", "n_head", "bias", "rope_base"):
+        if getattr(c, key) != cfg[key]:
+            fail(f"grow_from={path}: {key}={getattr(c, key)!r}, the config says {key}={cfg[key]!r}")
+    if c.embedding != "trainable":  # the config's frozen table (built or loaded as train.py does)
+        want = T.build_model({**cfg, "n_layer": 1}, tok).table_fingerprint
+        if model.table_fingerprint != want:
+            fail(f"grow_from={path}: frozen table fingerprint {model.table_fingerprint} differs from the "
+                 f"config's table {want} (embedding={cfg['embedding']}, table_dim={cfg['table_dim']})")
+    return model
+
+
+def check_out_dir(out_dir, schedule, n_stages):
+    """-> number of completed stages. Refuses an out_dir grown with another schedule."""
+    path = os.path.join(out_dir, "grow_schedule.json")
+    done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
+    started = done or any(os.path.exists(os.path.join(out_dir, f"stage_{i}", "ckpt.pt")) for i in range(1, n_stages + 1))
+    if started and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        for k in sorted(set(old) | set(schedule)):
+            if old.get(k) != schedule.get(k):
+                fail(f"{path}: resuming with a changed schedule: {k} was {old.get(k)!r}, now {schedule.get(k)!r} "
+                     f"(use a new out_dir to grow differently)")
+    elif started:
+        fail(f"{out_dir}: has stage checkpoints but no grow_schedule.json: not a grow.py out_dir")
+    if done != list(range(1, len(done) + 1)):
+        fail(f"{out_dir}: stage checkpoints {done} are not the first stages in order (a stage file is missing)")
+    return len(done)
+
+
+def fmt_m(n):
+    return f"{n / 1e6:.1f}M"
+
+
+# -----------------------------------------------------------------------------
+# the schedule, stage by stage
+
+def grow(cfg):
+    """Run (or resume) the whole schedule. -> list of per-stage report dicts."""
+    cfg = {**DEFAULTS, **cfg}
+    from unicode_tokenizer import get_tokenizer
+    tok = get_tokenizer(cfg["tokenizer"])
+    base = load_base(cfg, tok) if cfg["grow_from"] else None
+    n_base = base.config.n_layer if base is not None else 0
+    stages = make_plan(cfg, n_base)
+    if cfg["plan_only"]:
+        return print_plan(cfg, stages, tok.vocab_size, base)
+    schedule = schedule_of(cfg, stages, base.table_fingerprint if base is not None else None)
+    out_dir = cfg["out_dir"]
+    n_done = check_out_dir(out_dir, schedule, len(stages))
+    _, rank, _, world, device = T.setup_distributed(cfg)
+    master = rank == 0
+    data = T.MixtureData(cfg, tok, device)  # validation batches of the base seed: the same for every stage
+    ctx = autocast_ctx(device, cfg["dtype"])
+
+    # -- checked; from here on we write to out_dir (never over an existing stage_{i}.pt) --
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        sched_path = os.path.join(out_dir, "grow_schedule.json")
+        if not n_done:  # (re)written until a stage is done; compared from then on
+            with open(sched_path + ".partial", "w") as f:
+                json.dump(schedule, f, indent=1)
+            os.replace(sched_path + ".partial", sched_path)
+    reports = read_reports(out_dir)[:n_done]
+    model = base
+    if 0 < n_done < len(stages):
+        model = model_from_checkpoint(read_checkpoint(os.path.join(out_dir, f"stage_{n_done}.pt")), "cpu")
+        print(f"stages 1..{n_done} of {len(stages)} already done in {out_dir}")
+    for st in stages[n_done:]:
+        i = st["stage"]
+        work = os.path.join(out_dir, f"stage_{i}", "ckpt.pt")
+        resume = os.path.exists(work)
+        if model is None:  # stage 1 from nothing: train.py's own fresh model (table, init, seed)
+            model = T.build_model({**cfg, "n_layer": st["depth"]}, tok)
+        else:
+            stack_blocks(model, st, cfg)
+        prepare_stage(model, st, cfg, first_from_scratch=(i == 1 and base is None))
+        counts = model.param_counts()
+        if master:
+            print(f"== stage {i}/{len(stages)}: layers {st['new'][0] + 1}-{st['depth']} new"
+                  f"{' + LoRA on layers 1-%d' % st['new'][0] if st['lora'] else ''}; trainable "
+                  f"{fmt_m(counts['trainable'])}, frozen {fmt_m(counts['frozen'])}; {st['iters']} iters, "
+                  f"lr {st['lr']:g}{'; resuming' if resume else ''}")
+        digests = frozen_digests(model)
+        t0 = time.time()
+        stage_info = dict(stage=i, stages=len(stages), growth=cfg["growth"], depth=st["depth"],
+                          new_blocks=st["new"], lora=st["lora"], schedule=schedule)
+        # a LoRA stage's working checkpoint holds adapter weights: mark it so nothing loads it as a plain GPT
+        extra = dict(grow=stage_info, **(dict(kind="grow_lora_stage") if st["lora"] else {}))
+        T.train(stage_config(cfg, st, out_dir, resume), model=model, ckpt_path=work, ckpt_extra=extra)
+        seconds = time.time() - t0
+        check_lower_untouched(model, digests, st)  # before merging: the adapters' bases too
+        merge_diff = merge_and_check(model, data.batch("val", 0, 0)[0][:1]) if st["lora"] else None
+        ev = T.evaluate(model, data, cfg, ctx, rank, world)
+        rep = dict(stage=i, layers=f"{st['new'][0] + 1}-{st['depth']}", depth=st["depth"], lora=st["lora"],
+                   trainable=counts["trainable"], frozen=counts["frozen"], iters=st["iters"], tokens=st["tokens"],
+                   val_loss=ev["val_loss"], val_bpb=ev["val_bpb"], seconds=round(seconds, 1),
+                   lower_blocks_bit_identical=True, lora_merge_max_logit_diff=merge_diff, resumed=resume)
+        if master:
+            save_checkpoint(model_checkpoint(model, tok, iter_num=st["iters"], config=stage_config(cfg, st, out_dir, False),
+                                             grow=dict(stage_info, report=rep)),
+                            os.path.join(out_dir, f"stage_{i}.pt"))
+            T.write_log(os.path.join(out_dir, "grow_log.jsonl"), rep)
+            if os.path.exists(work):
+                os.remove(work)  # the optimizer state is not needed any more
+            print(f"== stage {i} done: val loss {rep['val_loss']:.4f}, {rep['val_bpb']:.4f} bits/byte, "
+                  f"{seconds:.0f}s -> {os.path.join(out_dir, f'stage_{i}.pt')}")
+        reports.append(rep)
+    if master:
+        print_report(reports)
+    return reports
+
+
+def read_reports(out_dir):
+    path = os.path.join(out_dir, "grow_log.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def print_report(reports):
+    print("stage | layers | trainable | frozen | iters | tokens | val loss | bits/byte")
+    for r in reports:
+        print(f"{r['stage']} | {r['layers']}{' +LoRA' if r['lora'] else ''} | {fmt_m(r['trainable'])} | "
+              f"{fmt_m(r['frozen'])} | {r['iters']} | {r['tokens']:,} | {r['val_loss']:.4f} | {r['val_bpb']:.4f}")
+
+
+def print_plan(cfg, stages, vocab_size, base):
+    counts = planned_counts(cfg, stages, vocab_size, base.config if base is not None else None)
+    print("stage | new layers | depth | LoRA | trainable | frozen | iters | tokens | lr")
+    for st, c in zip(stages, counts):
+        print(f"{st['stage']} | {st['new'][0] + 1}-{st['depth']} | {st['depth']} | {'yes' if st['lora'] else 'no'} | "
+              f"{fmt_m(c['trainable'])} | {fmt_m(c['frozen'])} | {st['iters']} | {st['tokens']:,} | {st['lr']:g}")
+    return [dict(st, **c) for st, c in zip(stages, counts)]
+
+
+def main(argv):
+    cfg = configure(DEFAULTS, argv)
+    try:
+        grow(cfg)
+    finally:
+        if T.dist.is_initialized():
+            T.dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"grow.py: error: {e}")

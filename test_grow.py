@@ -1,0 +1,257 @@
+"""grow.py on tiny configs: a 3-stage growth lowers val loss stage by stage, lower blocks and the
+table stay bit-identical, parameter counts (incl. the 9x1024 study's 105.0M on the meta device),
+LoRA merge preserves logits, a run killed mid-stage resumes exactly, frozen blocks store no
+activations, and the bad inputs (one-line errors, no stage checkpoint overwritten)."""
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import grow as G
+import train as T
+from configurator import configure
+from model import GPT, GPTConfig, load_model, read_checkpoint
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+TINY = dict(d_model=32, n_head=2, block_size=32, batch_size=4, table_dim=16, learning_rate=1e-2,
+            min_lr=1e-3, warmup_iters=1, eval_iters=2, eval_interval=3, log_interval=3, progress=False,
+            datasets={"tiny": 1.0}, growth=[1, 1, 1], stage_iters=[6, 6, 6])
+
+
+def make_text(seed, n_lines):
+    rng = random.Random(seed)
+    who = ["the king", "a fool", "my lord", "the queen", "sweet romeo"]
+    verbs = ["doth speak", "shall go", "will weep", "hath slept"]
+    return "\n".join(f"{rng.choice(who)} {rng.choice(verbs)} to {rng.choice(who)}." for _ in range(n_lines))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from data.common import write_dataset
+    from unicode_tokenizer import get_tokenizer
+    root = tmp_path_factory.mktemp("data")
+    docs = [make_text(i, 40) for i in range(40)]
+    write_dataset(str(root / "tiny"), docs[:36], docs[36:], get_tokenizer("bvv241-2-3"), source="test")
+    return str(root)
+
+
+def cfg_for(data_root, out_dir, **kw):
+    return {**G.DEFAULTS, **TINY, "data_root": data_root, "out_dir": str(out_dir), **kw}
+
+
+@pytest.fixture(scope="module")
+def straight(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    return out, G.grow(cfg_for(data_root, out))
+
+
+def sd(path):
+    return read_checkpoint(str(path))["model"]
+
+
+def file_sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def block_numel(d):
+    return 12 * d * d + 13 * d  # 4 linears with biases + 2 LayerNorms
+
+
+def test_growth_lowers_val_loss_and_keeps_lower_blocks_bit_identical(straight):
+    out, reports = straight
+    losses = [r["val_loss"] for r in reports]
+    assert len(reports) == 3 and losses[0] < 10.0  # from ~11.1 nats at init
+    assert losses[0] > losses[1] > losses[2], losses
+    assert all(r["val_bpb"] > 0 and r["lower_blocks_bit_identical"] for r in reports)
+    s1, s2, s3 = (sd(out / f"stage_{i}.pt") for i in (1, 2, 3))
+    for k, v in s1.items():  # block 0 and the table: identical in every later stage
+        if k.startswith(("transformer.h.0.", "transformer.wte")):
+            assert torch.equal(v, s2[k]) and torch.equal(v, s3[k]), k
+    for k, v in s2.items():
+        if k.startswith("transformer.h.1."):
+            assert torch.equal(v, s3[k]), k
+    assert not torch.equal(s1["lm_head.weight"], s3["lm_head.weight"])  # the head kept training
+    # trainable: the new block + final norm + head; frozen: table + earlier blocks
+    d, V = 32, 65536
+    head = d * V + V + 2 * d
+    for i, r in enumerate(reports):
+        assert r["trainable"] == block_numel(d) + head
+        assert r["frozen"] == V * 16 + i * block_numel(d)
+    # outputs: plain checkpoints, logs, no working checkpoints left
+    model, ck = load_model(str(out / "stage_3.pt"))
+    assert model.config.n_layer == 3 and ck["grow"]["stage"] == 3 and ck["kind"] == "gpt"
+    assert [json.loads(l)["stage"] for l in open(out / "grow_log.jsonl")] == [1, 2, 3]
+    assert os.path.exists(out / "stage_2" / "log.jsonl") and not os.path.exists(out / "stage_2" / "ckpt.pt")
+
+
+def test_zero_proj_init_starts_where_the_smaller_model_ended(straight, data_root):
+    out, _ = straight
+    cfg = cfg_for(data_root, out)
+    small, _ = load_model(str(out / "stage_1.pt"))
+    X = torch.randint(0, 65536, (2, 16))
+    ref = small(X)[0]
+    st = G.make_plan(cfg)[1]
+    big = G.prepare_stage(G.stack_blocks(small, st, cfg), st, cfg)
+    assert big.config.n_layer == 2
+    assert torch.equal(big(X)[0], ref)  # the new block adds exactly zero
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_mid_schedule_is_exact(straight, data_root, tmp_path, monkeypatch):
+    out, reports = straight
+    calls = {"n": 0}
+    batch = T.MixtureData.batch
+
+    def dying_batch(self, split, a, b):  # a kill during stage 2, iteration 4 (checkpoint at 3)
+        if split == "train":
+            calls["n"] += 1
+            if calls["n"] == 6 + 5:
+                raise Killed()
+        return batch(self, split, a, b)
+
+    monkeypatch.setattr(T.MixtureData, "batch", dying_batch)
+    cfg = cfg_for(data_root, tmp_path)
+    with pytest.raises(Killed):
+        G.grow(cfg)
+    monkeypatch.setattr(T.MixtureData, "batch", batch)
+    assert os.path.exists(tmp_path / "stage_1.pt") and not os.path.exists(tmp_path / "stage_2.pt")
+    assert read_checkpoint(str(tmp_path / "stage_2" / "ckpt.pt"))["iter_num"] == 3
+    sha1 = file_sha(tmp_path / "stage_1.pt")
+    again = G.grow(cfg)
+    assert file_sha(tmp_path / "stage_1.pt") == sha1  # a finished stage is never rewritten
+    assert [r["resumed"] for r in again] == [False, True, False]
+    a, b = sd(out / "stage_3.pt"), sd(tmp_path / "stage_3.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_loss"] for r in again] == [r["val_loss"] for r in reports]
+    # a third run finds everything done: reports, trains nothing, writes nothing
+    sha3 = file_sha(tmp_path / "stage_3.pt")
+    assert [r["val_loss"] for r in G.grow(cfg)] == [r["val_loss"] for r in reports]
+    assert file_sha(tmp_path / "stage_3.pt") == sha3
+
+
+def test_lora_stage_from_a_checkpoint_merges_into_a_plain_model(straight, data_root, tmp_path):
+    out, _ = straight
+    base = out / "stage_1.pt"
+    cfg = cfg_for(data_root, tmp_path, grow_from=str(base), growth=[1], stage_iters=[6], lora_from_stage=1,
+                  lora_rank=4, lora_alpha=8.0)
+    (rep,) = G.grow(cfg)
+    d, V = 32, 65536
+    assert rep["lora"] and rep["trainable"] == block_numel(d) + d * V + V + 2 * d + 16 * 4 * d  # + adapters
+    assert rep["lora_merge_max_logit_diff"] < 1e-4
+    model, ck = load_model(str(tmp_path / "stage_1.pt"))  # a plain GPT again: no adapter keys
+    assert model.config.n_layer == 2 and not any("lora" in k or ".base." in k for k in ck["model"])
+    s0 = sd(base)
+    assert torch.equal(s0["transformer.wte.weight"], ck["model"]["transformer.wte.weight"])
+    assert not torch.equal(s0["transformer.h.0.attn.c_attn.weight"], ck["model"]["transformer.h.0.attn.c_attn.weight"])
+    assert torch.equal(s0["transformer.h.0.ln_1.weight"], ck["model"]["transformer.h.0.ln_1.weight"])  # not a target
+
+
+def tiny_model(n_layer=3):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=512, block_size=16, n_layer=n_layer, n_head=2, d_model=32, embedding="random"),
+               table=torch.randn(512, 32))
+
+
+def test_lora_merge_preserves_logits():
+    model = tiny_model()
+    G.attach_lora(model, [0, 1], G.LORA_TARGETS, rank=4, alpha=8.0)
+    for m in model.modules():
+        if isinstance(m, G.LoRALinear):
+            torch.nn.init.normal_(m.lora_B, std=0.05)  # as if trained: a real low-rank update
+    X = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        unmerged = model(X)[0]
+        G.merge_lora(model)
+        merged = model(X)[0]
+    assert not G.has_lora(model)
+    assert set(model.state_dict()) == set(tiny_model().state_dict())
+    assert (merged - unmerged).abs().max() < 1e-5 and not torch.equal(merged, tiny_model()(X)[0])
+
+
+def saved_bytes_by_block(model, X):
+    """Bytes autograd saves for backward, attributed to the block whose forward saved them."""
+    where, acc = [None], {}
+    hooks = []
+    for i, b in enumerate(model.transformer.h):
+        hooks.append(b.register_forward_pre_hook(lambda m, a, i=i: where.__setitem__(0, i)))
+        hooks.append(b.register_forward_hook(lambda m, a, o: where.__setitem__(0, None)))
+
+    def pack(t):
+        acc[where[0]] = acc.get(where[0], 0) + t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(X, X)
+    for h in hooks:
+        h.remove()
+    return acc, loss
+
+
+def test_frozen_blocks_store_no_activations_and_get_no_gradients():
+    model = tiny_model(3)
+    st = dict(stage=2, new=[2], depth=3, lora=False)
+    G.prepare_stage(model, st, G.DEFAULTS)
+    X = torch.randint(0, 512, (2, 16))
+    acc, loss = saved_bytes_by_block(model, X)
+    assert acc.get(0, 0) == 0 and acc.get(1, 0) == 0 and acc[2] > 0
+    loss.backward()
+    assert all(p.grad is None for p in model.transformer.h[:2].parameters())
+    assert all(p.grad is not None for p in model.transformer.h[2].parameters())
+    # with LoRA on the lower blocks they must keep activations: the measurement can tell
+    G.prepare_stage(model, dict(st, lora=True), {**G.DEFAULTS, "lora_rank": 2, "lora_alpha": 2.0})
+    acc, _ = saved_bytes_by_block(model, X)
+    assert acc[0] > 0 and acc[1] > 0
+
+
+def test_9x1024_study_counts_105M_trainable_per_stage_on_meta():
+    cfg = configure(G.DEFAULTS, [os.path.join(REPO, "config", "grow_9x1024_3stages.py")], verbose=False)
+    stages = G.make_plan(cfg)
+    counts = G.planned_counts(cfg, stages, 65536)
+    assert [s["depth"] for s in stages] == [3, 6, 9]
+    assert [f"{c['trainable'] / 1e6:.1f}" for c in counts] == ["105.0"] * 3
+    assert [f"{c['frozen'] / 1e6:.1f}" for c in counts] == ["67.1", "104.9", "142.7"]
+    with torch.device("meta"):  # the monolithic frozen-embedding baseline: 180.5M trainable
+        mono = GPT(G.model_config(cfg, 65536, 9), torch.empty(65536, 1024))
+    assert f"{mono.param_counts()['trainable'] / 1e6:.1f}" == "180.5"
+    # identical total tokens in the monolithic config
+    mcfg = configure(T.DEFAULTS, [os.path.join(REPO, "config", "grow_monolithic_9x1024.py")], verbose=False)
+    tpi = lambda c: c["batch_size"] * c["block_size"] * c["gradient_accumulation_steps"]
+    assert mcfg["max_iters"] * tpi(mcfg) == sum(s["tokens"] for s in stages) and mcfg["n_layer"] == 9
+
+
+def test_bad_input_one_line_errors_and_nothing_overwritten(straight, data_root, tmp_path):
+    out, _ = straight
+    shas = {p: file_sha(out / p) for p in ("stage_1.pt", "stage_2.pt", "stage_3.pt")}
+    with pytest.raises(ValueError, match=r"growth=\[1, 1\] adds 2 layers .* but n_layer=5"):
+        G.grow(cfg_for(data_root, tmp_path / "a", growth=[1, 1], n_layer=5))
+    with pytest.raises(ValueError, match="stage_iters=.*expected 2 positive numbers"):
+        G.grow(cfg_for(data_root, tmp_path / "a", growth=[1, 1], stage_iters=[5]))
+    with pytest.raises(ValueError, match="'attn.q_proj' is not|attn.q_proj is not a linear layer"):
+        G.grow(cfg_for(data_root, tmp_path / "a", lora_from_stage=2, lora_targets=["attn.q_proj"]))
+    with pytest.raises(ValueError, match="resuming with a changed schedule: stages"):
+        G.grow(cfg_for(data_root, out, stage_iters=[6, 7, 6]))
+    with pytest.raises(ValueError, match="resuming with a changed schedule: lora_from_stage"):
+        G.grow(cfg_for(data_root, out, lora_from_stage=3))
+    # a checkpoint of another tokenizer / another table
+    ck = read_checkpoint(str(out / "stage_1.pt"))
+    ck["tokenizer_fingerprint"] = "0123456789abcdef"
+    torch.save(ck, tmp_path / "other_tok.pt")
+    with pytest.raises(ValueError, match="other_tok.pt: trained with tokenizer"):
+        G.grow(cfg_for(data_root, tmp_path / "b", grow_from=str(tmp_path / "other_tok.pt"), growth=[1]))
+    with pytest.raises(ValueError, match="frozen table fingerprint .* differs from the config's table"):
+        G.grow(cfg_for(data_root, tmp_path / "b", grow_from=str(out / "stage_1.pt"), growth=[1], table_dim=32))
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+    assert shas == {p: file_sha(out / p) for p in shas}
+    # the command line: one line on stderr, exit status 1
+    r = subprocess.run([sys.executable, os.path.join(REPO, "grow.py"), "--growth=[2, 0]"],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "grow.py: error: growth=[2, 0]: expected a non-empty list of positive ints (new blocks per stage), e.g. [3, 3, 3]"]
