@@ -340,7 +340,8 @@ def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
 
 def table_fingerprint(t):
     """16 hex chars of sha256 of the float32 bytes."""
-    return hashlib.sha256(t.detach().to(torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
+    a = np.ascontiguousarray(t.detach().to(torch.float32).numpy())
+    return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()[:16]  # no 2nd copy of a big table
 
 
 def bytes_to_unicode():
@@ -441,8 +442,14 @@ def glyph_basis(strings, tok_fp, cell=32, recipe="faithful", constants="bvv241-2
     key = f"basis_{tok_fp}_{recipe}_{constants}_{cell}_{font.sha256[:16]}"
     path = os.path.join(cache_dir(), "glyph", key + ".pt")
     if use_cache and os.path.exists(path):
-        b = torch.load(path, weights_only=True)
-        return {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in b.items()}
+        try:
+            b = torch.load(path, weights_only=True)
+            b = {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in b.items()}
+            if b["packed"].shape[0] == len(strings) and b["font_sha256"] == font.sha256:
+                return b
+        except Exception:
+            pass
+        print(f"warning: ignoring unreadable or stale cache file {path}; rebuilding", file=sys.stderr)
     with timed("render"):
         X = render_batch(strings, cell, recipe, font, constants).reshape(len(strings), -1)
     with timed("pca"):
@@ -590,8 +597,10 @@ def frozen_table(tokenizer, kind="glyph", dim=1024, cell=None, constants="bvv241
     key = f"{tok_fp}_{kind}_{constants}_c{cell}_d{dim}_{fsha}"
     path = os.path.join(cache_dir(), "glyph", key + ".pt")
     if use_cache and os.path.exists(path):
-        table, info = load_table(path, tok_fp)
-        return table, info
+        try:
+            return load_table(path, tok_fp)
+        except ValueError as e:  # a damaged cache entry is rebuilt, never used
+            print(f"warning: {e}; rebuilding", file=sys.stderr)
     table, extra = build_table(strings, tok_fp, kind, dim, cell, constants, font, use_cache)
     info = {"kind": kind, "dim": table.shape[1], "tokenizer_fingerprint": tok_fp, **extra,
             "fingerprint": table_fingerprint(table)}
@@ -635,6 +644,11 @@ def collision_report(table, strings, top=15):
     n_ids = sum(len(g) for g in groups)
     lines = [f"{len(groups)} collision groups covering {n_ids} of {len(strings)} ids "
              f"({len(strings) - n_ids + len(groups)} distinct rows)"]
+    index = {t: i for i, t in reversed(list(enumerate(strings)))}
+    for a, b in ((" ", "\n"), ("a", "\u0430"), ("o", "\u043e"), ("P", "\u0420"), ("and", "ard")):
+        if a in index and b in index:
+            same = bool((table[index[a]] == table[index[b]]).all())
+            lines.append(f"  {a!r} vs {b!r}: {'identical' if same else 'different'}")
     for g in groups[:top]:
         shown = ", ".join(f"{i}:{strings[i]!r}" for i in g[:8])
         lines.append(f"  [{len(g)}] {shown}{' ...' if len(g) > 8 else ''}")

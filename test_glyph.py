@@ -215,6 +215,11 @@ def test_cache_roundtrip_and_fingerprint_checks(tmp_path):
     assert any(info["tokenizer_fingerprint"] in f and "_d32_" in f for f in files)
     t2, info2 = ge.frozen_table(V, "glyph", 32, font_path=DEBIAN)  # from the cache
     assert torch.equal(t, t2) and info == info2
+    cached = os.path.join(os.environ["GLYPHGPT_CACHE"], "glyph", [f for f in files if "_d32_" in f][0])
+    with open(cached, "r+b") as fh:                                # damage the cache entry: rebuilt
+        fh.truncate(100)
+    t3, info3 = ge.frozen_table(V, "glyph", 32, font_path=DEBIAN)
+    assert info3["fingerprint"] == info["fingerprint"]
     p = str(tmp_path / "t.pt")
     ge.save_table(t, info, p)
     with pytest.raises(ValueError, match="tokenizer fingerprint"):
