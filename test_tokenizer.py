@@ -248,6 +248,8 @@ def test_build_max_layout(tmp_path):
     hf = tokenizers.Tokenizer.from_file(out)
     text = MULTILINGUAL + "".join(CORPUS.values()) * 3
     assert tok.encode(text) == hf.encode(text).ids
+    docs = text.split("\n")
+    assert tok.encode_batch(docs) == [e.ids for e in hf.encode_batch(docs)]  # worker processes
     many = [f"{chr(0x4E00 + i // 100)}{chr(0x4E00 + i % 100)}" for i in range(9000)]
     layout = ut.build_layout(many, 131072)  # 9000 > 8192 slots below 0x10000: the rest go from 0x10000
     assert layout[0xD800] == many[0] and layout[0xE100] == many[2048] and layout[0x10000] == many[8192]

@@ -206,7 +206,7 @@ class UnicodeTokenizer:
             if self.vocab_size < ESC_CONT + 128 or any(not self.tokens[i].startswith(("<special_token_", "<unused_"))
                                                        for i in need):
                 raise ValueError("lossless mode needs the free placeholder ids 0xE017-0xE0DA of the bvv241 layout")
-        self.char_ids = {ord(s) for s in self.tokens if len(s) == 1}
+        self.char_ids = {ord(s) for s in self.tokens if len(s) == 1 and not 0xD800 <= ord(s) < 0xE000}
         self._unknown = re.compile(f"[^{py_class(self.char_ids)}]")
         self._special_ids = {s: i for i, s in self.added}
         longest_first = sorted(self._special_ids, key=len, reverse=True)  # so re's leftmost match is the longest
@@ -296,21 +296,25 @@ class UnicodeTokenizer:
         return self._sentinel
 
     def _tiktoken_engine(self):
-        """tiktoken merges, in a piece, the adjacent pair whose *concatenation* has the lowest rank
+        """Exact HF BPE through tiktoken's Rust BPE, when provably identical (else None).
+        tiktoken merges, in a piece, the adjacent pair whose *concatenation* has the lowest rank
         (leftmost on ties); HF merges the pair with the lowest *merge* rank (leftmost on ties).
-        They agree when: (1) merges are exactly generate_merges(targets) for the ordered list of merge
-        results (then a pair of tokens merges iff its concatenation is a reachable n-gram, and pair
-        rank order == n-gram order except between two splits of the same n-gram); (2) no merge result
-        is longer than 3 characters (a trigram never merges further, so ties between two splits of one
-        trigram can only be disjoint, where order does not matter; two overlapping ones, [aa,a,aa],
-        cannot arise because a bigram next to a free char merges into the trigram first).
-        Special tokens are split off before (encode()), as HF does. Characters and their UTF-8 prefixes get ranks below every n-gram, so
-        bytes always form whole characters first (a byte sequence that starts with a continuation byte
-        is never ranked beyond the single byte, so no token straddles a character boundary, and the
-        prefix merges of every character exist, so none stays partial: the -2 entries of the
-        rank -> id table are unreachable; the tests check it). Pieces are maximal runs of n-gram characters (no
-        merge crosses a character that is in no n-gram) or single other characters; only reachable
-        n-grams are ranked, so tiktoken's whole-piece lookup never yields a token BPE cannot build."""
+        They agree when:
+        (1) merges == generate_merges(targets) for the ordered list of merge results: then a pair of
+            tokens merges iff its concatenation is a reachable n-gram, and pair-rank order is n-gram
+            order, except between two splits of the same n-gram;
+        (2) no merge result is longer than 3 characters: a trigram never merges further, so ties
+            between two splits of one trigram are disjoint (order irrelevant) or overlapping as
+            [aa, a, aa], which cannot arise (a bigram next to a free char merges into the trigram
+            before any other bigram forms).
+        Ranks: all bytes, UTF-8 prefixes of characters and the characters come before every n-gram,
+        so bytes always form whole characters first (a byte string starting with a continuation
+        byte is ranked only as that single byte, so no token straddles a character boundary, and no
+        character stays partial: the -2 entries of rank_ids are unreachable for valid text).
+        Pieces are maximal runs of n-gram characters, or single other characters (no merge crosses a
+        character that is in no n-gram). Only reachable n-grams are ranked, so tiktoken's whole-piece
+        lookup never yields a token that BPE cannot build. Special tokens and characters without an
+        id are dealt with before (encode())."""
         try:
             import tiktoken
         except ImportError:
@@ -371,7 +375,7 @@ class UnicodeTokenizer:
                     break
                 _, i, new = best
                 sym[i:i + 2] = [new]
-            return sym
+            return tuple(sym)
 
         def run(text):  # text: no special tokens, unknown characters already replaced by the sentinel
             out = []
@@ -633,12 +637,21 @@ def gpt2_offline():
 # -----------------------------------------------------------------------------
 # one entry point
 
+_NAMED = {}  # built-in names -> tokenizer, built once per process (they never change)
+
+
 def get_tokenizer(name_or_path="bvv241-2-3"):
+    """Names: bvv241-2-3 (built from the shipped n-gram list), bvv241-2-3-lossless, gpt2, cl100k_base
+    (and the other tiktoken encodings), hf:OWNER/REPO or hf:bvv241-2-3 / hf:bvv241-max (downloaded
+    once); or a path: an HF tokenizer.json, a folder holding one, or a file written by .save()."""
     name = str(name_or_path)
+    if name in _NAMED:
+        return _NAMED[name]
     if name in ("bvv241-2-3", "bvv241-2-3-lossless"):
-        return UnicodeTokenizer.from_ngrams(read_ngrams(DEFAULT_NGRAMS), 65536, name.endswith("-lossless"), name)
+        tok = UnicodeTokenizer.from_ngrams(read_ngrams(DEFAULT_NGRAMS), 65536, name.endswith("-lossless"), name)
+        return _NAMED.setdefault(name, tok)
     if name in ("gpt2", "cl100k_base", "o200k_base", "r50k_base", "p50k_base"):
-        return TiktokenTokenizer(name)
+        return _NAMED.setdefault(name, TiktokenTokenizer(name))
     if name.startswith("hf:"):
         path = download_hf(name[3:])
         return UnicodeTokenizer.from_hf_json(path, name=name)
