@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from unicode_tokenizer import UnicodeTokenizer, get_tokenizer
+from unicode_tokenizer import UnicodeTokenizer
 
 
 def load_text(text_dir, mb):

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -669,11 +668,10 @@ def get_tokenizer(name_or_path="bvv241-2-3"):
         return tok
     try:
         return UnicodeTokenizer.from_hf_json(path, name=name)
-    except Unsupported:
-        try:
-            import tokenizers  # noqa: F401  (general tokenizer.json files need the library itself)
-        except ImportError:
-            raise
+    except Unsupported as e:  # a general tokenizer.json: only the `tokenizers` library itself can run it
+        import importlib.util
+        if importlib.util.find_spec("tokenizers") is None:
+            raise ValueError(f"{e}; install the tokenizers package to use it") from None
         return HFTokenizer(path, name=name)
 
 
