@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+HEAD_CHUNK_ELEMS = 1 << 26  # logits per chunk of the chunked head+loss (see GPT.forward)
 EMBEDDINGS = ("glyph", "glyph_unique", "binary16", "random", "trainable")
 
 
@@ -149,45 +150,55 @@ class Block(nn.Module):
         return x
 
 
+def _head_loss(x, weight, bias, targets, chunk, want_x=False, want_w=False, want_b=False):
+    """Output head + mean cross-entropy (targets == -1 ignored) over row chunks of x [N, d].
+    With want_*, also the gradients of that loss w.r.t. x / weight / bias, computed in the same pass
+    while each [chunk, V] block of logits is still in cache."""
+    n_valid = (targets != -1).sum().clamp(min=1)
+    gx = torch.empty_like(x) if want_x else None
+    gw = torch.empty_like(weight) if want_w else None  # written by the first chunk, then accumulated
+    gb = torch.empty_like(bias) if (bias is not None and want_b) else None
+    loss = torch.zeros((), dtype=torch.float32, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        xc, tc = x[s:s + chunk], targets[s:s + chunk]
+        logits = (torch.addmm(bias, xc, weight.t()) if bias is not None else xc @ weight.t()).float()
+        mask = tc != -1
+        tgt = tc.clamp(min=0).unsqueeze(1)
+        # log-sum-exp by hand, in place, so the [chunk, V] block is read/written as few times as possible
+        target_logit = logits.gather(1, tgt)
+        mx = logits.amax(dim=-1, keepdim=True)
+        e = logits.sub_(mx).exp_()
+        total = e.sum(dim=-1, keepdim=True)
+        loss += ((mx + total.log() - target_logit).squeeze(1) * mask).sum()
+        if gx is None and gw is None and gb is None:
+            continue
+        w = (mask.float() / n_valid).unsqueeze(1)  # d loss / d logits = w * (softmax - onehot)
+        p = e.mul_(w / total)
+        p.scatter_add_(1, tgt, -w)
+        p = p.to(x.dtype)
+        if gx is not None:
+            torch.mm(p, weight, out=gx[s:s + chunk])
+        if gw is not None:
+            torch.mm(p.t(), xc, out=gw) if s == 0 else gw.addmm_(p.t(), xc)
+        if gb is not None:
+            torch.sum(p, 0, out=gb) if s == 0 else gb.add_(p.sum(0))
+    return loss / n_valid, gx, gw, gb
+
+
 class _HeadLoss(torch.autograd.Function):
-    """Output head + cross-entropy in row chunks, gradients computed in the same pass.
+    """Output head + cross-entropy with the gradients computed in the forward pass (_head_loss).
 
     The plain route materialises [N, V] logits, then [N, V] log-probabilities, and in backward an
     [N, V] gradient: three full passes over a tensor that, with a 65,536-id vocabulary, dwarfs the
     rest of a small model. Here each chunk of rows is multiplied by the head, turned into
-    softmax - onehot in place and multiplied back, while it is still in cache; backward only scales
-    the stored gradients. Mathematically the same loss and gradients as F.cross_entropy (mean over
-    targets != -1). Used for training only (eval asks for the logits themselves)."""
+    softmax - onehot in place and multiplied back while it is still in cache; backward only scales
+    the stored gradients. Same loss and gradients as F.cross_entropy (mean over targets != -1)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, targets, chunk):
-        n_valid = (targets != -1).sum().clamp(min=1)
-        want_x, want_w, want_b = ctx.needs_input_grad[:3]
-        gx = torch.empty_like(x) if want_x else None
-        gw = torch.zeros_like(weight) if want_w else None
-        gb = torch.zeros_like(bias) if (bias is not None and want_b) else None
-        loss = torch.zeros((), dtype=torch.float32, device=x.device)
-        for s in range(0, x.shape[0], chunk):
-            xc, tc = x[s:s + chunk], targets[s:s + chunk]
-            logits = (torch.addmm(bias, xc, weight.t()) if bias is not None else xc @ weight.t()).float()
-            mask = tc != -1
-            tgt = tc.clamp(min=0).unsqueeze(1)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            loss += ((lse - logits.gather(1, tgt)).squeeze(1) * mask).sum()
-            if gx is None and gw is None and gb is None:
-                continue
-            p = logits.sub_(lse).exp_()  # softmax, in place
-            p.scatter_add_(1, tgt, -torch.ones_like(p[:, :1]))
-            p.mul_((mask.float() / n_valid).unsqueeze(1))
-            p = p.to(x.dtype)
-            if gx is not None:
-                torch.mm(p, weight, out=gx[s:s + chunk])
-            if gw is not None:
-                gw.addmm_(p.t(), xc)
-            if gb is not None:
-                gb += p.sum(0)
+        loss, gx, gw, gb = _head_loss(x, weight, bias, targets, chunk, *ctx.needs_input_grad[:3])
         ctx.save_for_backward(gx, gw, gb)
-        return loss / n_valid
+        return loss
 
     @staticmethod
     def backward(ctx, g):
@@ -234,6 +245,7 @@ class GPT(nn.Module):
         self.table_fingerprint = None
         if self.frozen_table is not None and not self.frozen_table.is_meta:
             self.table_fingerprint = table_fingerprint(self.frozen_table)
+        self.table_info = {}  # glyph_embed's info dict (kind, dim, recipe, ...), set by whoever builds the model
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -278,19 +290,24 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, return_logits=True):
         """-> (logits [B, T, V] for every position, mean cross-entropy over targets != -1, or None).
-        Training passes return_logits=False: the loss then comes from the chunked head+loss (on CPU),
-        and logits is None."""
+        With return_logits=False (training, validation loss) logits is None and on CPU the loss
+        comes from the chunked head+loss, which never holds [B*T, V] logits in memory. On GPU the
+        plain route is kept: under bf16 autocast and torch.compile it is already fused and fast."""
         x = self.hidden_states(idx)
         if targets is None:
             return self.lm_head(x), None
-        if not return_logits and x.device.type == "cpu" and torch.is_grad_enabled():
-            chunk = max(16, (1 << 22) // self.config.vocab_size)  # ~16 MB of float32 logits per chunk
-            loss = _HeadLoss.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, self.lm_head.bias,
-                                   targets.reshape(-1), chunk)
-            return None, loss
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return (logits if return_logits else None), loss
+        if return_logits or x.device.type != "cpu":
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return (logits if return_logits else None), loss
+        # rows per chunk: 256 MB of float32 logits (1,024 rows at 65,536 ids). Smaller chunks fit the
+        # cache better but make more, thinner matmuls and re-read the head's gradient once per chunk:
+        # measured slower on CPU.
+        chunk = max(1, HEAD_CHUNK_ELEMS // self.config.vocab_size)
+        x, w, b, t = x.reshape(-1, x.size(-1)), self.lm_head.weight, self.lm_head.bias, targets.reshape(-1)
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+            return None, _HeadLoss.apply(x, w, b, t, chunk)
+        return None, _head_loss(x, w, b, t, chunk)[0]
 
     # -------------------------------------------------------------------------
     # generation with a key-value cache
@@ -388,7 +405,7 @@ def save_checkpoint(obj, path):
 
 def model_checkpoint(model, tokenizer=None, table_info=None, **extra):
     """The model part of a checkpoint dict (kind 'gpt'); train.py adds optimizer/iter/RNG/data state."""
-    info = dict(table_info or {})
+    info = dict(table_info if table_info is not None else getattr(model, "table_info", {}))
     if model.frozen_table is not None:
         fp = table_fingerprint(model.frozen_table)
         if info.get("fingerprint") not in (None, fp):
@@ -445,7 +462,8 @@ def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit the recorded model_args: "
                          f"{str(e).splitlines()[0][:200]}") from None
-    return model
+    model.table_info = dict(ckpt.get("table_info") or {})
+    return model.to(device)
 
 
 def load_model(path, device="cpu"):

@@ -1,0 +1,28 @@
+# The baseline twin of the quick start: the same small GPT with an ordinary trainable input embedding.
+# $ python train.py config/train_shakespeare_trainable.py && python sample.py --out_dir=out-shakespeare-trainable
+# Only the input embedding differs from config/train_shakespeare_glyph.py.
+out_dir = "out-shakespeare-trainable"
+datasets = {"shakespeare": 1.0}
+embedding = "trainable"  # an ordinary learned table (random init, std 0.02)
+table_dim = 0  # unused here
+
+# the model: 4 layers x 128 wide; with a 65,536-id vocabulary the output head (8.4M weights)
+# is most of the compute, so the body stays small
+n_layer = 4
+n_head = 4
+d_model = 128
+block_size = 128
+dropout = 0.0
+
+batch_size = 8
+gradient_accumulation_steps = 1
+max_iters = 300
+learning_rate = 2e-3
+warmup_iters = 30
+lr_decay_iters = 300
+min_lr = 2e-4
+weight_decay = 0.1
+
+eval_interval = 100
+eval_iters = 10
+log_interval = 10

@@ -1,0 +1,61 @@
+"""
+Print samples from a trained model (a checkpoint of train.py/grow.py, or a merged model of merge.py).
+
+$ python sample.py --out_dir=out-shakespeare-glyph
+$ python sample.py --ckpt=path/to/ckpt.pt --start="ROMEO:" --num_samples=3 --max_new_tokens=300
+$ python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0.8 --top_k=200
+"""
+import os
+import sys
+
+import torch
+
+from configurator import ConfigError, configure, defaults_from
+from model import load_model
+
+# -----------------------------------------------------------------------------
+out_dir = "out"  # samples from out_dir/ckpt.pt ...
+ckpt = ""  # ... unless a checkpoint path is given here
+start = "\n"  # prompt text, or FILE:path to read it from a file
+num_samples = 2
+max_new_tokens = 300
+temperature = 0.8  # 1.0 = the model's distribution, < 1 more conservative, 0 = greedy
+top_k = 200  # keep only the top_k most likely tokens (0 = all)
+seed = 1337
+device = "auto"
+tokenizer = ""  # "" = the tokenizer recorded in the checkpoint
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_from(globals())
+
+
+def sample(cfg):
+    from unicode_tokenizer import get_tokenizer
+    dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    path = cfg["ckpt"] or os.path.join(cfg["out_dir"], "ckpt.pt")
+    model, ck = load_model(path, dev)
+    tok = get_tokenizer(cfg["tokenizer"] or ck["tokenizer_name"])
+    if ck.get("tokenizer_fingerprint") not in (None, tok.fingerprint):
+        raise ValueError(f"{path} was trained with tokenizer fingerprint {ck['tokenizer_fingerprint']}, "
+                         f"{tok.name!r} has {tok.fingerprint}")
+    prompt = cfg["start"]
+    if prompt.startswith("FILE:"):
+        with open(prompt[5:], encoding="utf-8") as f:
+            prompt = f.read()
+    ids = tok.encode(prompt) or [tok.eos_id]  # an empty prompt starts a fresh document
+    x = torch.tensor([ids], dtype=torch.long, device=dev).repeat(cfg["num_samples"], 1)
+    g = torch.Generator(device=dev).manual_seed(cfg["seed"])
+    y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"],
+                       top_k=cfg["top_k"] or None, generator=g)
+    texts = []
+    for row in y.tolist():
+        texts.append(tok.decode(row))
+        print(texts[-1])
+        print("---------------")
+    return texts
+
+
+if __name__ == "__main__":
+    try:
+        sample(configure(DEFAULTS, sys.argv[1:], verbose=False))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"sample.py: error: {e}")
