@@ -302,10 +302,12 @@ class UnicodeTokenizer:
         (1) merges == generate_merges(targets) for the ordered list of merge results: then a pair of
             tokens merges iff its concatenation is a reachable n-gram, and pair-rank order is n-gram
             order, except between two splits of the same n-gram;
-        (2) no merge result is longer than 3 characters: a trigram never merges further, so ties
-            between two splits of one trigram are disjoint (order irrelevant) or overlapping as
-            [aa, a, aa], which cannot arise (a bigram next to a free char merges into the trigram
-            before any other bigram forms).
+        (2) no merge result is longer than 3 characters, and all trigrams rank before all bigrams.
+            A trigram never merges further, so ties between two splits of one trigram t are either
+            disjoint (the order is irrelevant), or [a, aa, a] for t = aaa (both pick the left pair),
+            or [ab, a, ba] for t = aba (HF would pick the right pair). That last one cannot arise:
+            whichever bigram formed first had the single 'a' as a neighbour, and every trigram merge
+            goes before the next bigram merge, so the 'a' was gone before the other bigram formed.
         Ranks: all bytes, UTF-8 prefixes of characters and the characters come before every n-gram,
         so bytes always form whole characters first (a byte string starting with a continuation
         byte is ranked only as that single byte, so no token straddles a character boundary, and no
@@ -319,7 +321,8 @@ class UnicodeTokenizer:
         except ImportError:
             return None
         targets = list(dict.fromkeys(a + b for a, b in self.merges))
-        if generate_merges(targets, self.vocab) != self.merges or any(len(t) > 3 for t in targets):
+        if (generate_merges(targets, self.vocab) != self.merges or any(len(t) > 3 for t in targets)
+                or any(len(t) < len(u) for t, u in zip(targets, targets[1:]))):
             return None
         ranks, rank_ids = {}, []
         for b in range(256):  # every single byte (tiktoken wants them), ids only for ASCII chars
