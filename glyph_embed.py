@@ -103,7 +103,8 @@ def find_font(path=None):
 
 
 class Font:
-    """Unifont glyphs as numpy arrays: bits[cp] = 16x16 uint8 (8-px glyphs left-aligned), width[cp] = 8|16."""
+    """Unifont glyphs as numpy arrays: glyphs[k] = 16x16 uint8 (8-px glyphs left-aligned) of code point
+    cps[k] (sorted), widths[k] = 8 | 16."""
 
     def __init__(self, path):
         self.path, self.sha256 = path, sha256_file(path)
@@ -130,43 +131,47 @@ class Font:
             raise ValueError(f"{path}: file does not end with a newline: truncated Unifont hex file?")
         cps = np.array(cps, dtype=np.int64)
         wide = np.array([len(h) == 64 for h in hexes])
-        size = max(int(cps.max()) + 1, 0x10000)
-        self.bits = np.zeros((size, 16, 16), dtype=np.uint8)
-        self.width = np.zeros(size, dtype=np.int64)
+        glyphs = np.zeros((len(cps), 16, 16), dtype=np.uint8)
         for is_wide, w in ((False, 8), (True, 16)):
             sel = np.nonzero(wide == is_wide)[0]
             if len(sel) == 0:
                 continue
             raw = np.frombuffer(bytes.fromhex("".join(hexes[i].decode() for i in sel)), dtype=np.uint8)
-            g = np.unpackbits(raw.reshape(len(sel), 16, w // 8), axis=2)  # [k, 16, w], MSB = leftmost
-            self.bits[cps[sel], :, :w] = g
-            self.width[cps[sel]] = w
+            glyphs[sel, :, :w] = np.unpackbits(raw.reshape(len(sel), 16, w // 8), axis=2)  # MSB = leftmost
+        # sorted code points (the last line wins for a repeated one) -> glyph rows, found by searchsorted
+        order = np.argsort(cps, kind="stable")
+        last = np.r_[cps[order][1:] != cps[order][:-1], True]
+        keep = order[last]
+        self.cps, self.glyphs, self.widths = cps[keep], glyphs[keep], np.where(wide[keep], 16, 8)
         # The released build drew text with Pillow, which draws nothing for line breaks and
         # control characters (so space and newline collide); Unifont .hex has boxes for them.
-        ctrl = np.r_[0:0x20, 0x7F:0xA0]
-        self.bits[ctrl] = 0
+        ctrl = (self.cps < 0x20) | ((self.cps >= 0x7F) & (self.cps < 0xA0))
+        self.glyphs[ctrl] = 0
+
+    def lookup(self, cps):
+        """(glyphs [k, 16, 16], widths [k]) of code points; absent ones blank with width 0."""
+        cps = np.asarray(cps, dtype=np.int64)
+        i = np.clip(np.searchsorted(self.cps, cps), 0, len(self.cps) - 1)
+        ok = self.cps[i] == cps
+        return self.glyphs[i] * ok[:, None, None], self.widths[i] * ok
 
     def cells(self, cps, cell=32):
         """[len(cps), cell, cell] uint8 1=ink: advance box centred horizontally, ink box centred vertically."""
         s = cell // 16
-        cps = np.asarray(cps, dtype=np.int64)
-        ok = (cps >= 0) & (cps < len(self.width))
-        cpc = np.where(ok, cps, 0)
-        g = self.bits[cpc] * ok[:, None, None]                       # missing glyph -> blank
-        w = self.width[cpc] * ok
-        rows = g.any(axis=2)                                         # [k, 16] rows with ink
-        has = rows.any(axis=1)
-        first = np.where(has, rows.argmax(axis=1), 0)
-        last = np.where(has, 15 - rows[:, ::-1].argmax(axis=1), -1)
+        g, w = self.lookup(cps)                                      # missing glyph -> blank
+        inked = g.any(axis=2)                                        # [k, 16] font rows with ink
+        has = inked.any(axis=1)
+        first = np.where(has, inked.argmax(axis=1), 0)
+        last = np.where(has, 15 - inked[:, ::-1].argmax(axis=1), -1)
         ink_h = (last - first + 1) * s
         top = (cell - ink_h) // 2
         big = g.repeat(s, axis=1).repeat(s, axis=2)                  # [k, 16s, 16s] font pixels s x s
         # vertical: cell row y shows big row y - top + first*s (whole-row gather, blank outside the ink box)
         ry = np.arange(cell)[None, :] - top[:, None] + first[:, None] * s
         inside = (ry >= first[:, None] * s) & (ry < (last[:, None] + 1) * s)
-        rows = big[np.arange(len(cps))[:, None], np.clip(ry, 0, 16 * s - 1)] * inside[:, :, None]
+        rows = big[np.arange(len(g))[:, None], np.clip(ry, 0, 16 * s - 1)] * inside[:, :, None]
         # horizontal: the advance box (w*s px, w = 8 or 16) centred in the cell
-        out = np.zeros((len(cps), cell, cell), dtype=np.uint8)
+        out = np.zeros((len(g), cell, cell), dtype=np.uint8)
         for wv in (8, 16):
             sel = w == wv
             x0 = (cell - wv * s) // 2

@@ -55,7 +55,7 @@ def small_vocab():
 # --- font + placement -------------------------------------------------------
 
 def test_parse_and_place_A_by_hand(small_font):
-    assert small_font.width[0x41] == 8 and small_font.width[0x4E2D] == 16
+    assert small_font.lookup([0x41, 0x4E2D, 0x42])[1].tolist() == [8, 16, 0]
     bm = ge.render("A", recipe="clean", font=small_font)
     # 'A' ink rows are font rows 4..13 (10 rows -> 20 px): top = (32 - 20) // 2 = 6; the 8-px advance
     # box (16 px) is centred: x0 = 8. Font row 4 = 0x18 = ...11... -> px columns 8 + 2*3 .. 8 + 2*5 - 1
