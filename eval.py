@@ -226,12 +226,14 @@ def field(obj, dotted, where):
     return obj
 
 
-def choice_item(id_, prompt, labels, gold, ll_context=None, ll_choices=None, **extra):
+def choice_item(id_, prompt, labels, gold, ll_context=None, ll_choices=None, norm_texts=None, **extra):
     """A multiple-choice item. Log-likelihood scoring reads the answer right after the prompt, as the
-    training data writes it (prompts.with_answer): the option's label, e.g. 'B'."""
+    training data writes it (prompts.with_answer): the option's label, e.g. 'B'. acc_norm divides by
+    the UTF-8 length of norm_texts (default: the scored continuations)."""
+    ll_choices = [P.ANSWER_SEP + lab for lab in labels] if ll_choices is None else ll_choices
     return dict(id=id_, prompt=prompt, labels=list(labels), gold=gold,
-                ll_context=prompt if ll_context is None else ll_context,
-                ll_choices=[P.ANSWER_SEP + lab for lab in labels] if ll_choices is None else ll_choices, **extra)
+                ll_context=prompt if ll_context is None else ll_context, ll_choices=ll_choices,
+                norm_bytes=[len(t.encode("utf-8")) for t in (norm_texts or ll_choices)], **extra)
 
 
 def load_mmlu(data_dir, limit=None):
@@ -297,7 +299,7 @@ def load_hellaswag(path):
             raise ValueError(f"{where}: label {label!r} is not an index into the {len(endings)} endings")
         labels = "ABCDEFGHIJ"[:len(endings)]
         items.append(choice_item(str(obj.get("ind", n)), P.arc_prompt(query, labels, endings), labels, int(label),
-                                 ll_context=query, ll_choices=[" " + e for e in endings]))
+                                 ll_context=query, ll_choices=[" " + e for e in endings], norm_texts=endings))
     return items
 
 
@@ -426,30 +428,24 @@ def mean_ci(values):
 # -----------------------------------------------------------------------------
 # the model side: tokenizing request pairs, batched forward passes, log-likelihoods, generation
 
-def encode_pair(tok, context, continuation):
-    """Token ids of (context, continuation) the way lm-evaluation-harness splits them: trailing spaces
-    of the context move to the continuation; encode the whole string and the context, the
-    continuation is what the whole adds after the context's tokens."""
+def split_pair(context, continuation):
+    """Trailing spaces of the context belong to the continuation (as lm-evaluation-harness does it)."""
     n = len(context) - len(context.rstrip())
-    if n:
-        context, continuation = context[:-n], context[-n:] + continuation
-    whole, ctx = tok.encode_batch([context + continuation, context])
-    return ctx, whole[len(ctx):]
+    return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
 
 
 def encode_requests(tok, pairs):
-    """encode_pair for many pairs, one encode_batch call over the distinct strings."""
-    split = []
-    for context, continuation in pairs:
-        n = len(context) - len(context.rstrip())
-        split.append((context[:-n], context[-n:] + continuation) if n else (context, continuation))
+    """(context, continuation) strings -> (context ids, continuation ids), split like lm-evaluation-
+    harness: encode the whole string and the context; the continuation is what the whole adds after
+    the context's tokens. One encode_batch call over the distinct strings."""
+    split = [split_pair(c, k) for c, k in pairs]
     texts = list(dict.fromkeys([c for c, _ in split] + [c + k for c, k in split]))
     ids = dict(zip(texts, tok.encode_batch(texts)))
-    out = []
-    for c, k in split:
-        ctx = ids[c]
-        out.append((ctx, ids[c + k][len(ctx):]))
-    return out
+    return [(ids[c], ids[c + k][len(ids[c]):]) for c, k in split]
+
+
+def encode_pair(tok, context, continuation):
+    return encode_requests(tok, [(context, continuation)])[0]
 
 
 def is_plain_gpt(model):
@@ -461,11 +457,16 @@ def is_plain_gpt(model):
 
 
 def logits_at(model, idx, rows, cols):
-    """Logits [N, V] of the positions (rows[i], cols[i]) of idx [B, T]. Our GPT: the output head runs
-    on those positions only (with a 65,536-id vocabulary the head is most of a small model's work).
-    Anything else with the model interface (merged models): model(idx) and pick the positions."""
+    """Logits [N, V] of the positions (rows[i], cols[i]) of idx [B, T]. Our GPT and merge.MergedGPT:
+    the output head(s) run on those positions only (with a 65,536-id vocabulary the head is most of a
+    small model's work). Another model may offer model.logits_at(idx, rows, cols); anything else with
+    the model interface: model(idx), then pick the positions."""
     if is_plain_gpt(model):
         return model.lm_head(model.hidden_states(idx)[rows, cols])
+    if hasattr(model, "combine") and hasattr(model, "hidden_states"):  # merge.MergedGPT: experts' heads at those rows
+        return model.combine([h[rows, cols] for h in model.hidden_states(idx)])
+    if hasattr(model, "logits_at"):
+        return model.logits_at(idx, rows, cols)
     logits, _ = model(idx)
     return logits[rows, cols]
 
@@ -664,13 +665,14 @@ def eval_choice_paper(model, tok, name, items, opt):
 
 def choose(items, lls):
     """Per item: index of the best option by log-likelihood (acc) and by log-likelihood per UTF-8 byte
-    of the option text (acc_norm), in request order: options of item 0, then of item 1, ..."""
+    of the option text (acc_norm; HellaSwag: of the ending without the joining space, as lm-eval),
+    lls in request order: options of item 0, then of item 1, ..."""
     k = 0
     picks, picks_norm = [], []
     for it in items:
         n = len(it["ll_choices"])
         ll = [lls[k + c][0] for c in range(n)]
-        norm = [l / max(1, len(ch.encode("utf-8"))) for l, ch in zip(ll, it["ll_choices"])]
+        norm = [l / max(1, nb) for l, nb in zip(ll, it["norm_bytes"])]
         picks.append(int(np.argmax(ll)))
         picks_norm.append(int(np.argmax(norm)))
         k += n
@@ -756,6 +758,7 @@ def evaluate(model, tok, task_names, protocol="loglik", data_dir=None, limit=Non
     """Evaluate `model` (anything with the GPT interface) on the tasks -> {task: result dict}."""
     if protocol not in ("paper", "loglik"):
         raise ValueError(f"protocol {protocol!r}: expected 'paper' or 'loglik'")
+    model.eval()  # no dropout while scoring
     opt = dict(runs=runs, temperature=temperature, top_k=top_k, seed=seed,
                batching=dict(batch_size=batch_size, max_tokens=max_tokens, dtype=dtype, progress=progress))
     results = {}
@@ -848,13 +851,24 @@ def open_model(path, device):
         raise SystemExit(f"{path}: cannot load as a glyphgpt model: {e}") from None
 
 
+def recorded_tokenizer(ckpt):
+    """(tokenizer_name, fingerprint) of a checkpoint; a merged one may keep them per expert."""
+    if ckpt.get("tokenizer_name"):
+        return ckpt["tokenizer_name"], ckpt.get("tokenizer_fingerprint")
+    for v in ckpt.values():
+        for sub in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(sub, dict) and sub.get("tokenizer_name"):
+                return sub["tokenizer_name"], sub.get("tokenizer_fingerprint")
+    return None, None
+
+
 def open_tokenizer(ckpt, name=None):
     from unicode_tokenizer import get_tokenizer
-    name = name or ckpt.get("tokenizer_name")
+    recorded, want = recorded_tokenizer(ckpt)
+    name = name or recorded
     if not name:
         raise SystemExit("the checkpoint records no tokenizer_name: pass --tokenizer")
     tok = get_tokenizer(name)
-    want = ckpt.get("tokenizer_fingerprint")
     if want and tok.fingerprint != want:
         raise SystemExit(f"tokenizer {name!r} has fingerprint {tok.fingerprint}, the checkpoint was trained with "
                          f"{want}: pass the matching --tokenizer")

@@ -37,10 +37,9 @@ def forced_gpt(letter="B", block_size=256):
     return m
 
 
-class LogitAverage(torch.nn.Module):
-    """Logit averaging of experts with nothing but the model interface (SPEC §6). Stands in for
-    merge.py's MergedGPT where that is not installed; also exercises eval.py's path for models that
-    are not our GPT class."""
+class InterfaceOnly(torch.nn.Module):
+    """Logit averaging with nothing but the model interface (model(idx), generate, config): how any
+    model eval.py does not know is scored (the generic path)."""
 
     def __init__(self, experts):
         super().__init__()
@@ -57,14 +56,6 @@ class LogitAverage(torch.nn.Module):
             logits, _ = self(idx[:, -self.config.block_size:])
             idx = torch.cat((idx, sample_next(logits[:, -1], temperature, top_k, generator)), dim=1)
         return idx
-
-
-def merged(experts):
-    try:
-        import merge
-        return merge.MergedGPT(experts)
-    except (ImportError, AttributeError, TypeError):
-        return LogitAverage(experts)
 
 
 # ---------------------------------------------------------------------------- prompts, byte-exact
@@ -249,22 +240,30 @@ def _has(mod):
         return False
 
 
-def test_merged_model_evaluates(tok):
+def test_merged_model_evaluates(tok, tmp_path):
+    merge = pytest.importorskip("merge")
     a, b = tiny_gpt(seed=1), tiny_gpt(seed=2)
-    m = merged([a, b])
-    res = E.evaluate(m, tok, ["arc_easy", "squad_v2"], "loglik", FIX, limit=2)
-    assert res["arc_easy"]["n"] == 2
-    # the merged log-likelihoods are those of the averaged logits, computed by hand
+    m = merge.MergedGPT([a, b]).eval()
     items = E.load_task("arc_easy", FIX)
     reqs = E.encode_requests(tok, E.choice_requests(items))
-    ours, _ = E.loglikelihoods(m, reqs)
+    ours, _ = E.loglikelihoods(m, reqs)  # the merge's fast path: both heads only at the scored rows
     assert np.allclose([lp for lp, _ in ours], [lp for lp, _ in naive_loglik(m, reqs)], atol=1e-4)
-    # a merge of two copies of one model scores exactly like that model
-    same, _ = E.loglikelihoods(merged([a, a]), reqs)
+    generic, _ = E.loglikelihoods(InterfaceOnly([a, b]), reqs)  # a model known only by its interface
+    assert np.allclose([lp for lp, _ in ours], [lp for lp, _ in generic], atol=1e-4)
+    same, _ = E.loglikelihoods(merge.MergedGPT([a, a]), reqs)  # a merge of two copies == that model
     single, _ = E.loglikelihoods(a, reqs)
     assert np.allclose([lp for lp, _ in same], [lp for lp, _ in single], atol=1e-4)
-    paper = E.evaluate(m, tok, ["mmlu", "arc_easy"], "paper", FIX, runs=2, limit=1)
-    assert paper["mmlu"]["n"] == 3 and paper["arc_easy"]["n"] == 1
+    # a merge FILE through the command line (model.load_model, kind "merge")
+    paths = [str(tmp_path / f"e{i}.pt") for i in (1, 2)]
+    for p, e in zip(paths, (a, b)):
+        save_checkpoint(model_checkpoint(e, tok), p)
+    _, ckpt = merge.build_merge(paths)
+    save_checkpoint(ckpt, str(tmp_path / "merged.pt"))
+    out = str(tmp_path / "merged.json")
+    E.main(["--ckpt", str(tmp_path / "merged.pt"), "--data_dir", FIX, "--tasks", "arc_easy,mmlu",
+            "--protocol", "paper", "--runs", "2", "--limit", "1", "--out", out, "--device", "cpu"])
+    r = json.load(open(out))
+    assert r["kind"] == "merge" and r["tasks"]["arc_easy"]["n"] == 1 and r["tasks"]["mmlu"]["n"] == 3
 
 
 def test_bits_per_byte(tok, tmp_path):
