@@ -3,8 +3,6 @@ Pillow re-implementation of the released builder), PCA tables, uniqueness, cachi
 import gzip
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ from PIL import Image, ImageFilter
 
 import glyph_embed as ge
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 DEBIAN = ge.DEBIAN_UNIFONT
 needs_debian = pytest.mark.skipif(not os.path.exists(DEBIAN), reason="Debian unifont not installed")
 
@@ -152,7 +149,7 @@ def test_batched_blur_is_bit_exact():
 @needs_debian
 def test_glyph_table_properties():
     V = small_vocab()
-    t, info = ge.frozen_table(V, "glyph", 1024, font_path=DEBIAN, use_cache=False)
+    t, info = ge.frozen_table(V, "glyph", 1024, font_path=DEBIAN)  # caches the PCA basis too
     assert t.shape == (len(V), 1024) and t.dtype == torch.float32
     assert torch.allclose(t.norm(dim=1), torch.ones(len(V)), atol=1e-5)
     assert set(info) >= {"kind", "dim", "recipe", "tokenizer_fingerprint", "font_sha256", "fingerprint"}
@@ -166,7 +163,7 @@ def test_glyph_table_properties():
     # PCA: independent float64 recomputation; truncated tables = leading components re-normalised
     X = ge.render_batch(V, font=font()).reshape(len(V), -1).astype(np.float64)
     Xc = X - X.mean(0)
-    b = ge.glyph_basis(V, info["tokenizer_fingerprint"], font=font(), use_cache=False)
+    b = ge.glyph_basis(V, info["tokenizer_fingerprint"], font=font())  # the cached one
     W = b["W"]
     assert np.allclose(W.T @ W, np.eye(1024), atol=1e-8)
     assert np.all(np.diff(b["eigvals"]) <= 1e-9)
@@ -176,7 +173,7 @@ def test_glyph_table_properties():
     cov = Y[:, :8].T @ Y[:, :8] / (len(V) - 1)
     assert np.allclose(cov, np.diag(b["eigvals"][:8]), atol=1e-6 * b["eigvals"][0])
     for d in (16, 64):
-        td, infod = ge.frozen_table(V, "glyph", d, font_path=DEBIAN, use_cache=False)
+        td, infod = ge.frozen_table(V, "glyph", d, font_path=DEBIAN)
         ref = Y[:, :d] / np.linalg.norm(Y[:, :d], axis=1, keepdims=True)
         assert td.shape == (len(V), d) and infod["dim"] == d
         assert np.abs(td.numpy() - ref).max() < 1e-4
@@ -264,20 +261,18 @@ def test_download_error_is_one_line_naming_url(tmp_path):
 
 
 @needs_debian
-def test_cli_report_and_sheet(tmp_path):
+def test_cli_report_and_sheet(tmp_path, capsys):
     import json
     vocab = {s: i for i, s in enumerate(["a", "а", " ", "\n", "the", "中", "and", "ard", "<pad>"])}
     tj = tmp_path / "tokenizer.json"
     tj.write_text(json.dumps({"model": {"vocab": vocab}, "added_tokens": []}))
     out, sheet = tmp_path / "t.pt", tmp_path / "sheet.png"
-    env = dict(os.environ, PYTHONPATH=HERE)
-    r = subprocess.run([sys.executable, os.path.join(HERE, "glyph_embed.py"), "--strings_json", str(tj),
-                        "--dim", "8", "--out", str(out), "--report", "--sheet", str(sheet)],
-                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    assert "collision groups" in r.stdout and "'and'" in r.stdout and Image.open(sheet).size[0] > 100
+    ge.main(["--strings_json", str(tj), "--dim", "8", "--out", str(out), "--report", "--sheet", str(sheet)])
+    printed = capsys.readouterr().out
+    assert "collision groups" in printed and "'and' vs 'ard': identical" in printed
+    assert "' ' vs '\\n': identical" in printed and Image.open(sheet).size[0] > 100
     table, info = ge.load_table(str(out))
-    assert table.shape == (9, 8)
+    assert table.shape == (9, 8) and info["dim"] == 8
     with pytest.raises(SystemExit) as e:
         ge.main(["--strings_json", str(tj), "--dim", "5000", "--cell", "32"])
     assert "dim=5000" in str(e.value) and "\n" not in str(e.value)
