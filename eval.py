@@ -175,15 +175,15 @@ def ensure_data(task_names):
         if src in have:
             continue
         s = SOURCES[src]
-        name = os.path.basename(s["url"])
-        if "dest" in s:  # a plain file: download straight into the layout
-            dest = os.path.join(data_dir, s["dest"])
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            download(s["url"], dest, s["sha256"], s["size"], what=f"the {src} benchmark")
-        else:
-            archive = download(s["url"], os.path.join(cache_dir("eval", "downloads"), name), s["sha256"], s["size"],
-                               what=f"the {src} benchmark")
-            extract(archive, s["members"], data_dir)
+        try:
+            if "dest" in s:  # a plain file: download straight into the layout
+                download(s["url"], os.path.join(data_dir, s["dest"]), s["sha256"], s["size"], what=f"the {src} benchmark")
+            else:
+                archive = os.path.join(cache_dir("eval", "downloads"), os.path.basename(s["url"]))
+                extract(download(s["url"], archive, s["sha256"], s["size"], what=f"the {src} benchmark"),
+                        s["members"], data_dir)
+        except SystemExit as e:
+            raise SystemExit(f"{e}; or pass --data_dir DIR holding the original files (layout: python eval.py --help)") from None
         with open(done, "a") as f:
             f.write(src + "\n")
     return data_dir
@@ -727,7 +727,7 @@ def eval_generative(model, tok, name, items, opt, greedy):
 
 
 @torch.no_grad()
-def eval_bpb(model, tok, val_data, limit=None, batch_size=8, progress=False, **_):
+def eval_bpb(model, tok, val_data, limit=None, batch_size=4, dtype="auto", progress=False):
     """Bits per byte on data/<name>/val.bin: mean next-token loss over non-overlapping windows of
     block_size tokens, / ln 2, * tokens / bytes of the split (meta.json), so tokenizers compare."""
     from data.common import open_split, read_meta
@@ -744,7 +744,8 @@ def eval_bpb(model, tok, val_data, limit=None, batch_size=8, progress=False, **_
         L = min(block, len(data) - 1 - starts[-1])
         x = torch.stack([torch.from_numpy(data[a:a + L].astype(np.int64)) for a in starts]).to(device)
         y = torch.stack([torch.from_numpy(data[a + 1:a + 1 + L].astype(np.int64)) for a in starts]).to(device)
-        logits, _ = model(x)
+        with autocast(device, dtype):
+            logits, _ = model(x)
         total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
         count += y.numel()
     nats = total / count
@@ -768,7 +769,7 @@ def evaluate(model, tok, task_names, protocol="loglik", data_dir=None, limit=Non
         if kind == "bpb":
             if not val_data:
                 raise ValueError("task bpb needs --val_data DIR (a prepared data/<name> with val.bin and meta.json)")
-            res, samples = eval_bpb(model, tok, val_data, limit, progress=progress)
+            res, samples = eval_bpb(model, tok, val_data, limit, dtype=dtype, progress=progress)
         else:
             items = load_task(name, data_dir, limit)
             if not items:
