@@ -639,12 +639,18 @@ def item_entry(values):
 
 
 def per_subject(items, correct, stat):
-    """MMLU per-subject figures; correct: [runs, n] (paper) or [n] (loglik)."""
+    """MMLU per-subject figures; correct: [runs, n] (paper) or [n] (loglik). The overall `mean` of a
+    task is over items (micro, as the papers' 14,042); `subject_macro_mean` averages the subjects."""
     correct = np.asarray(correct)
     subjects = {}
     for j, it in enumerate(items):
         subjects.setdefault(it["subject"], []).append(j)
     return {s: dict(n=len(js), **stat(correct[..., js])) for s, js in sorted(subjects.items())}
+
+
+def add_per_subject(res, items, correct, stat):
+    res["per_subject"] = per_subject(items, correct, stat)
+    res["subject_macro_mean"] = float(np.mean([v["mean"] for v in res["per_subject"].values()]))
 
 
 def eval_choice_paper(model, tok, name, items, opt):
@@ -658,7 +664,7 @@ def eval_choice_paper(model, tok, name, items, opt):
     correct = np.array([[ok(conts[j][r], it) for j, it in enumerate(items)] for r in range(opt["runs"])])
     res = dict(metric="acc", n=len(items), truncated=trunc, **acc_entry(correct))
     if name == "mmlu":
-        res["per_subject"] = per_subject(items, correct, lambda c: {k: v for k, v in acc_entry(c).items() if k != "runs"})
+        add_per_subject(res, items, correct, lambda c: {k: v for k, v in acc_entry(c).items() if k != "runs"})
     samples = [dict(id=it["id"], gold=it["labels"][it["gold"]], outputs=conts[j]) for j, it in enumerate(items)]
     return res, samples
 
@@ -694,7 +700,7 @@ def eval_choice_loglik(model, tok, name, items, opt):
     res = dict(metric="acc", n=len(items), truncated=truncated_items, **item_entry(acc),
                acc_norm=item_entry(acc_norm))
     if name == "mmlu":
-        res["per_subject"] = per_subject(items, np.array(acc), item_entry)
+        add_per_subject(res, items, np.array(acc), item_entry)
     k, samples = 0, []
     for it, p, pn in zip(items, picks, picks_norm):
         n = len(it["ll_choices"])

@@ -197,6 +197,7 @@ def test_forced_letter_model_gives_expected_accuracy(tok):
         subj = res["mmlu"]["per_subject"]
         assert subj["abstract_algebra"]["mean"] == pytest.approx(100 / 3) and subj["world_religions"]["mean"] == 0
         assert sum(s["n"] for s in subj.values()) == 7
+        assert res["mmlu"]["subject_macro_mean"] == pytest.approx((100 / 3 + 100 + 0) / 3)  # geography: golds B, B
     assert res["mmlu"]["ci95"] == 0.0 and res["mmlu"]["runs"] == [res["mmlu"]["mean"]] * 3
 
 
