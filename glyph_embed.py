@@ -19,7 +19,6 @@ import contextlib
 import gzip
 import hashlib
 import json
-import math
 import os
 import random
 import re
