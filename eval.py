@@ -574,18 +574,19 @@ def fit_prompt(ids, max_len):
     return (ids[-max_len:], True) if len(ids) > max_len else (ids, False)
 
 
-def item_generator(seed, task, index, device):
-    """A generator seeded by (seed, task, item): samples do not depend on batching or --limit."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}/{task}/{index}".encode()).digest()[:8], "little") & (2**63 - 1)
+def item_generator(seed, task, key, device):
+    """A generator seeded by (seed, task, item id): samples do not depend on batching or --limit."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}/{task}/{key}".encode()).digest()[:8], "little") & (2**63 - 1)
     g = torch.Generator(device=device)
     g.manual_seed(h)
     return g
 
 
 @torch.no_grad()
-def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, top_k, seed,
+def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, top_k, seed, keys=None,
                          batch_size=64, max_tokens=8192, dtype="auto", progress=False):
     """-> ([per item: `runs` continuation strings], n truncated). temperature 0 = greedy (runs = 1).
+    keys: the items' ids, which seed their generators (default: their positions).
     One new token (MMLU): the prompts are batched, one forward pass each, and the `runs` samples are
     drawn from that one distribution. Longer: model.generate (KV cache) on the prompt repeated
     `runs` times."""
@@ -597,6 +598,7 @@ def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, 
     fitted = [fit_prompt(ids, block - n) for ids, n in zip(encoded, news)]
     truncated = sum(t for _, t in fitted)
     rows = [ids for ids, _ in fitted]
+    keys = list(range(len(prompts))) if keys is None else keys
     out = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=f"{task} generate", unit="item", disable=not progress, leave=False)
     if all(n == 1 for n in news):
@@ -606,13 +608,13 @@ def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, 
             with autocast(device, dtype):
                 logits = logits_at(model, pad(rows, ids, device), b, pos).float()
             for k, i in enumerate(ids):
-                g = item_generator(seed, task, i, device)
+                g = item_generator(seed, task, keys[i], device)
                 nxt = sample_next(logits[k:k + 1].expand(runs, -1), temperature, top_k, g)
                 out[i] = [tok.decode([int(t)]) for t in nxt[:, 0].tolist()]
             bar.update(len(ids))
     else:
         for i, ids in enumerate(rows):
-            g = item_generator(seed, task, i, device)
+            g = item_generator(seed, task, keys[i], device)
             idx = torch.tensor([ids] * runs, dtype=torch.long, device=device)
             with autocast(device, dtype):
                 y = model.generate(idx, news[i], temperature=temperature, top_k=top_k, generator=g)
@@ -656,7 +658,8 @@ def add_per_subject(res, items, correct, stat):
 def eval_choice_paper(model, tok, name, items, opt):
     spec = TASKS[name]
     conts, trunc = sample_continuations(model, tok, name, [it["prompt"] for it in items], spec["new_tokens"],
-                                        opt["runs"], opt["temperature"], opt["top_k"], opt["seed"], **opt["batching"])
+                                        opt["runs"], opt["temperature"], opt["top_k"], opt["seed"],
+                                        [it["id"] for it in items], **opt["batching"])
     if spec["kind"] == "yesno":
         ok = lambda c, it: first_word_correct(c, it["labels"][it["gold"]])
     else:
@@ -713,7 +716,8 @@ def eval_generative(model, tok, name, items, opt, greedy):
     kind = TASKS[name]["kind"]
     runs, temperature = (1, 0.0) if greedy else (opt["runs"], opt["temperature"])
     conts, trunc = sample_continuations(model, tok, name, [it["prompt"] for it in items], [it["max_new"] for it in items],
-                                        runs, temperature, opt["top_k"], opt["seed"], **opt["batching"])
+                                        runs, temperature, opt["top_k"], opt["seed"], [it["id"] for it in items],
+                                        **opt["batching"])
     if kind == "squad":
         metric = "acc"
         scores = np.array([[100.0 * substring_correct(conts[j][r], it["answer"]) for j, it in enumerate(items)]

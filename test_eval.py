@@ -211,12 +211,18 @@ def test_paper_protocol_is_seeded_and_one_token_path_matches_generate(tok):
     assert c["mmlu"]["samples"] != a["mmlu"]["samples"]
     # MMLU's single new token is drawn from one batched forward pass; model.generate with the same
     # per-item generator draws the very same tokens
-    prompts = [it["prompt"] for it in E.load_task("mmlu", FIX)]
-    fast, _ = E.sample_continuations(model, tok, "mmlu", prompts[:4], 1, 5, 1.0, 50, 7, batch_size=3)
-    for i, p in enumerate(prompts[:4]):
-        ids = tok.encode(p)
-        y = model.generate(torch.tensor([ids] * 5), 1, temperature=1.0, top_k=50, generator=E.item_generator(7, "mmlu", i, "cpu"))
+    items = E.load_task("mmlu", FIX)[:4]
+    fast, _ = E.sample_continuations(model, tok, "mmlu", [it["prompt"] for it in items], 1, 5, 1.0, 50, 7,
+                                     [it["id"] for it in items], batch_size=3)
+    for i, it in enumerate(items):
+        ids = tok.encode(it["prompt"])
+        g = E.item_generator(7, "mmlu", it["id"], "cpu")
+        y = model.generate(torch.tensor([ids] * 5), 1, temperature=1.0, top_k=50, generator=g)
         assert fast[i] == [tok.decode([t]) for t in y[:, -1].tolist()]
+    # --limit does not change an item's samples (seeded by its id, not its position)
+    lim = E.evaluate(model, tok, ["mmlu"], "paper", FIX, runs=3, seed=7, limit=1, log_samples=True)["mmlu"]["samples"]
+    full = {s["id"]: s["outputs"] for s in a["mmlu"]["samples"]}
+    assert all(full[s["id"]] == s["outputs"] for s in lim)
 
 
 def test_all_tasks_both_protocols_and_long_prompts_are_truncated(tok):
