@@ -18,6 +18,7 @@ forward pass. Three timings per task:
   lm-eval         lm_eval.simple_evaluate(model=GlyphLM(...), tasks=[a local task of the same items])
 """
 import argparse
+import csv
 import json
 import os
 import random
@@ -55,7 +56,6 @@ def synthesize(data_dir, arc_items, mmlu_subjects, mmlu_per_subject, seed=0):
     os.makedirs(os.path.join(data_dir, "mmlu", "test"), exist_ok=True)
     for subject in E.MMLU_SUBJECTS[:mmlu_subjects]:
         with open(os.path.join(data_dir, "mmlu", "test", f"{subject}_test.csv"), "w", newline="") as f:
-            import csv
             w = csv.writer(f, lineterminator="\n")
             for _ in range(mmlu_per_subject):
                 w.writerow([sentence(rng, 10, 60) + "?"] + [sentence(rng, 1, 12) for _ in range(4)] + [rng.choice("ABCD")])
