@@ -72,16 +72,19 @@ class FrozenEmbedding(nn.Module):
 # rotary position embedding, "rotate-half" layout (GPT-NeoX / Llama)
 
 def rope_tables(block_size, head_dim, base):
+    """cos and a signed sin, [T, hd] each: rotate-half(x) * sin == cat(x2, x1) * signed_sin, which
+    saves a negation per call."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     freqs = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # [T, hd/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [T, hd]
-    return emb.cos(), emb.sin()
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
-def apply_rope(x, cos, sin):
-    """x [B, nh, T, hd]; cos/sin [T, hd]."""
+def apply_rope(x, cos, signed_sin):
+    """Rotate-half rotary embedding: x * cos + cat(-x2, x1) * sin, for x [..., T, (any dims), hd]
+    with cos/signed_sin broadcastable to it."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), signed_sin)
 
 
 # -----------------------------------------------------------------------------
@@ -102,11 +105,11 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cos, sin, kv=None):
         B, T, C = x.size()
         hd = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.d_model, dim=2)
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, hd).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hd)
+        # rotate q and k together: one set of elementwise ops instead of two
+        qk = apply_rope(qkv[:, :, :2], cos[:, None, None], sin[:, None, None])
+        q, k = qk.unbind(dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # (B, nh, T, hd)
         is_causal = True
         if kv is not None:  # key-value cache for generation: (k_buf, v_buf, pos)
             k_buf, v_buf, pos = kv
@@ -152,8 +155,11 @@ class Block(nn.Module):
 
 def _head_loss(x, weight, bias, targets, chunk, want_x=False, want_w=False, want_b=False):
     """Output head + mean cross-entropy (targets == -1 ignored) over row chunks of x [N, d].
-    With want_*, also the gradients of that loss w.r.t. x / weight / bias, computed in the same pass
-    while each [chunk, V] block of logits is still in cache."""
+    With want_*, also the gradients of that loss w.r.t. x / weight / bias, computed in the same pass.
+
+    Per chunk the [c, V] block is touched only 4 times besides the matmuls (max, subtract, exp, sum):
+    the gradient w * (softmax - onehot) is never formed. Its row scale w / sum is applied to the small
+    [c, d] side of each matmul instead, and the one-hot part is a gather / index_add of c rows."""
     n_valid = (targets != -1).sum().clamp(min=1)
     gx = torch.empty_like(x) if want_x else None
     gw = torch.empty_like(weight) if want_w else None  # written by the first chunk, then accumulated
@@ -163,25 +169,27 @@ def _head_loss(x, weight, bias, targets, chunk, want_x=False, want_w=False, want
         xc, tc = x[s:s + chunk], targets[s:s + chunk]
         logits = (torch.addmm(bias, xc, weight.t()) if bias is not None else xc @ weight.t()).float()
         mask = tc != -1
-        tgt = tc.clamp(min=0).unsqueeze(1)
-        # log-sum-exp by hand, in place, so the [chunk, V] block is read/written as few times as possible
-        target_logit = logits.gather(1, tgt)
+        tgt = tc.clamp(min=0)
+        target_logit = logits.gather(1, tgt.unsqueeze(1))
         mx = logits.amax(dim=-1, keepdim=True)
-        e = logits.sub_(mx).exp_()
+        e = logits.sub_(mx).exp_()  # unnormalised softmax, in place
         total = e.sum(dim=-1, keepdim=True)
         loss += ((mx + total.log() - target_logit).squeeze(1) * mask).sum()
         if gx is None and gw is None and gb is None:
             continue
-        w = (mask.float() / n_valid).unsqueeze(1)  # d loss / d logits = w * (softmax - onehot)
-        p = e.mul_(w / total)
-        p.scatter_add_(1, tgt, -w)
-        p = p.to(x.dtype)
+        w = (mask.to(x.dtype) / n_valid).unsqueeze(1)  # [c, 1]: d loss / d logits = w * (softmax - onehot)
+        scale = w / total.to(x.dtype)  # softmax * w == e * scale
+        e = e.to(x.dtype)
         if gx is not None:
-            torch.mm(p, weight, out=gx[s:s + chunk])
+            g = gx[s:s + chunk]
+            torch.mm(e, weight, out=g)
+            g.mul_(scale).sub_(w * weight.index_select(0, tgt))
         if gw is not None:
-            torch.mm(p.t(), xc, out=gw) if s == 0 else gw.addmm_(p.t(), xc)
+            torch.mm(e.t(), xc * scale, out=gw) if s == 0 else gw.addmm_(e.t(), xc * scale)
+            gw.index_add_(0, tgt, xc * -w)
         if gb is not None:
-            torch.sum(p, 0, out=gb) if s == 0 else gb.add_(p.sum(0))
+            torch.mv(e.t(), scale.squeeze(1), out=gb) if s == 0 else gb.add_(torch.mv(e.t(), scale.squeeze(1)))
+            gb.index_add_(0, tgt, -w.squeeze(1))
     return loss / n_valid, gx, gw, gb
 
 

@@ -213,3 +213,35 @@ def test_configurator_errors_name_the_key(tmp_path):
     f.write_text("compile = 'yes please'\n")
     assert "compile expects bool" in err([str(f)])
     assert "config file not found" in err([str(tmp_path / "nope.py")])
+
+
+def test_apply_rope_is_rotate_half_and_relative():
+    from model import apply_rope, rope_tables
+    cos, sin = rope_tables(16, 8, 10000.0)
+    x = torch.randn(3, 16, 8)
+    # the textbook rotate-half form (GPT-NeoX / Llama)
+    inv = 1.0 / 10000.0 ** (torch.arange(0, 8, 2).float() / 8)
+    ang = torch.outer(torch.arange(16).float(), inv)
+    ang = torch.cat([ang, ang], -1)
+    x1, x2 = x[..., :4], x[..., 4:]
+    ref = x * ang.cos() + torch.cat([-x2, x1], -1) * ang.sin()
+    assert torch.allclose(apply_rope(x, cos, sin), ref, atol=1e-6)
+    # q.k after rotation depends only on the distance between positions
+    q, k = torch.randn(8), torch.randn(8)
+    rq = apply_rope(q.expand(16, 8), cos, sin)
+    rk = apply_rope(k.expand(16, 8), cos, sin)
+    assert torch.allclose(rq[5] @ rk[2], rq[12] @ rk[9], atol=1e-5)
+
+
+@pytest.mark.parametrize("path", sorted(f for f in os.listdir(os.path.join(REPO, "config"))
+                                        if f.startswith(("train_shakespeare", "paper_"))))
+def test_core_config_files_parse(path):
+    import train
+    cfg = configure(train.DEFAULTS, [os.path.join(REPO, "config", path)], verbose=False)
+    if path.startswith("paper_"):  # the paper shape, counted on the meta device
+        emb = cfg["embedding"]
+        with torch.device("meta"):
+            m = GPT(GPTConfig(n_layer=cfg["n_layer"], n_head=cfg["n_head"], d_model=cfg["d_model"],
+                              block_size=cfg["block_size"], embedding=emb),
+                    None if emb == "trainable" else torch.empty(65536, cfg["table_dim"]))
+        assert f"{m.param_counts()['matrices'] / 1e6:.1f}M" == "335.5M"
