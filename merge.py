@@ -12,10 +12,15 @@ $ python sample.py --ckpt=out-merge/merged.pt   # a merge file loads like any ch
 $ python eval.py --ckpt out-merge/merged.pt --tasks bpb --val_data data/russian_offline
 
 --mode=logits    the paper's merge: softmax(sum_k w_k * logits_k)
---mode=logprobs  NOT the paper's: softmax(sum_k w_k * log_softmax(logits_k)), a weighted geometric
-                 mean of the experts' distributions ("product of experts"). Unlike raw logits it is
-                 blind to each expert's logit offset/scale, so an expert with sharper logits does
-                 not dominate just by scale.
+--mode=logprobs  NOT the paper's wording: sum_k w_k * log_softmax(logits_k). Since log_softmax only
+                 subtracts one number per position (the logsumexp), this is the paper's merge shifted
+                 by a per-position constant: the SAME distribution, loss and samples as "logits"
+                 (a weighted geometric mean of the experts' distributions, renormalised). Kept
+                 because it is the form in which the equivalence is easy to check.
+--mode=probs     NOT the paper's: log(sum_k w_k * softmax(logits_k)), the classic mixture (ensemble)
+                 of the experts' distributions. Each expert keeps its own mass where the others are
+                 wrong: on a domain only one expert knows, it costs at most -log(w) nats per token
+                 over that expert, where a logit average can cost much more.
 
 The merge file (kind "merge") EMBEDS the experts' weights rather than referencing their paths:
 train.py rewrites out_dir/ckpt.pt at every evaluation, so a referenced path would silently change
@@ -40,7 +45,7 @@ from model import model_from_checkpoint, read_checkpoint, sample_next, save_chec
 # command-line defaults (positional arguments: config files end in .py, anything else is an expert)
 experts = []  # expert checkpoint paths (train.py / grow.py checkpoints, kind "gpt")
 weights = ""  # comma-separated, one per expert, e.g. "0.3,0.7"; normalised to sum 1; "" = equal
-mode = "logits"  # logits (the paper's) | logprobs (a weighted geometric mean; not the paper's)
+mode = "logits"  # logits (the paper's) | logprobs (same distribution as logits) | probs (a mixture; not the paper's)
 out = "merged.pt"  # the merge file to write
 # validation: per-domain loss / bits per byte of every expert and of the merge, on the same batches
 datasets = ""  # comma-separated prepared datasets (data/<name> or paths), "" = skip
@@ -54,7 +59,7 @@ device = "auto"
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_from(globals())
 
-MODES = ("logits", "logprobs")
+MODES = ("logits", "logprobs", "probs")
 FORMAT = 1  # version of the merge file layout
 
 
@@ -156,11 +161,17 @@ class MergedGPT(nn.Module):
 
     def combine(self, xs):
         """Final hidden states of every expert, xs[k] [N, d_k] -> merged logits [N, V]."""
-        if self.mode == "logprobs":
+        if self.mode == "logprobs":  # sum_k w_k log p_k
             out = None
             for w, e, x in zip(self.weights, self.experts, xs):
                 lp = F.log_softmax(e.lm_head(x).float(), dim=-1)
                 out = lp.mul_(w) if out is None else out.add_(lp, alpha=w)
+            return out
+        if self.mode == "probs":  # log sum_k w_k p_k, accumulated in log space (no underflow)
+            out = None
+            for w, e, x in zip(self.weights, self.experts, xs):
+                lp = F.log_softmax(e.lm_head(x).float(), dim=-1).add_(math.log(w) if w > 0 else -math.inf)
+                out = lp if out is None else torch.logaddexp(out, lp, out=out)
             return out
         heads = [e.lm_head for e in self.experts]
         bias = None  # sum_k w_k b_k: the experts' biases averaged once, [V]

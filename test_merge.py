@@ -103,9 +103,15 @@ def test_merged_logits_are_the_weighted_average_of_the_experts(small_table, bias
         torch.testing.assert_close(got, 0.25 * l0 + 0.75 * l1, atol=2e-5, rtol=1e-5)
         equal = M.MergedGPT(es)  # default: equal weights
         torch.testing.assert_close(equal(x)[0], (l0 + l1) / 2, atol=2e-5, rtol=1e-5)
-        lp = M.MergedGPT(es, [1, 3], mode="logprobs")(x)[0]  # not the paper's: average log-probabilities
+        lp = M.MergedGPT(es, [1, 3], mode="logprobs")(x)[0]  # average log-probabilities
         want = 0.25 * F.log_softmax(l0, -1) + 0.75 * F.log_softmax(l1, -1)
         torch.testing.assert_close(lp, want, atol=2e-5, rtol=1e-5)
+        # ... which is the paper's merge shifted by a constant per position: the same distribution
+        torch.testing.assert_close(F.softmax(lp, -1), F.softmax(got, -1), atol=1e-6, rtol=1e-4)
+        mix = M.MergedGPT(es, [1, 3], mode="probs")(x)[0]  # not the paper's: a mixture of distributions
+        want = torch.log(0.25 * F.softmax(l0, -1) + 0.75 * F.softmax(l1, -1))
+        torch.testing.assert_close(mix, want, atol=2e-5, rtol=1e-5)
+        assert (F.softmax(mix, -1) - F.softmax(got, -1)).abs().max() > 1e-3  # really another merge
     assert (got - l0).abs().max() > 0.1  # the experts really differ, so the test can fail
 
 
@@ -116,6 +122,8 @@ def test_one_expert_with_weight_one_is_that_expert(small):
         want = experts[1](x)[0]
         torch.testing.assert_close(M.MergedGPT([experts[1]], [1.0])(x)[0], want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(M.MergedGPT(experts, [0, 1])(x)[0], want, atol=1e-5, rtol=1e-5)
+        mix = M.MergedGPT(experts, [0, 1], mode="probs")(x)[0]
+        torch.testing.assert_close(mix, F.log_softmax(want, -1), atol=1e-5, rtol=1e-5)
 
 
 def test_loss_matches_cross_entropy_of_the_merged_logits(experts):
