@@ -1,0 +1,590 @@
+"""
+Reproduce the papers' experiments end to end, at the scale of a 2-core CPU (../shared/SPEC.md).
+One command per experiment; every run is seeded, and a re-run skips what is already done.
+
+$ python reproduce.py frozen_vs_trainable   # 1. paper 1: frozen glyph table vs trainable vs 16-bit code, 3 seeds
+$ python reproduce.py grow_vs_mono          # 2. paper 2: 3 stages of 2 layers vs a 6-layer monolith, same tokens
+$ python reproduce.py merge                 # 3. paper 2: en+ru and en+zh experts, merged by logit average
+$ python reproduce.py unique                # 4. ours: the injective glyph table vs the faithful one, 3 seeds
+$ python reproduce.py all                   # the four, in this order (about an hour on 2 CPU cores)
+$ python reproduce.py all --scale toy       # the same pipeline in seconds (test_reproduce.py runs it)
+
+Everything goes to out/reproduce/<scale>/:
+  data/<name>/          the corpora, prepared with the current tokenizer (re-prepared if it changed)
+  runs/<run>/           one training run: train.py's log.jsonl + ckpt.pt, and result.json when done
+                        (a run with result.json is skipped; one with only ckpt.pt resumes exactly)
+  <experiment>.json     the experiment's results (every run's numbers, seed means and spreads)
+  <experiment>.md       the same as markdown tables
+  <experiment>.png      the plot (needs matplotlib; skipped with a note if it is not installed)
+At --scale cpu the PNGs are also copied to assets/ (committed, shown in the README).
+
+Training is train.train (and grow.grow / merge.build_merge); benchmarks are eval.evaluate under both
+protocols on the benchmark files in tests_data/eval: only those small fixtures exist offline, so the
+accuracies are a pipeline check on a handful of items, not a measurement (the README says so).
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, REPO)
+
+import eval as E  # noqa: E402
+import grow as G  # noqa: E402
+import merge as M  # noqa: E402
+import train as T  # noqa: E402
+from model import load_model, save_checkpoint  # noqa: E402
+from unicode_tokenizer import get_tokenizer  # noqa: E402
+
+EXPERIMENTS = ("frozen_vs_trainable", "grow_vs_mono", "merge", "unique")
+
+# -----------------------------------------------------------------------------
+# the two scales. "cpu" was sized from measured throughput so that `all` takes about an hour on 2
+# cores (README: Results); "toy" only checks that every step of the pipeline runs.
+SCALES = {
+    "toy": dict(d_model=32, n_layer=1, n_head=2, block_size=32, batch_size=4, max_iters=3, eval_interval=3,
+                eval_iters=1, learning_rate=2e-3, min_lr=2e-4, warmup_iters=1, seeds=[1],
+                expert_iters=3, grow_layers=[1, 1, 1], eval_limit=1, eval_runs=1, data_max_bytes=60_000,
+                eval_tasks=["mmlu", "squad_v2"], translation_tasks=["opus_en_ru"]),
+    "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=200, eval_interval=25,
+                eval_iters=10, learning_rate=2e-3, min_lr=2e-4, warmup_iters=20, seeds=[1, 2, 3],
+                expert_iters=200, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
+                eval_tasks=["mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "boolq", "hellaswag", "squad_v2"],
+                translation_tasks=["opus_en_ru", "opus_ru_en", "opus_en_zh", "opus_zh_en"]),
+}
+
+# the training mixture of paper 1 (SPEC §4): English text + ~10% instruction-format QA. Wikipedia is
+# not reachable offline, so the English corpus is Shakespeare (the repo's default corpus).
+EN_MIX = {"shakespeare": 0.9, "sft_qa": 0.1}
+# the two experts of paper 2 (SPEC §6): English + Russian and English + Chinese, each with the QA part
+EXPERT_MIX = {"ru": {"shakespeare": 0.45, "russian_offline": 0.45, "sft_qa": 0.1},
+              "zh": {"shakespeare": 0.45, "chinese_offline": 0.45, "sft_qa": 0.1}}
+PREPARE_ARGS = {"shakespeare": [], "sft_qa": ["--sources", "synthetic"], "russian_offline": [], "chinese_offline": []}
+
+# the input tables compared (all else identical): name -> (embedding, table width; 0 = d_model)
+ARMS = {"glyph": ("glyph", 0), "trainable": ("trainable", 0), "binary16": ("binary16", 16),
+        "glyph_unique": ("glyph_unique", 0)}
+ARM_LABELS = {"glyph": "frozen glyph (faithful)", "trainable": "trainable", "binary16": "frozen 16-bit code",
+              "glyph_unique": "frozen glyph (unique)"}
+
+# the benchmark files: tests_data/eval holds the fixtures (a few items per task, in the originals' formats);
+# the tasks used are the scale's eval_tasks (+ translation_tasks for the merge)
+EVAL_DIR = os.path.join(REPO, "tests_data", "eval")
+
+
+def has_sacrebleu():
+    """Translation tasks are scored by BLEU (sacrebleu, optional): without it they are left out, with a note."""
+    try:
+        import sacrebleu  # noqa: F401
+        return True
+    except ImportError:
+        log("sacrebleu is not installed: translation tasks left out (pip install sacrebleu)")
+        return False
+
+
+def log(msg):
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+# -----------------------------------------------------------------------------
+# data: the prepare scripts' own command lines, into our folder, with the current tokenizer
+
+def prepare_data(root, names, tok, max_bytes):
+    """data/<name>/prepare.py --out_dir root/<name>, unless a preparation with this tokenizer exists.
+    (The tokenizer's fingerprint is checked because data prepared by an older tokenizer is refused by
+    train.py; preparing into our own folder leaves data/ to whoever else uses it.) The scripts'
+    main(argv) runs in this process: the same as their command line, without a new interpreter each."""
+    for name in names:
+        out = os.path.join(root, name)
+        meta = os.path.join(out, "meta.json")
+        if os.path.exists(meta) and read_json(meta).get("tokenizer_fingerprint") == tok.fingerprint:
+            continue
+        script = os.path.join(REPO, "data", name, "prepare.py")
+        argv = ["--out_dir", out, "--tokenizer", tok.name] + PREPARE_ARGS[name] + \
+            (["--max_bytes", str(max_bytes)] if max_bytes else [])
+        log(f"preparing {name}: python {os.path.relpath(script, REPO)} {' '.join(argv)}")
+        spec = importlib.util.spec_from_file_location(f"prepare_{name}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.main(argv)
+
+
+# -----------------------------------------------------------------------------
+# one training run (train.train), then its benchmarks (eval.evaluate); skipped once result.json exists
+
+def base_config(S, ctx, datasets):
+    return {**T.DEFAULTS, "data_root": ctx["data"], "datasets": dict(datasets), "tokenizer": ctx["tok"].name,
+            "d_model": S["d_model"], "n_layer": S["n_layer"], "n_head": S["n_head"], "block_size": S["block_size"],
+            "batch_size": S["batch_size"], "gradient_accumulation_steps": 1, "max_iters": S["max_iters"],
+            "eval_interval": S["eval_interval"], "eval_iters": S["eval_iters"], "log_interval": S["eval_interval"],
+            "learning_rate": S["learning_rate"], "min_lr": S["min_lr"], "warmup_iters": S["warmup_iters"],
+            "lr_decay_iters": 0, "dropout": 0.0, "weight_decay": 0.1, "grad_clip": 1.0, "device": "cpu",
+            "progress": False, "always_save_checkpoint": True}
+
+
+def arm_config(S, ctx, arm, seed, datasets=EN_MIX):
+    embedding, width = ARMS[arm]
+    return {**base_config(S, ctx, datasets), "embedding": embedding, "table_dim": width or S["d_model"], "seed": seed}
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def curve(log_rows, tokens_per_iter):
+    """The validation points of a train.py log: iteration, tokens seen, loss and bpb (mixture and per dataset)."""
+    return [dict(iter=r["iter"], tokens=r["iter"] * tokens_per_iter, val_loss=r["val_loss"], val_bpb=r["val_bpb"],
+                 val={n: v["bpb"] for n, v in r["val"].items()}) for r in log_rows if "val_bpb" in r]
+
+
+def benchmark(model, tok, S, tasks):
+    """eval.py under both protocols on the fixture files -> {protocol: {task: summary}}."""
+    out = {}
+    for protocol in ("loglik", "paper"):
+        res = E.evaluate(model, tok, tasks, protocol, EVAL_DIR, limit=S["eval_limit"], runs=S["eval_runs"])
+        out[protocol] = {t: dict(metric=r["metric"], n=r["n"], mean=r["mean"], ci95=r.get("ci95"),
+                                 acc_norm=(r.get("acc_norm") or {}).get("mean")) for t, r in res.items()}
+    return out
+
+
+def run_train(ctx, name, cfg, tasks=None):
+    """Train cfg in runs/<name> (resuming its checkpoint if a previous invocation was cut short),
+    benchmark the final model, write runs/<name>/result.json. -> that result."""
+    out_dir = os.path.join(ctx["runs"], name)
+    done = os.path.join(out_dir, "result.json")
+    if os.path.exists(done):
+        log(f"{name}: done before, skipped ({done})")
+        return read_json(done)
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    resume = os.path.exists(ckpt_path)
+    log(f"{name}: training ({'resuming' if resume else 'from scratch'}), embedding={cfg['embedding']}, "
+        f"seed={cfg['seed']}, {cfg['max_iters']} iterations")
+    t0 = time.time()
+    T.train({**cfg, "out_dir": out_dir, "init_from": "resume" if resume else "scratch"})
+    train_s = time.time() - t0
+    model, _ = load_model(ckpt_path)
+    t0 = time.time()
+    bench = benchmark(model, ctx["tok"], ctx["S"], tasks or ctx["S"]["eval_tasks"])
+    tpi = cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
+    rows = read_log(os.path.join(out_dir, "log.jsonl"))
+    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first includes start-up
+    res = dict(name=name, embedding=cfg["embedding"], table_dim=cfg["table_dim"], seed=cfg["seed"],
+               datasets=cfg["datasets"], iters=cfg["max_iters"], tokens=cfg["max_iters"] * tpi,
+               params=model.param_counts(), flops_per_token=T.flops_per_token(model, cfg["block_size"]),
+               curve=curve(rows, tpi), final=curve(rows, tpi)[-1], benchmarks=bench,
+               train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t0, 1), resumed=resume,
+               tokens_per_s=round(float(np.median(speeds)), 1) if speeds else None)
+    write_json(done, res)
+    return res
+
+
+# -----------------------------------------------------------------------------
+# seed statistics and the plain-words comparison
+
+def spread(values):
+    """mean, sample std (ddof 1; 0 for one value), min, max."""
+    v = np.asarray(values, dtype=float)
+    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, min=float(v.min()),
+                max=float(v.max()), n=len(v), values=[float(x) for x in v])
+
+
+def summarise_arm(results):
+    """Seed statistics of one arm: final bpb (mixture and per dataset) and every benchmark figure."""
+    out = dict(val_bpb=spread([r["final"]["val_bpb"] for r in results]),
+               val={n: spread([r["final"]["val"][n] for r in results]) for n in results[0]["final"]["val"]},
+               benchmarks={}, params=results[0]["params"], train_seconds=spread([r["train_seconds"] for r in results]))
+    for protocol, tasks in results[0]["benchmarks"].items():
+        for t, r0 in tasks.items():
+            out["benchmarks"][f"{protocol}/{t}"] = dict(spread([r["benchmarks"][protocol][t]["mean"] for r in results]),
+                                                      metric=r0["metric"], items=r0["n"])
+    return out
+
+
+def verdict(a, b, label_a, label_b):
+    """Is arm a's final val bpb different from arm b's beyond the seed noise? The difference of the
+    seed means against 1.96 x its standard error (Welch); with one seed there is no noise estimate."""
+    sa, sb = a["val_bpb"], b["val_bpb"]
+    diff = sa["mean"] - sb["mean"]
+    if sa["n"] < 2 or sb["n"] < 2:
+        return dict(diff=diff, se=None, text=f"{label_a} - {label_b} = {diff:+.4f} bits/byte (one seed: no spread)")
+    se = math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
+    if abs(diff) <= 1.96 * se:
+        word = "no measurable difference"
+    else:
+        word = f"{label_a} {'better (lower bits/byte)' if diff < 0 else 'worse (higher bits/byte)'}"
+    return dict(diff=diff, se=se, text=f"{word}: {label_a} - {label_b} = {diff:+.4f} bits/byte, "
+                                       f"1.96 x s.e. = {1.96 * se:.4f} ({sa['n']} vs {sb['n']} seeds)")
+
+
+def fmt_spread(s, digits=4):
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s["n"] > 1 else f"{s['mean']:.{digits}f}"
+
+
+def arms_table(summaries):
+    """Markdown: one row per arm, seed mean ± std of the final bits per byte and the benchmarks."""
+    first = next(iter(summaries.values()))
+    names = list(first["val"])
+    bench = list(first["benchmarks"])
+    head = ["arm", "trainable params", "val bpb (mix)"] + [f"{n} bpb" for n in names] + bench + ["train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, s in summaries.items():
+        cells = [ARM_LABELS.get(arm, arm), f"{s['params']['trainable'] / 1e6:.2f}M", fmt_spread(s["val_bpb"])]
+        cells += [fmt_spread(s["val"][n]) for n in names]
+        cells += [fmt_spread(s["benchmarks"][b], 1) for b in bench]
+        cells += [f"{s['train_seconds']['mean']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# plots (matplotlib is optional)
+
+def pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        log("matplotlib is not installed: no plots (pip install matplotlib)")
+        return None
+
+
+def plot_arms(path, runs_by_arm, title):
+    """Validation bits per byte against tokens: seed mean, and the min-max band over seeds."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, runs in runs_by_arm.items():
+        x = np.array([p["tokens"] for p in runs[0]["curve"]])
+        for ax, key in zip(axes, (None, "sft_qa")):
+            ys = np.array([[p["val_bpb"] if key is None else p["val"][key] for p in r["curve"]] for r in runs])
+            line, = ax.plot(x, ys.mean(0), label=f"{ARM_LABELS.get(arm, arm)} ({len(runs)} seeds)")
+            ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+    axes[0].set_title("validation, training mixture")
+    axes[1].set_title("validation, QA part (sft_qa)")
+    for ax in axes:
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("bits per byte")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def publish(ctx, paths):
+    """Copy the final plots to assets/ (committed; the README shows them), at the cpu scale only."""
+    if not ctx["assets"]:
+        return
+    os.makedirs(ctx["assets"], exist_ok=True)
+    for p in paths:
+        if p:
+            shutil.copy(p, os.path.join(ctx["assets"], "repro_" + os.path.basename(p)))
+
+
+def finish(ctx, exp, result, md, plots):
+    base = os.path.join(ctx["out"], exp)
+    result["wall_seconds_this_invocation"] = round(time.time() - ctx["t0"][exp], 1)
+    write_json(base + ".json", result)
+    with open(base + ".md", "w") as f:
+        f.write(md + "\n")
+    publish(ctx, plots)
+    print(md)
+    log(f"{exp}: wrote {base}.json, {base}.md" + "".join(f", {p}" for p in plots if p))
+    return result
+
+
+# -----------------------------------------------------------------------------
+# experiment 1 (and 4): identical models that differ only in the input table
+
+def compare_arms(ctx, exp, arms, reference, title):
+    S = ctx["S"]
+    prepare_data(ctx["data"], EN_MIX, ctx["tok"], S["data_max_bytes"])
+    runs = {arm: [run_train(ctx, f"{arm}_s{seed}", arm_config(S, ctx, arm, seed)) for seed in S["seeds"]]
+            for arm in arms}
+    summaries = {arm: summarise_arm(rs) for arm, rs in runs.items()}
+    verdicts = {arm: verdict(summaries[arm], summaries[reference], ARM_LABELS[arm], ARM_LABELS[reference])
+                for arm in arms if arm != reference}
+    result = dict(experiment=exp, scale=ctx["scale"], settings=S, datasets=EN_MIX, arms=summaries,
+                  verdicts=verdicts, runs={arm: rs for arm, rs in runs.items()},
+                  eval_data=f"fixtures in {os.path.relpath(EVAL_DIR, REPO)} (a few items per task)")
+    md = f"### {title}\n\n{arms_table(summaries)}\n\n" + "\n".join(f"- {v['text']}" for v in verdicts.values())
+    plot = plot_arms(os.path.join(ctx["out"], f"{exp}.png"), runs, title)
+    return finish(ctx, exp, result, md, [plot])
+
+
+def frozen_vs_trainable(ctx):
+    return compare_arms(ctx, "frozen_vs_trainable", ["glyph", "trainable", "binary16"], "trainable",
+                        "Frozen glyph table vs trainable embedding vs frozen 16-bit code")
+
+
+def unique(ctx):
+    import glyph_embed
+    table, _ = glyph_embed.frozen_table(ctx["tok"], kind="glyph", dim=ctx["S"]["d_model"])
+    groups = glyph_embed.collision_groups(table)
+    res = compare_arms(ctx, "unique", ["glyph_unique", "glyph"], "glyph",
+                       "Injective (unique) glyph table vs the faithful one")
+    # how much there is to remove: ids that share their row with another id in the faithful table
+    res["faithful_collisions"] = dict(groups=len(groups), ids=int(sum(len(g) for g in groups)),
+                                      largest=len(groups[0]) if groups else 0, table_dim=ctx["S"]["d_model"])
+    write_json(os.path.join(ctx["out"], "unique.json"), res)
+    log(f"faithful table at {ctx['S']['d_model']} dims: {len(groups):,} groups of identical rows, "
+        f"{res['faithful_collisions']['ids']:,} ids involved")
+    return res
+
+
+# -----------------------------------------------------------------------------
+# experiment 2: grown layer by layer vs trained in one go, same total tokens
+
+def flops_per_token_frozen_prefix(model, T_ctx):
+    """Training FLOPs per token that count what actually runs when the lower blocks are frozen.
+    train.flops_per_token charges every block a backward pass (2 FLOPs/weight for the input gradient,
+    plus 2 more if trainable). Blocks below the lowest trainable one need no backward at all (grow.py:
+    autograd records nothing there), so they cost their forward only: 2/weight and 4*T*d attention.
+    For a fully trainable model this equals train.flops_per_token."""
+    c = model.config
+    blocks = model.transformer.h
+    trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
+    lowest = trainable.index(True) if True in trainable else len(blocks)
+    if model.transformer.wte.weight.requires_grad:
+        lowest = 0
+    total = 0
+    for i, b in enumerate(blocks):
+        for p in b.parameters():
+            if p.dim() >= 2:
+                total += p.numel() * (2 + (2 if i >= lowest else 0) + (2 if p.requires_grad else 0))
+        total += (12 if i >= lowest else 4) * T_ctx * c.d_model
+    head = model.lm_head.weight
+    total += head.numel() * (2 + (2 if lowest < len(blocks) else 0) + (2 if head.requires_grad else 0))
+    return total
+
+
+def stage_models(cfg, out_dir):
+    """Each grown stage's model with requires_grad set as grow.py trained it: (stage, model, flops/token)."""
+    stages = G.make_plan(cfg)
+    out = []
+    for st in stages:
+        model, _ = load_model(os.path.join(out_dir, f"stage_{st['stage']}.pt"))
+        G.prepare_stage(model, {**st, "lora": False}, cfg, first_from_scratch=st["stage"] == 1)
+        out.append((st, model, flops_per_token_frozen_prefix(model, cfg["block_size"])))
+    return out
+
+
+def grow_vs_mono(ctx):
+    S = ctx["S"]
+    exp = "grow_vs_mono"
+    prepare_data(ctx["data"], EN_MIX, ctx["tok"], S["data_max_bytes"])
+    growth = S["grow_layers"]
+    n_stages, depth = len(growth), sum(growth)
+    stage_iters = [S["max_iters"] // n_stages] * n_stages  # the grown model's tokens = one arm run's
+    total_iters = sum(stage_iters)  # the monolith trains on exactly as many tokens
+    seed = S["seeds"][0]
+    tpi = S["batch_size"] * S["block_size"]
+
+    # the grown model: grow.grow runs (or resumes) the whole schedule in runs/grown
+    grow_dir = os.path.join(ctx["runs"], "grown")
+    gcfg = {**G.DEFAULTS, **arm_config(S, ctx, "glyph", seed), "out_dir": grow_dir, "n_layer": depth,
+            "growth": growth, "stage_iters": stage_iters, "stage_lr": [S["learning_rate"]] * n_stages,
+            "new_block_init": "zero_proj", "warmup_iters": max(1, S["warmup_iters"] // n_stages)}
+    for k in ("init_from", "lr_decay_iters", "eval_only"):
+        gcfg.pop(k, None)
+    done = os.path.join(grow_dir, "result.json")
+    if os.path.exists(done):
+        grown = read_json(done)
+        log(f"grown: done before, skipped ({done})")
+    else:
+        t0 = time.time()
+        reports = G.grow(gcfg)
+        seconds = time.time() - t0
+        stage_rows, points, flops = [], [], 0.0
+        for (st, model, fpt), rep in zip(stage_models(gcfg, grow_dir), reports):
+            for p in curve(read_log(os.path.join(grow_dir, f"stage_{st['stage']}", "log.jsonl")), tpi):
+                points.append(dict(p, flops=flops + p["tokens"] * fpt, stage=st["stage"]))
+            flops += st["iters"] * tpi * fpt
+            stage_rows.append(dict(stage=st["stage"], layers=rep["layers"], trainable=rep["trainable"],
+                                   frozen=rep["frozen"], tokens=rep["tokens"], flops_per_token=fpt,
+                                   cumulative_flops=flops, val_bpb=rep["val_bpb"], val_loss=rep["val_loss"],
+                                   seconds=rep["seconds"]))
+        final_model = stage_models(gcfg, grow_dir)[-1][1]
+        grown = dict(stages=stage_rows, curve=points, total_flops=flops, wall_seconds=round(seconds, 1),
+                     tokens=total_iters * tpi, benchmarks=benchmark(final_model, ctx["tok"], S, S["eval_tasks"]),
+                     val_bpb=reports[-1]["val_bpb"])
+        write_json(done, grown)
+
+    # the monolith: the same depth, all layers trained together, the same total tokens and seed
+    mcfg = {**arm_config(S, ctx, "glyph", seed), "n_layer": depth, "max_iters": total_iters}
+    mono = run_train(ctx, "monolithic", mcfg)
+    mono_fpt = mono["flops_per_token"]
+    for p in mono["curve"]:
+        p["flops"] = p["tokens"] * mono_fpt
+
+    result = dict(experiment=exp, scale=ctx["scale"], settings=S, datasets=EN_MIX, growth=growth, grown=grown,
+                  monolithic=dict(trainable=mono["params"]["trainable"], frozen=mono["params"]["frozen"],
+                                  flops_per_token=mono_fpt, total_flops=mono["curve"][-1]["flops"],
+                                  tokens=mono["tokens"], wall_seconds=mono["train_seconds"],
+                                  val_bpb=mono["final"]["val_bpb"], curve=mono["curve"],
+                                  benchmarks=mono["benchmarks"]))
+    lines = ["| model | stage | layers trained | trainable params | frozen params | tokens | train GFLOP | "
+             "val bpb (mix) | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in grown["stages"]:
+        lines.append(f"| grown | {r['stage']} | {r['layers']} | {r['trainable'] / 1e6:.2f}M | {r['frozen'] / 1e6:.2f}M | "
+                     f"{r['tokens']:,} | {r['cumulative_flops'] / 1e9:.1f} | {r['val_bpb']:.4f} | {r['seconds']:.0f} |")
+    m = result["monolithic"]
+    lines.append(f"| monolithic | - | 1-{depth} | {m['trainable'] / 1e6:.2f}M | {m['frozen'] / 1e6:.2f}M | {m['tokens']:,} | "
+                 f"{m['total_flops'] / 1e9:.1f} | {m['val_bpb']:.4f} | {m['wall_seconds']:.0f} |")
+    md = f"### Grown ({n_stages} stages of {growth[0]} layers) vs monolithic {depth}-layer model\n\n" + "\n".join(lines)
+    plot = plot_grow(os.path.join(ctx["out"], f"{exp}.png"), grown, result["monolithic"], growth)
+    return finish(ctx, exp, result, md, [plot])
+
+
+def plot_grow(path, grown, mono, growth):
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for s in sorted({p["stage"] for p in grown["curve"]}):
+        pts = [p for p in grown["curve"] if p["stage"] == s]
+        ax.plot([p["flops"] for p in pts], [p["val_bpb"] for p in pts], "-o", ms=3, color="C0",
+                label=f"grown, {len(growth)} stages of {growth[0]} layers" if s == 1 else None)
+        ax.axvline(pts[-1]["flops"], color="C0", alpha=0.15)
+    ax.plot([p["flops"] for p in mono["curve"]], [p["val_bpb"] for p in mono["curve"]], "-o", ms=3, color="C1",
+            label=f"monolithic, {sum(growth)} layers")
+    ax.set_xlabel("training FLOPs (matmuls; frozen lower blocks: forward only)")
+    ax.set_ylabel("validation bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Layer-wise growth vs monolithic training, same tokens", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# experiment 3: two experts on different data, merged by averaging their logits
+
+def merge(ctx):
+    S = ctx["S"]
+    exp = "merge"
+    domains = ["shakespeare", "russian_offline", "chinese_offline", "sft_qa"]
+    prepare_data(ctx["data"], domains, ctx["tok"], S["data_max_bytes"])
+    tasks = S["eval_tasks"] + (S["translation_tasks"] if has_sacrebleu() else [])
+    seed = S["seeds"][0]
+    experts = {}
+    for name, mix in EXPERT_MIX.items():
+        cfg = {**arm_config(S, ctx, "glyph", seed, mix), "max_iters": S["expert_iters"]}
+        experts[name] = run_train(ctx, f"expert_{name}", cfg, tasks)
+    paths = [os.path.join(ctx["runs"], f"expert_{n}", "ckpt.pt") for n in EXPERT_MIX]
+    merged_path = os.path.join(ctx["runs"], "merged.pt")
+    done = os.path.join(ctx["runs"], "merged_result.json")
+    labels = [f"{n} expert" for n in EXPERT_MIX] + ["merged (logit average)"]
+    if os.path.exists(done):
+        log(f"merged: done before, skipped ({done})")
+        result = read_json(done)
+    else:
+        _, ck = M.build_merge(paths)  # checks: same tokenizer, same frozen table
+        save_checkpoint(ck, merged_path)
+        merged, _ = load_model(merged_path)  # the merge file loads like any checkpoint
+        models = dict(zip(labels, [load_model(p)[0] for p in paths] + [merged]))
+        t0 = time.time()
+        vcfg = dict(data_root=ctx["data"], batch_size=S["batch_size"], block_size=S["block_size"],
+                    eval_iters=S["eval_iters"], seed=seed)
+        domain_bpb = M.evaluate_domains(models, domains, vcfg, ctx["tok"], "cpu")  # the same batches for all
+        bench = {label: (experts[label.split()[0]]["benchmarks"] if label.endswith("expert") else
+                         benchmark(m, ctx["tok"], S, tasks)) for label, m in models.items()}
+        result = dict(experiment=exp, scale=ctx["scale"], settings=S, expert_datasets=EXPERT_MIX,
+                      domains=domain_bpb, benchmarks=bench, merged_params=merged.param_counts(),
+                      experts={n: dict(params=e["params"], tokens=e["tokens"], train_seconds=e["train_seconds"],
+                                       val=e["final"]["val"]) for n, e in experts.items()},
+                      eval_seconds=round(time.time() - t0, 1))
+        write_json(done, result)
+    domain_bpb, bench = result["domains"], result["benchmarks"]
+    head = ["model"] + [f"{d} bpb" for d in domains] + [f"{p}/{t}" for p in ("loglik", "paper") for t in tasks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in labels:
+        cells = [label] + [f"{domain_bpb[label][d]['bpb']:.4f}" for d in domains]
+        cells += [f"{bench[label][p][t]['mean']:.1f}" for p in ("loglik", "paper") for t in tasks]
+        lines.append("| " + " | ".join(cells) + " |")
+    md = "### Merge: en+ru and en+zh experts vs their logit average\n\n" + "\n".join(lines)
+    plot = plot_merge(os.path.join(ctx["out"], f"{exp}.png"), domain_bpb, domains)
+    return finish(ctx, exp, result, md, [plot])
+
+
+def plot_merge(path, domain_bpb, domains):
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    labels = list(domain_bpb)
+    w = 0.8 / len(labels)
+    for k, label in enumerate(labels):
+        xs = np.arange(len(domains)) + (k - (len(labels) - 1) / 2) * w
+        ax.bar(xs, [domain_bpb[label][d]["bpb"] for d in domains], w, label=label)
+    ax.set_xticks(np.arange(len(domains)), domains)
+    ax.set_ylabel("validation bits per byte (lower is better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Experts and their logit-average merge, per domain", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("experiment", choices=EXPERIMENTS + ("all",))
+    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    ap.add_argument("--out", default=None, help="output folder (default out/reproduce/<scale>)")
+    ap.add_argument("--assets", default=None, help="copy the plots here (default: assets/ at --scale cpu, "
+                                                   "nowhere at --scale toy); 'none' to skip")
+    args = ap.parse_args(argv)
+    out = args.out or os.path.join(REPO, "out", "reproduce", args.scale)
+    assets = args.assets or (os.path.join(REPO, "assets") if args.scale == "cpu" else "none")
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    ctx = dict(scale=args.scale, S=SCALES[args.scale], out=out, runs=os.path.join(out, "runs"),
+               data=os.path.join(out, "data"), tok=get_tokenizer("bvv241-2-3"),
+               assets=None if assets == "none" else assets, t0={})
+    torch.manual_seed(0)
+    todo = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
+    results = {}
+    for exp in todo:
+        ctx["t0"][exp] = time.time()
+        log(f"== {exp} (scale {args.scale}) -> {out}")
+        results[exp] = globals()[exp](ctx)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"reproduce.py: error: {e}")
