@@ -53,7 +53,7 @@ SCALES = {
     "toy": dict(d_model=32, n_layer=1, n_head=2, block_size=32, batch_size=4, max_iters=3, eval_interval=3,
                 eval_iters=1, learning_rate=2e-3, min_lr=2e-4, warmup_iters=1, seeds=[1],
                 expert_iters=3, grow_layers=[1, 1, 1], eval_limit=1, eval_runs=1, data_max_bytes=60_000,
-                eval_tasks=["mmlu", "squad_v2"], translation_tasks=["opus_en_ru"]),
+                eval_tasks=["mmlu", "squad_v2"], translation_tasks=[]),
     "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=200, eval_interval=25,
                 eval_iters=10, learning_rate=2e-3, min_lr=2e-4, warmup_iters=20, seeds=[1, 2, 3],
                 expert_iters=200, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
@@ -492,7 +492,7 @@ def merge(ctx):
     exp = "merge"
     domains = ["shakespeare", "russian_offline", "chinese_offline", "sft_qa"]
     prepare_data(ctx["data"], domains, ctx["tok"], S["data_max_bytes"])
-    tasks = S["eval_tasks"] + (S["translation_tasks"] if has_sacrebleu() else [])
+    tasks = S["eval_tasks"] + (S["translation_tasks"] if S["translation_tasks"] and has_sacrebleu() else [])
     seed = S["seeds"][0]
     experts = {}
     for name, mix in EXPERT_MIX.items():
