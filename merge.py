@@ -7,8 +7,8 @@ input; at every position the merged model's logits are the weighted average of t
 
 $ python merge.py out-merge-en/ckpt.pt out-merge-ru/ckpt.pt --out=out-merge/merged.pt
 $ python merge.py a.pt b.pt --weights=0.3,0.7 --datasets=shakespeare,russian_offline
-$ python merge.py config/merge_demo.py          # the CPU demonstration (see config/merge_demo_*.py)
-$ python sample.py --ckpt=out-merge/merged.pt   # a merge file loads like any checkpoint:
+$ python merge.py config/merge_demo_merge.py    # the CPU demonstration (config/merge_demo_*.py)
+$ python sample.py --ckpt=out-merge/merged.pt   # a merge file loads like any checkpoint
 $ python eval.py --ckpt out-merge/merged.pt --tasks bpb --val_data data/russian_offline
 
 --mode=logits    the paper's merge: softmax(sum_k w_k * logits_k)
@@ -39,7 +39,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from configurator import ConfigError, configure, defaults_from
-from model import model_from_checkpoint, read_checkpoint, sample_next, save_checkpoint, table_fingerprint
+from model import model_from_checkpoint, read_checkpoint, sample_next, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # command-line defaults (positional arguments: config files end in .py, anything else is an expert)
