@@ -556,12 +556,96 @@ def plot_merge(path, domain_bpb, domains):
 
 
 # -----------------------------------------------------------------------------
+# scaling up: GPU-hours of the papers' shapes, from FLOPs per token x tokens / (peak x MFU)
+
+PEAK_H100 = 989.4e12  # H100 SXM dense bf16 FLOP/s (train.PEAK_FLOPS)
+# MFU is an assumption (no GPU was available to measure it): 30% for the 1024-wide models (head dim
+# 32 and a 65,536-wide output head keep kernels small), 40% for the 4096-wide one (large GEMMs).
+# GPU-hours scale as 1 / MFU: at 20% they are 1.5x the 30% figure.
+SCALING = [  # (what, command, config file, extra overrides, script)
+    ("335M frozen glyph (paper 1)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_glyph_335m.py",
+     "config/paper_glyph_335m.py", [], "train"),
+    ("335M trainable embedding (paper 1)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_trainable_335m.py",
+     "config/paper_trainable_335m.py", [], "train"),
+    ("335M frozen 16-bit code", "torchrun --standalone --nproc_per_node=8 train.py config/paper_glyph_335m.py "
+     "--embedding=binary16 --table_dim=16 --out_dir=out-paper-binary16-335m",
+     "config/paper_glyph_335m.py", ["--embedding=binary16", "--table_dim=16"], "train"),
+    ("335M frozen glyph, unique table (ours)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_glyph_335m.py "
+     "--embedding=glyph_unique --out_dir=out-paper-unique-335m",
+     "config/paper_glyph_335m.py", ["--embedding=glyph_unique"], "train"),
+    ("9x1024 grown, 3 stages of 3 (paper 2)", "torchrun --standalone --nproc_per_node=8 grow.py config/grow_9x1024_3stages.py",
+     "config/grow_9x1024_3stages.py", [], "grow"),
+    ("9x1024 monolithic (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/grow_monolithic_9x1024.py",
+     "config/grow_monolithic_9x1024.py", [], "train"),
+    ("6x4096 abs-bvv-style growth, LoRA 5-6 (paper 2)", "torchrun --standalone --nproc_per_node=8 grow.py config/grow_abs_4096.py",
+     "config/grow_abs_4096.py", [], "grow"),
+    ("335M en+ru expert (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_ru_335m.py",
+     "config/paper_expert_ru_335m.py", [], "train"),
+    ("335M en+zh expert (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_zh_335m.py",
+     "config/paper_expert_zh_335m.py", [], "train"),
+]
+
+
+def meta_model(cfg, n_layer):
+    """The config's model on the meta device (no memory, no table building): for counting only."""
+    from model import GPT, GPTConfig
+    conf = GPTConfig(vocab_size=65536, block_size=cfg["block_size"], n_layer=n_layer, n_head=cfg["n_head"],
+                     d_model=cfg["d_model"], dropout=0.0, bias=cfg["bias"], embedding=cfg["embedding"])
+    width = 16 if cfg["embedding"] == "binary16" else (cfg["table_dim"] or cfg["d_model"])
+    with torch.device("meta"):
+        return GPT(conf, None if cfg["embedding"] == "trainable" else torch.empty(conf.vocab_size, width))
+
+
+def scaling_estimate(path, overrides, script):
+    """-> dict(params, trainable, tokens, flops, gpu_hours at the assumed MFU) of one full-scale run."""
+    from configurator import configure
+    defaults = G.DEFAULTS if script == "grow" else T.DEFAULTS
+    cfg = configure(defaults, [os.path.join(REPO, path)] + overrides, verbose=False)
+    mfu = 0.40 if cfg["d_model"] >= 4096 else 0.30
+    tpi = cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
+    if script == "grow":
+        stages, flops, tokens = G.make_plan(cfg), 0.0, 0
+        for st in stages:
+            with torch.device("meta"):
+                m = meta_model(cfg, st["depth"])
+                G.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
+            flops += st["tokens"] * flops_per_token_frozen_prefix(m, cfg["block_size"])
+            tokens += st["tokens"]
+        counts = meta_model(cfg, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
+    else:
+        m = meta_model(cfg, cfg["n_layer"])
+        tokens = cfg["max_iters"] * tpi
+        flops = tokens * flops_per_token_frozen_prefix(m, cfg["block_size"])
+        counts = m.param_counts()
+    return dict(params=counts["total"], trainable_last=counts["trainable"], tokens=tokens, flops=flops, mfu=mfu,
+                gpu_hours=flops / (PEAK_H100 * mfu) / 3600)
+
+
+def scaling(ctx):
+    rows, lines = [], ["| run | command | parameters | tokens | training FLOPs | H100-hours (MFU) |",
+                       "|---|---|---|---|---|---|"]
+    for what, cmd, path, overrides, script in SCALING:
+        e = scaling_estimate(path, overrides, script)
+        rows.append(dict(run=what, command=cmd, config=path, **e))
+        lines.append(f"| {what} | `{cmd}` | {e['params'] / 1e6:.1f}M | {e['tokens'] / 1e9:.1f}B | {e['flops']:.2e} | "
+                     f"{e['gpu_hours']:,.0f} ({e['mfu']:.0%}) |")
+    lines.append("| ru + zh merge (paper 2) | `python merge.py config/paper_merge_ru_zh.py` | 2 experts | 0 | "
+                 "0 (no training) | evaluation only |")
+    md = "\n".join(lines)
+    result = dict(experiment="scaling", peak_flops=PEAK_H100, runs=rows)
+    write_json(os.path.join(ctx["out"], "..", "scaling.json"), result)
+    print(md)
+    return result
+
+
+# -----------------------------------------------------------------------------
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("experiment", choices=EXPERIMENTS + ("all",))
+    ap.add_argument("experiment", choices=EXPERIMENTS + ("all", "scaling"),
+                    help="one experiment, all four, or 'scaling' (GPU-hour estimates of the full-size runs)")
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--out", default=None, help="output folder (default out/reproduce/<scale>)")
     ap.add_argument("--assets", default=None, help="copy the plots here (default: assets/ at --scale cpu, "

@@ -1,0 +1,41 @@
+# The abs-bvv growth recipe of "Growing Transformers" (SPEC §5) at its width: d_model 4096, 32 heads,
+# 6 layers grown ONE at a time on a frozen 4096-dim glyph table (64x64 cells, the bvv241-max
+# distortion constants); layers 5 and 6 train together with LoRA adapters on all earlier layers,
+# merged into them after the stage. Differences from the paper, by necessity: the 65,536-id
+# bvv241-2-3 vocabulary (the 131,072-id bvv241-abs vocabulary is not built here), and our choices for
+# the unpublished tokens per stage, learning rates, new-layer init and LoRA rank.
+# $ python glyph_embed.py --kind glyph --dim 4096 --cell 64 --constants bvv241-max --out tables/glyph_c64_d4096.pt
+# $ python grow.py config/grow_abs_4096.py --plan_only     # per-stage parameter counts, no GPU needed
+# $ torchrun --standalone --nproc_per_node=8 grow.py config/grow_abs_4096.py
+out_dir = "out-grow-abs-4096"
+datasets = {"wiki_en_ru": 0.9, "sft_qa": 0.1}  # see config/paper_expert_ru_335m.py for the data commands
+embedding = "glyph"
+table_path = "tables/glyph_c64_d4096.pt"
+table_dim = 4096
+
+growth = [1, 1, 1, 1, 1, 1]
+new_block_init = "zero_proj"
+lora_from_stage = 5
+lora_rank = 16
+lora_alpha = 32.0
+n_layer = 6
+n_head = 32
+d_model = 4096
+block_size = 1024
+dropout = 0.0
+
+# 8 x 1024 x 64 = 524,288 tokens per optimizer step
+batch_size = 8
+gradient_accumulation_steps = 64
+stage_tokens = [2_000_000_000] * 6  # 3,815 iterations per stage, 12B tokens in all
+stage_lr = [3e-4, 3e-4, 3e-4, 3e-4, 2e-4, 2e-4]
+warmup_iters = 200  # per stage
+min_lr = 3e-5
+weight_decay = 0.1
+grad_clip = 1.0
+
+eval_interval = 500
+eval_iters = 50
+log_interval = 10
+dtype = "bfloat16"
+compile = True
