@@ -54,9 +54,9 @@ SCALES = {
                 eval_iters=1, learning_rate=2e-3, min_lr=2e-4, warmup_iters=1, seeds=[1],
                 expert_iters=3, grow_layers=[1, 1, 1], eval_limit=1, eval_runs=1, data_max_bytes=60_000,
                 eval_tasks=["mmlu", "squad_v2"], translation_tasks=[]),
-    "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=200, eval_interval=25,
-                eval_iters=10, learning_rate=2e-3, min_lr=2e-4, warmup_iters=20, seeds=[1, 2, 3],
-                expert_iters=200, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
+    "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=180, eval_interval=30,
+                eval_iters=8, learning_rate=2e-3, min_lr=2e-4, warmup_iters=18, seeds=[1, 2, 3],
+                expert_iters=180, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
                 eval_tasks=["mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "boolq", "hellaswag", "squad_v2"],
                 translation_tasks=["opus_en_ru", "opus_ru_en", "opus_en_zh", "opus_zh_en"]),
 }
@@ -189,6 +189,7 @@ def run_train(ctx, name, cfg, tasks=None):
     rows = read_log(os.path.join(out_dir, "log.jsonl"))
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first includes start-up
     res = dict(name=name, embedding=cfg["embedding"], table_dim=cfg["table_dim"], seed=cfg["seed"],
+               table_fingerprint=model.table_fingerprint, torch_threads=torch.get_num_threads(),
                datasets=cfg["datasets"], iters=cfg["max_iters"], tokens=cfg["max_iters"] * tpi,
                params=model.param_counts(), flops_per_token=T.flops_per_token(model, cfg["block_size"]),
                curve=curve(rows, tpi), final=curve(rows, tpi)[-1], benchmarks=bench,
@@ -211,6 +212,7 @@ def spread(values):
 def summarise_arm(results):
     """Seed statistics of one arm: final bpb (mixture and per dataset) and every benchmark figure."""
     out = dict(val_bpb=spread([r["final"]["val_bpb"] for r in results]),
+               val_loss=spread([r["final"]["val_loss"] for r in results]),
                val={n: spread([r["final"]["val"][n] for r in results]) for n in results[0]["final"]["val"]},
                benchmarks={}, params=results[0]["params"], train_seconds=spread([r["train_seconds"] for r in results]))
     for protocol, tasks in results[0]["benchmarks"].items():
@@ -245,10 +247,11 @@ def arms_table(summaries):
     first = next(iter(summaries.values()))
     names = list(first["val"])
     bench = list(first["benchmarks"])
-    head = ["arm", "trainable params", "val bpb (mix)"] + [f"{n} bpb" for n in names] + bench + ["train s"]
+    head = ["arm", "trainable params", "val loss (mix)", "val bpb (mix)"] + [f"{n} bpb" for n in names] + bench + ["train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, s in summaries.items():
-        cells = [ARM_LABELS.get(arm, arm), f"{s['params']['trainable'] / 1e6:.2f}M", fmt_spread(s["val_bpb"])]
+        cells = [ARM_LABELS.get(arm, arm), f"{s['params']['trainable'] / 1e6:.2f}M", fmt_spread(s["val_loss"]),
+                 fmt_spread(s["val_bpb"])]
         cells += [fmt_spread(s["val"][n]) for n in names]
         cells += [fmt_spread(s["benchmarks"][b], 1) for b in bench]
         cells += [f"{s['train_seconds']['mean']:.0f}"]
