@@ -35,6 +35,7 @@ steps = 2
 arms = "glyph,reference,trainable"
 peak_flops = 0.0  # 0 = look the GPU up (train.PEAK_FLOPS)
 seed = 0
+threads = 0  # torch CPU threads; 0 = torch's default (all cores)
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_from(globals())
 SHAPES = dict(quickstart=dict(n_layer=4, n_head=4, d_model=128, block_size=128, table_dim=128),
@@ -114,6 +115,8 @@ def build(arm, cfg, dev):
 
 
 def main(cfg):
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
     dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dt = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if dev.startswith("cuda") else "float32")
     ctx = nullcontext() if dt == "float32" else torch.autocast("cuda" if dev.startswith("cuda") else "cpu",
@@ -156,34 +159,37 @@ def main(cfg):
             step(arm)
     sync()
     spent = {arm: [] for arm in arms}
+    cpu = {arm: 0.0 for arm in arms}
     for r in range(cfg["rounds"]):
         order = arms if r % 2 == 0 else arms[::-1]  # take turns, so a slow phase of the machine hits every arm
         for arm in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(cfg["steps"]):
                 loss = step(arm)
             loss.item()
             sync()
             spent[arm].append(time.perf_counter() - t0)
+            cpu[arm] += time.process_time() - c0
     tokens = cfg["rounds"] * cfg["steps"] * B * T
     peak = gpu_peak_flops(cfg, dev)
     tps = {arm: tokens / sum(spent[arm]) for arm in arms}
+    tpc = {arm: tokens / cpu[arm] for arm in arms}  # per CPU-second of this process: immune to other load
     # the ratio per round (neighbouring measurements) is robust to the load of a shared machine
     paired = {arm: sorted(r / a for r, a in zip(spent["reference"], spent[arm])) for arm in arms} \
         if "reference" in arms else {}
     median = {arm: v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
               for arm, v in paired.items()}
-    print(f"{'model':<34}{'params':>10}{'trainable':>11}{'tokens/s':>12}{'vs ref':>8}{'median/round':>14}"
-          + ("    MFU" if peak else ""))
+    print(f"{'model':<31}{'params':>8}{'trainable':>10}{'tokens/s':>10}{'vs ref':>8}{'median/rnd':>11}"
+          f"{'tok/CPU-s':>11}{'vs ref':>8}" + ("    MFU" if peak else ""))
     for arm in arms:
         m = models[arm]
         n = sum(p.numel() for p in m.parameters())
         nt = sum(p.numel() for p in m.parameters() if p.requires_grad)
         name = {"glyph": "ours, frozen glyph table", "trainable": "ours, trainable embedding",
                 "reference": "nanoGPT reference (tied, wpe)"}[arm]
-        line = f"{name:<34}{n / 1e6:>9.1f}M{nt / 1e6:>10.1f}M{tps[arm]:>12,.0f}"
-        if median:
-            line += f"{tps[arm] / tps['reference']:>7.2f}x{median[arm]:>13.2f}x"
+        line = f"{name:<31}{n / 1e6:>7.1f}M{nt / 1e6:>9.1f}M{tps[arm]:>10,.0f}"
+        line += f"{tps[arm] / tps['reference']:>7.2f}x{median[arm]:>10.2f}x" if median else " " * 19
+        line += f"{tpc[arm]:>11,.0f}" + (f"{tpc[arm] / tpc['reference']:>7.2f}x" if median else "")
         if peak:
             fpt = nanogpt_flops_per_token(m, T) if arm == "reference" else flops_per_token(m, T)
             line += f"{100 * fpt * tps[arm] / peak:>6.1f}%"
@@ -192,7 +198,8 @@ def main(cfg):
         print(f"MFU = training matmul FLOPs per token x tokens/s / {peak / 1e12:.0f} TFLOP/s (dense bf16 peak of "
               f"{torch.cuda.get_device_name(dev)}); ours counts only what runs (the frozen table is a lookup, a "
               f"frozen weight skips its gradient), the reference nanoGPT's 6N + 12LTd")
-    print("vs ref: ratio of total tokens/s; median/round: median over rounds of the per-round speed ratio")
+    print("vs ref: ratio of tokens/s (wall clock); median/rnd: median over rounds of the per-round ratio; "
+          "tok/CPU-s: tokens per CPU-second of this process (robust on a shared machine)")
     return tps, median
 
 

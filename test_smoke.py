@@ -84,7 +84,7 @@ def test_generate_with_kv_cache_equals_full_recompute():
     assert torch.equal(out, idx)
     # past the context window, and sampling with top-k, still works
     g = torch.Generator().manual_seed(0)
-    assert m.generate(prompt, 60, temperature=0.8, top_k=5, generator=g).shape == (2, 65)
+    assert m.generate(prompt, 40, temperature=0.8, top_k=5, generator=g).shape == (2, 45)
 
 
 def test_rotary_attention_is_causal():
@@ -233,8 +233,8 @@ def test_apply_rope_is_rotate_half_and_relative():
     assert torch.allclose(rq[5] @ rk[2], rq[12] @ rk[9], atol=1e-5)
 
 
-@pytest.mark.parametrize("path", sorted(f for f in os.listdir(os.path.join(REPO, "config"))
-                                        if f.startswith(("train_shakespeare", "paper_"))))
+@pytest.mark.parametrize("path", ["train_shakespeare_glyph.py", "train_shakespeare_trainable.py",
+                                  "paper_glyph_335m.py", "paper_trainable_335m.py"])
 def test_core_config_files_parse(path):
     import train
     cfg = configure(train.DEFAULTS, [os.path.join(REPO, "config", path)], verbose=False)
