@@ -8,6 +8,10 @@ $ python reproduce.py merge                 # 3. paper 2: en+ru and en+zh expert
 $ python reproduce.py unique                # 4. ours: the injective glyph table vs the faithful one, 3 seeds
 $ python reproduce.py all                   # the four, in this order (about an hour on 2 CPU cores)
 $ python reproduce.py all --scale toy       # the same pipeline in seconds (test_reproduce.py runs it)
+Two invocations may run side by side (a run being trained by one is waited for by the other), e.g. on
+2 cores, one thread each (how the README's numbers were made):
+$ python reproduce.py frozen_vs_trainable --threads 1 &
+$ python reproduce.py grow_vs_mono --threads 1 && python reproduce.py merge --threads 1 && python reproduce.py unique --threads 1
 
 Everything goes to out/reproduce/<scale>/:
   data/<name>/          the corpora, prepared with the current tokenizer (re-prepared if it changed)
@@ -54,9 +58,9 @@ SCALES = {
                 eval_iters=1, learning_rate=2e-3, min_lr=2e-4, warmup_iters=1, seeds=[1],
                 expert_iters=3, grow_layers=[1, 1, 1], eval_limit=1, eval_runs=1, data_max_bytes=60_000,
                 eval_tasks=["mmlu", "squad_v2"], translation_tasks=[]),
-    "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=180, eval_interval=30,
-                eval_iters=8, learning_rate=2e-3, min_lr=2e-4, warmup_iters=18, seeds=[1, 2, 3],
-                expert_iters=180, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
+    "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=240, eval_interval=40,
+                eval_iters=8, learning_rate=2e-3, min_lr=2e-4, warmup_iters=24, seeds=[1, 2, 3],
+                expert_iters=240, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
                 eval_tasks=["mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "boolq", "hellaswag", "squad_v2"],
                 translation_tasks=["opus_en_ru", "opus_ru_en", "opus_en_zh", "opus_zh_en"]),
 }
@@ -167,11 +171,46 @@ def benchmark(model, tok, S, tasks):
     return out
 
 
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+
+
+def wait_for_other_invocation(out_dir, done):
+    """Claim out_dir with a pid file, so that two invocations running side by side (e.g. `unique` and
+    `frozen_vs_trainable` share the glyph runs) never train the same run at once: the second waits
+    for the first's result.json. A pid file left by a dead process is taken over."""
+    os.makedirs(out_dir, exist_ok=True)
+    lock = os.path.join(out_dir, "running.pid")
+    while not os.path.exists(done):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            with open(lock) as f:
+                pid = int(f.read().strip() or 0)
+            if pid == os.getpid() or not pid_alive(pid):
+                os.remove(lock)
+            else:
+                log(f"{os.path.basename(out_dir)}: being trained by process {pid}, waiting for it")
+                time.sleep(15)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return
+
+
 def run_train(ctx, name, cfg, tasks=None):
     """Train cfg in runs/<name> (resuming its checkpoint if a previous invocation was cut short),
     benchmark the final model, write runs/<name>/result.json. -> that result."""
     out_dir = os.path.join(ctx["runs"], name)
     done = os.path.join(out_dir, "result.json")
+    if not os.path.exists(done):
+        wait_for_other_invocation(out_dir, done)
     if os.path.exists(done):
         log(f"{name}: done before, skipped ({done})")
         return read_json(done)
@@ -196,6 +235,7 @@ def run_train(ctx, name, cfg, tasks=None):
                train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t0, 1), resumed=resume,
                tokens_per_s=round(float(np.median(speeds)), 1) if speeds else None)
     write_json(done, res)
+    os.remove(os.path.join(out_dir, "running.pid"))
     return res
 
 
@@ -653,7 +693,10 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="output folder (default out/reproduce/<scale>)")
     ap.add_argument("--assets", default=None, help="copy the plots here (default: assets/ at --scale cpu, "
                                                    "nowhere at --scale toy); 'none' to skip")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out or os.path.join(REPO, "out", "reproduce", args.scale)
     assets = args.assets or (os.path.join(REPO, "assets") if args.scale == "cpu" else "none")
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
