@@ -128,3 +128,15 @@ def test_verdict_words():
 def test_bad_experiment_name_is_a_clean_error():
     with pytest.raises(SystemExit):
         R.main(["nonsense", "--scale", "toy"])
+
+
+def test_a_stale_run_claim_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is no longer running
+    run = tmp_path / "glyph_s1"
+    run.mkdir()
+    (run / "running.pid").write_text(str(dead.pid))
+    R.wait_for_other_invocation(str(run), str(run / "result.json"))  # returns at once, claimed by us
+    assert (run / "running.pid").read_text() == str(os.getpid())
