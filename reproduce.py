@@ -58,9 +58,9 @@ SCALES = {
                 eval_iters=1, learning_rate=2e-3, min_lr=2e-4, warmup_iters=1, seeds=[1],
                 expert_iters=3, grow_layers=[1, 1, 1], eval_limit=1, eval_runs=1, data_max_bytes=60_000,
                 eval_tasks=["mmlu", "squad_v2"], translation_tasks=[]),
-    "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=240, eval_interval=40,
-                eval_iters=8, learning_rate=2e-3, min_lr=2e-4, warmup_iters=24, seeds=[1, 2, 3],
-                expert_iters=240, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
+    "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=180, eval_interval=30,
+                eval_iters=8, learning_rate=2e-3, min_lr=2e-4, warmup_iters=18, seeds=[1, 2, 3],
+                expert_iters=180, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
                 eval_tasks=["mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "boolq", "hellaswag", "squad_v2"],
                 translation_tasks=["opus_en_ru", "opus_ru_en", "opus_en_zh", "opus_zh_en"]),
 }
