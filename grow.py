@@ -89,7 +89,8 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's default, as in peft
 
     def forward(self, x):
-        return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+        # in place on the base output (its backward does not need it): one [B, T, out] tensor less
+        return self.base(x).add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
 
     @torch.no_grad()
     def merge(self):
@@ -369,8 +370,8 @@ def check_out_dir(out_dir, schedule, n_stages):
     return len(done)
 
 
-def fmt_m(n):
-    return f"{n / 1e6:.1f}M"
+def fmt_m(n, exact=False):
+    return f"{n / 1e6:.1f}M" + (f" ({n:,})" if exact else "")
 
 
 # -----------------------------------------------------------------------------
@@ -472,7 +473,7 @@ def print_plan(cfg, stages, vocab_size, base):
     print("stage | new layers | depth | LoRA | trainable | frozen | iters | tokens | lr")
     for st, c in zip(stages, counts):
         print(f"{st['stage']} | {st['new'][0] + 1}-{st['depth']} | {st['depth']} | {'yes' if st['lora'] else 'no'} | "
-              f"{fmt_m(c['trainable'])} | {fmt_m(c['frozen'])} | {st['iters']} | {st['tokens']:,} | {st['lr']:g}")
+              f"{fmt_m(c['trainable'], True)} | {fmt_m(c['frozen'], True)} | {st['iters']} | {st['tokens']:,} | {st['lr']:g}")
     return [dict(st, **c) for st, c in zip(stages, counts)]
 
 
