@@ -20,8 +20,8 @@ from model import GPT, GPTConfig, load_model, read_checkpoint
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 TINY = dict(d_model=32, n_head=2, block_size=32, batch_size=4, table_dim=16, learning_rate=1e-2,
-            min_lr=1e-3, warmup_iters=1, eval_iters=1, eval_interval=3, log_interval=3, progress=False,
-            datasets={"tiny": 1.0}, growth=[1, 1, 1], stage_iters=[6, 6, 6])
+            min_lr=1e-3, warmup_iters=1, eval_iters=1, eval_interval=2, log_interval=2, progress=False,
+            datasets={"tiny": 1.0}, growth=[1, 1, 1], stage_iters=[4, 4, 4])
 
 
 def make_text(seed, n_lines):
@@ -118,10 +118,10 @@ def test_resume_mid_schedule_is_exact(straight, data_root, tmp_path, monkeypatch
     calls = {"n": 0}
     batch = T.MixtureData.batch
 
-    def dying_batch(self, split, a, b):  # ... and is killed in stage 2, iteration 4 (checkpoint at 3)
+    def dying_batch(self, split, a, b):  # ... and is killed in stage 2, iteration 3 (checkpoint at 2)
         if split == "train":
             calls["n"] += 1
-            if calls["n"] == 5:
+            if calls["n"] == 4:
                 raise Killed()
         return batch(self, split, a, b)
 
@@ -131,7 +131,7 @@ def test_resume_mid_schedule_is_exact(straight, data_root, tmp_path, monkeypatch
         G.grow(cfg)
     monkeypatch.setattr(T.MixtureData, "batch", batch)
     assert not os.path.exists(tmp_path / "stage_2.pt")
-    assert read_checkpoint(str(tmp_path / "stage_2" / "ckpt.pt"))["iter_num"] == 3
+    assert read_checkpoint(str(tmp_path / "stage_2" / "ckpt.pt"))["iter_num"] == 2
     sha1 = file_sha(tmp_path / "stage_1.pt")
     again = G.grow(cfg)
     assert file_sha(tmp_path / "stage_1.pt") == sha1  # a finished stage is never rewritten
@@ -149,7 +149,7 @@ def test_resume_mid_schedule_is_exact(straight, data_root, tmp_path, monkeypatch
 def test_lora_stage_from_a_checkpoint_merges_into_a_plain_model(straight, data_root, tmp_path):
     out, _ = straight
     base = out / "stage_1.pt"
-    cfg = cfg_for(data_root, tmp_path, grow_from=str(base), growth=[1], stage_iters=[6], lora_from_stage=1,
+    cfg = cfg_for(data_root, tmp_path, grow_from=str(base), growth=[1], stage_iters=[4], lora_from_stage=1,
                   lora_rank=4, lora_alpha=8.0)
     (rep,) = G.grow(cfg)
     d, V = 32, 65536
@@ -253,7 +253,7 @@ def test_bad_input_one_line_errors_and_nothing_overwritten(straight, data_root, 
     with pytest.raises(ValueError, match="'attn.q_proj' is not|attn.q_proj is not a linear layer"):
         G.grow(cfg_for(data_root, tmp_path / "a", lora_from_stage=2, lora_targets=["attn.q_proj"]))
     with pytest.raises(ValueError, match="resuming with a changed schedule: stages"):
-        G.grow(cfg_for(data_root, out, stage_iters=[6, 7, 6]))
+        G.grow(cfg_for(data_root, out, stage_iters=[4, 5, 4]))
     with pytest.raises(ValueError, match="resuming with a changed schedule: lora_from_stage"):
         G.grow(cfg_for(data_root, out, lora_from_stage=3))
     # a checkpoint of another tokenizer / another table
