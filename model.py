@@ -313,7 +313,7 @@ class GPT(nn.Module):
         # measured slower on CPU.
         chunk = max(1, HEAD_CHUNK_ELEMS // self.config.vocab_size)
         x, w, b, t = x.reshape(-1, x.size(-1)), self.lm_head.weight, self.lm_head.bias, targets.reshape(-1)
-        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (x, w, b)):
             return None, _HeadLoss.apply(x, w, b, t, chunk)
         return None, _head_loss(x, w, b, t, chunk)[0]
 

@@ -70,6 +70,10 @@ def test_training_lowers_loss_and_never_touches_the_frozen_table(data_root, tmp_
     assert sum(v.numel() for s in ck["optimizer"]["state"].values() for v in s.values() if v.dim()) == 2 * n_trainable
     assert 0 < res["val_bpb"] < res["val_loss"] * 2  # bits per byte is reported
     assert {"iter", "loss", "lr", "tokens_per_s"} <= set(log[1])
+    import sample as S  # sample.py reads the checkpoint back
+    texts = S.sample({**S.DEFAULTS, "ckpt": str(tmp_path / "ckpt.pt"), "start": "the king", "num_samples": 1,
+                      "max_new_tokens": 8})
+    assert texts[0].startswith("the king") and len(texts[0]) > len("the king")
 
 
 def test_mixture_batches_are_deterministic_and_weighted(data_root):
