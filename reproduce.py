@@ -204,6 +204,35 @@ def wait_for_other_invocation(out_dir, done):
         return
 
 
+def claimed_by_other(ctx, name):
+    """True while another live invocation trains runs/<name>."""
+    out_dir = os.path.join(ctx["runs"], name)
+    lock = os.path.join(out_dir, "running.pid")
+    if os.path.exists(os.path.join(out_dir, "result.json")) or not os.path.exists(lock):
+        return False
+    try:
+        with open(lock) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    return pid != os.getpid() and pid_alive(pid)
+
+
+def run_jobs(ctx, jobs):
+    """run_train every (name, cfg), in order, but first the ones no other invocation is training;
+    then wait for those. -> {name: result}."""
+    results, pending = {}, list(jobs)
+    while pending:
+        busy = [(n, c) for n, c in pending if claimed_by_other(ctx, n)]
+        for name, cfg in pending:
+            if (name, cfg) not in busy:
+                results[name] = run_train(ctx, name, cfg)
+        if len(busy) == len(pending):
+            time.sleep(15)
+        pending = busy
+    return results
+
+
 def run_train(ctx, name, cfg, tasks=None):
     """Train cfg in runs/<name> (resuming its checkpoint if a previous invocation was cut short),
     benchmark the final model, write runs/<name>/result.json. -> that result."""
@@ -367,8 +396,10 @@ def finish(ctx, exp, result, md, plots):
 def compare_arms(ctx, exp, arms, reference, title):
     S = ctx["S"]
     prepare_data(ctx["data"], EN_MIX, ctx["tok"], S["data_max_bytes"])
-    runs = {arm: [run_train(ctx, f"{arm}_s{seed}", arm_config(S, ctx, arm, seed)) for seed in S["seeds"]]
-            for arm in arms}
+    # seed-major order: if the hour runs out, every arm has the same seeds done
+    jobs = [(f"{arm}_s{seed}", arm_config(S, ctx, arm, seed)) for seed in S["seeds"] for arm in arms]
+    done = run_jobs(ctx, jobs)
+    runs = {arm: [done[f"{arm}_s{seed}"] for seed in S["seeds"]] for arm in arms}
     summaries = {arm: summarise_arm(rs) for arm, rs in runs.items()}
     verdicts = {arm: verdict(summaries[arm], summaries[reference], ARM_LABELS[arm], ARM_LABELS[reference])
                 for arm in arms if arm != reference}
