@@ -725,13 +725,17 @@ def main(argv=None):
     ap.add_argument("--assets", default=None, help="copy the plots here (default: assets/ at --scale cpu, "
                                                    "nowhere at --scale toy); 'none' to skip")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--seeds", type=int, default=0, help="use only the first N seeds of the scale (0 = all)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or os.path.join(REPO, "out", "reproduce", args.scale)
     assets = args.assets or (os.path.join(REPO, "assets") if args.scale == "cpu" else "none")
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
-    ctx = dict(scale=args.scale, S=SCALES[args.scale], out=out, runs=os.path.join(out, "runs"),
+    S = dict(SCALES[args.scale])
+    if args.seeds:
+        S["seeds"] = S["seeds"][:args.seeds]
+    ctx = dict(scale=args.scale, S=S, out=out, runs=os.path.join(out, "runs"),
                data=os.path.join(out, "data"), tok=get_tokenizer("bvv241-2-3"),
                assets=None if assets == "none" else assets, t0={})
     torch.manual_seed(0)
