@@ -354,6 +354,9 @@ def plot_arms(path, runs_by_arm, title):
             ys = np.array([[p["val_bpb"] if key is None else p["val"][key] for p in r["curve"]] for r in runs])
             line, = ax.plot(x, ys.mean(0), label=f"{ARM_LABELS.get(arm, arm)} ({len(runs)} seeds)")
             ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+    for ax in axes:  # the untrained step-0 point (~10 bits/byte) would flatten everything else
+        top = max(l.get_ydata()[1:].max() for l in ax.get_lines())
+        ax.set_ylim(top=top + 0.05 * (top - ax.get_ylim()[0]))
     axes[0].set_title("validation, training mixture")
     axes[1].set_title("validation, QA part (sft_qa)")
     for ax in axes:
@@ -522,14 +525,14 @@ def grow_vs_mono(ctx):
                                   tokens=mono["tokens"], wall_seconds=mono["train_seconds"],
                                   val_bpb=mono["final"]["val_bpb"], curve=mono["curve"],
                                   benchmarks=mono["benchmarks"]))
-    lines = ["| model | stage | layers trained | trainable params | frozen params | tokens | train GFLOP | "
-             "val bpb (mix) | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | stage | layers trained | trainable params | frozen params | tokens | training FLOPs "
+             "(cumulative) | val bpb (mix) | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in grown["stages"]:
         lines.append(f"| grown | {r['stage']} | {r['layers']} | {r['trainable'] / 1e6:.2f}M | {r['frozen'] / 1e6:.2f}M | "
-                     f"{r['tokens']:,} | {r['cumulative_flops'] / 1e9:.1f} | {r['val_bpb']:.4f} | {r['seconds']:.0f} |")
+                     f"{r['tokens']:,} | {r['cumulative_flops']:.3e} | {r['val_bpb']:.4f} | {r['seconds']:.0f} |")
     m = result["monolithic"]
     lines.append(f"| monolithic | - | 1-{depth} | {m['trainable'] / 1e6:.2f}M | {m['frozen'] / 1e6:.2f}M | {m['tokens']:,} | "
-                 f"{m['total_flops'] / 1e9:.1f} | {m['val_bpb']:.4f} | {m['wall_seconds']:.0f} |")
+                 f"{m['total_flops']:.3e} | {m['val_bpb']:.4f} | {m['wall_seconds']:.0f} |")
     md = f"### Grown ({n_stages} stages of {growth[0]} layers) vs monolithic {depth}-layer model\n\n" + "\n".join(lines)
     plot = plot_grow(os.path.join(ctx["out"], f"{exp}.png"), grown, result["monolithic"], growth)
     return finish(ctx, exp, result, md, [plot])
@@ -547,6 +550,8 @@ def plot_grow(path, grown, mono, growth):
         ax.axvline(pts[-1]["flops"], color="C0", alpha=0.15)
     ax.plot([p["flops"] for p in mono["curve"]], [p["val_bpb"] for p in mono["curve"]], "-o", ms=3, color="C1",
             label=f"monolithic, {sum(growth)} layers")
+    top = max(p["val_bpb"] for p in grown["curve"] + mono["curve"] if p["tokens"] > 0)
+    ax.set_ylim(top=top + 0.05 * (top - ax.get_ylim()[0]))  # step 0 (untrained, ~10 bits/byte) off the top
     ax.set_xlabel("training FLOPs (matmuls; frozen lower blocks: forward only)")
     ax.set_ylabel("validation bits per byte")
     ax.grid(alpha=0.3)
