@@ -312,19 +312,28 @@ def fmt_spread(s, digits=4):
 
 
 def arms_table(summaries):
-    """Markdown: one row per arm, seed mean ± std of the final bits per byte and the benchmarks."""
+    """Markdown: one row per arm with the seed mean ± std of the final validation figures; then the
+    benchmarks (fixture items) with one column per arm."""
     first = next(iter(summaries.values()))
     names = list(first["val"])
-    bench = list(first["benchmarks"])
-    head = ["arm", "trainable params", "val loss (mix)", "val bpb (mix)"] + [f"{n} bpb" for n in names] + bench + ["train s"]
+    head = ["arm", "trainable params", "val loss (mix)", "val bpb (mix)"] + [f"{n} bpb" for n in names] + ["train s / seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, s in summaries.items():
         cells = [ARM_LABELS.get(arm, arm), f"{s['params']['trainable'] / 1e6:.2f}M", fmt_spread(s["val_loss"]),
-                 fmt_spread(s["val_bpb"])]
-        cells += [fmt_spread(s["val"][n]) for n in names]
-        cells += [fmt_spread(s["benchmarks"][b], 1) for b in bench]
-        cells += [f"{s['train_seconds']['mean']:.0f}"]
+                 fmt_spread(s["val_bpb"])] + [fmt_spread(s["val"][n]) for n in names] + [f"{s['train_seconds']['mean']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    bench = {arm: s["benchmarks"] for arm, s in summaries.items()}
+    return "\n".join(lines) + "\n\n" + bench_table(bench, [ARM_LABELS.get(a, a) for a in summaries])
+
+
+def bench_table(bench, labels):
+    """Markdown: rows = protocol/task (items), columns = models; cells = mean (± seed std) in %."""
+    keys = list(next(iter(bench.values())))
+    lines = ["| benchmark (fixture items) | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for k in keys:
+        b0 = next(iter(bench.values()))[k]
+        cells = [fmt_spread(b[k], 1) if "std" in b[k] else f"{b[k]['mean']:.1f}" for b in bench.values()]
+        lines.append(f"| {k} ({b0.get('items', b0.get('n'))}, {b0['metric']}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -602,13 +611,13 @@ def merge(ctx):
                       eval_seconds=round(time.time() - t0, 1))
         write_json(done, result)
     domain_bpb, bench = result["domains"], result["benchmarks"]
-    head = ["model"] + [f"{d} bpb" for d in domains] + [f"{p}/{t}" for p in ("loglik", "paper") for t in tasks]
+    head = ["model"] + [f"{d} bpb" for d in domains]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in labels:
-        cells = [label] + [f"{domain_bpb[label][d]['bpb']:.4f}" for d in domains]
-        cells += [f"{bench[label][p][t]['mean']:.1f}" for p in ("loglik", "paper") for t in tasks]
-        lines.append("| " + " | ".join(cells) + " |")
-    md = "### Merge: en+ru and en+zh experts vs their logit average\n\n" + "\n".join(lines)
+        lines.append("| " + " | ".join([label] + [f"{domain_bpb[label][d]['bpb']:.4f}" for d in domains]) + " |")
+    flat = {label: {f"{p}/{t}": r for p, tasks_ in bench[label].items() for t, r in tasks_.items()} for label in labels}
+    md = ("### Merge: en+ru and en+zh experts vs their logit average\n\n" + "\n".join(lines) + "\n\n" +
+          bench_table(flat, labels))
     plot = plot_merge(os.path.join(ctx["out"], f"{exp}.png"), domain_bpb, domains)
     return finish(ctx, exp, result, md, [plot])
 
