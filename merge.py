@@ -39,7 +39,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from configurator import ConfigError, configure, defaults_from
-from model import model_from_checkpoint, read_checkpoint, sample_next, save_checkpoint
+from model import count_params, model_from_checkpoint, read_checkpoint, sample_next, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # command-line defaults (positional arguments: config files end in .py, anything else is an expert)
@@ -144,12 +144,7 @@ class MergedGPT(nn.Module):
         return self.experts[0].frozen_table
 
     def param_counts(self):
-        """Unique parameters (the shared table counted once), summed over the experts."""
-        ps = list(self.parameters())  # parameters() yields a shared tensor once
-        total = sum(p.numel() for p in ps)
-        trainable = sum(p.numel() for p in ps if p.requires_grad)
-        return dict(total=total, trainable=trainable, frozen=total - trainable,
-                    matrices=sum(p.numel() for p in ps if p.dim() >= 2))
+        return count_params(self)  # the shared table counted once
 
     def describe(self):
         c = self.param_counts()

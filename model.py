@@ -46,6 +46,17 @@ def table_fingerprint(t):
     return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+
+def count_params(module):
+    """total / trainable / frozen parameters, plus 'matrices' (>=2-D weights only: the way the
+    papers count, e.g. 335.5M for the 16x1024 shape, which excludes biases and LayerNorms).
+    parameters() yields a shared tensor once, so a table shared by merged experts counts once."""
+    ps = list(module.parameters())
+    total = sum(p.numel() for p in ps)
+    trainable = sum(p.numel() for p in ps if p.requires_grad)
+    return dict(total=total, trainable=trainable, frozen=total - trainable,
+                matrices=sum(p.numel() for p in ps if p.dim() >= 2))
+
 # -----------------------------------------------------------------------------
 # embeddings
 
@@ -269,13 +280,7 @@ class GPT(nn.Module):
         return wte.weight if isinstance(wte, FrozenEmbedding) else None
 
     def param_counts(self):
-        """total / trainable / frozen parameters, plus 'matrices' (>=2-D weights only: the way the
-        papers count, e.g. 335.5M for the 16x1024 shape, which excludes biases and LayerNorms)."""
-        ps = list(self.parameters())
-        total = sum(p.numel() for p in ps)
-        trainable = sum(p.numel() for p in ps if p.requires_grad)
-        return dict(total=total, trainable=trainable, frozen=total - trainable,
-                    matrices=sum(p.numel() for p in ps if p.dim() >= 2))
+        return count_params(self)
 
     def describe(self):
         c = self.param_counts()
