@@ -291,20 +291,30 @@ def summarise_arm(results):
     return out
 
 
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # Student t, 97.5%, df 1..10
+
+
 def verdict(a, b, label_a, label_b):
-    """Is arm a's final val bpb different from arm b's beyond the seed noise? The difference of the
-    seed means against 1.96 x its standard error (Welch); with one seed there is no noise estimate."""
-    sa, sb = a["val_bpb"], b["val_bpb"]
-    diff = sa["mean"] - sb["mean"]
-    if sa["n"] < 2 or sb["n"] < 2:
-        return dict(diff=diff, se=None, text=f"{label_a} - {label_b} = {diff:+.4f} bits/byte (one seed: no spread)")
-    se = math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
-    if abs(diff) <= 1.96 * se:
+    """Is arm a's final val bpb different from arm b's beyond the seed noise? The runs are paired by
+    seed (same seed = same initial weights of the shared parts, same batches, same validation
+    batches), so the test is on the per-seed differences: their mean against t(97.5%, n-1) x its
+    standard error. With one seed there is no noise estimate and no verdict."""
+    va, vb = a["val_bpb"]["values"], b["val_bpb"]["values"]
+    diffs = np.array(va) - np.array(vb)
+    diff = float(diffs.mean())
+    per_seed = ", ".join(f"{d:+.3f}" for d in diffs)
+    if len(diffs) < 2 or len(va) != len(vb):
+        return dict(diff=diff, se=None, diffs=diffs.tolist(),
+                    text=f"{label_a} - {label_b} = {diff:+.4f} bits/byte (one seed: no spread, no verdict)")
+    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    t = T975[len(diffs) - 2] if len(diffs) - 1 <= len(T975) else 1.96
+    if abs(diff) <= t * se:
         word = "no measurable difference"
     else:
         word = f"{label_a} {'better (lower bits/byte)' if diff < 0 else 'worse (higher bits/byte)'}"
-    return dict(diff=diff, se=se, text=f"{word}: {label_a} - {label_b} = {diff:+.4f} bits/byte, "
-                                       f"1.96 x s.e. = {1.96 * se:.4f} ({sa['n']} vs {sb['n']} seeds)")
+    return dict(diff=diff, se=se, diffs=diffs.tolist(), t=t,
+                text=f"{word}: {label_a} - {label_b} = {diff:+.4f} bits/byte (per seed {per_seed}; "
+                     f"95% interval ±{t * se:.4f}, paired t over {len(diffs)} seeds)")
 
 
 def fmt_spread(s, digits=4):
