@@ -6,8 +6,9 @@ $ python reproduce.py frozen_vs_trainable   # 1. paper 1: frozen glyph table vs 
 $ python reproduce.py grow_vs_mono          # 2. paper 2: 3 stages of 2 layers vs a 6-layer monolith, same tokens
 $ python reproduce.py merge                 # 3. paper 2: en+ru and en+zh experts, merged by logit average
 $ python reproduce.py unique                # 4. ours: the injective glyph table vs the faithful one, 3 seeds
-$ python reproduce.py all                   # the four, in this order (about an hour on 2 CPU cores)
+$ python reproduce.py all                   # the four, in this order (README: 42 min side by side, below)
 $ python reproduce.py all --scale toy       # the same pipeline in seconds (test_reproduce.py runs it)
+$ python reproduce.py scaling               # GPU-hour estimates of the papers' full-size runs
 Two invocations may run side by side (a run being trained by one is waited for by the other), e.g. on
 2 cores, one thread each (how the README's numbers were made):
 $ python reproduce.py frozen_vs_trainable --threads 1 &
@@ -51,8 +52,8 @@ from unicode_tokenizer import get_tokenizer  # noqa: E402
 EXPERIMENTS = ("frozen_vs_trainable", "grow_vs_mono", "merge", "unique")
 
 # -----------------------------------------------------------------------------
-# the two scales. "cpu" was sized from measured throughput so that `all` takes about an hour on 2
-# cores (README: Results); "toy" only checks that every step of the pipeline runs.
+# the two scales. "cpu" was sized from measured throughput so that the four experiments fit in
+# about an hour on a shared 2-core CPU (README: Results); "toy" only checks that the pipeline runs.
 SCALES = {
     "toy": dict(d_model=32, n_layer=1, n_head=2, block_size=32, batch_size=4, max_iters=3, eval_interval=3,
                 eval_iters=1, learning_rate=2e-3, min_lr=2e-4, warmup_iters=1, seeds=[1],
@@ -731,7 +732,7 @@ def scaling(ctx):
                  "0 (no training) | evaluation only |")
     md = "\n".join(lines)
     result = dict(experiment="scaling", peak_flops=PEAK_H100, runs=rows)
-    write_json(os.path.join(ctx["out"], "..", "scaling.json"), result)
+    write_json(os.path.join(ctx["out"], "scaling.json"), result)
     print(md)
     return result
 
