@@ -8,7 +8,7 @@
 # $ python train.py config/grow_monolithic_9x1024.py
 # Tokens per stage, learning rates and the new-block init are not published: our choices below.
 out_dir = "out-grow-9x1024"
-datasets = {"wikipedia": 0.9, "sft_qa": 0.1}  # SPEC §4: about 10% of batches in SFT format
+datasets = {"wiki_en_ru": 0.9, "sft_qa": 0.1}  # SPEC §4: about 10% of batches in SFT format
 embedding = "glyph"
 table_dim = 1024
 

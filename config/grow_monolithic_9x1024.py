@@ -3,7 +3,7 @@
 # iterations x 131,072 tokens = 3 stages x 7,630 iterations.
 # $ python train.py config/grow_monolithic_9x1024.py
 out_dir = "out-grow-monolithic-9x1024"
-datasets = {"wikipedia": 0.9, "sft_qa": 0.1}
+datasets = {"wiki_en_ru": 0.9, "sft_qa": 0.1}
 embedding = "glyph"
 table_dim = 1024
 

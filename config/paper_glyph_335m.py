@@ -8,7 +8,8 @@
 out_dir = "out-paper-glyph-335m"
 embedding = "glyph"
 table_dim = 1024
-datasets = {"shakespeare": 1.0}  # replace with the pretraining mixture, e.g. {'wiki_en': 0.9, 'sft_qa': 0.1}
+# data: python data/wikipedia/prepare.py --langs en,ru --out_dir data/wiki_en_ru && python data/sft_qa/prepare.py
+datasets = {"wiki_en_ru": 0.9, "sft_qa": 0.1}  # the papers' "ru" models: English + Russian Wikipedia, ~10% QA
 
 n_layer = 16
 n_head = 32
