@@ -440,7 +440,10 @@ def read_checkpoint(path, device="cpu"):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # zip reader / unpickler errors of a truncated or non-checkpoint file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        msg = str(e)
+        if "WeightsUnpickler error:" in msg:  # keep the reason, not torch's paragraph of advice around it
+            msg = msg.split("WeightsUnpickler error:", 1)[1]
+        first = (msg.strip().splitlines() or [type(e).__name__])[0][:160]
         raise ValueError(f"{path}: not a readable checkpoint (truncated, corrupt or not written by "
                          f"torch.save of plain data): {first}") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
