@@ -29,6 +29,8 @@ import time
 import numpy as np
 import torch
 
+from data.download import cache_dir, download, sha256_file
+
 # -----------------------------------------------------------------------------
 # font: GNU Unifont .hex (one line per code point: "XXXX:" + 32 or 64 hex digits = 16 rows of 8/16 px)
 
@@ -43,48 +45,17 @@ DEBIAN_UNIFONT = "/usr/share/unifont/unifont.hex"
 _HEX_LINE = re.compile(rb"^([0-9A-Fa-f]{4,6}):([0-9A-Fa-f]{32}|[0-9A-Fa-f]{64})$")
 
 
-def cache_dir():
-    d = os.environ.get("GLYPHGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "glyphgpt")
-    os.makedirs(d, exist_ok=True)
-    return d
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download_unifont(urls=None, sha256=UNIFONT_SHA256, dest=None):
-    """Download the pinned Unifont .hex.gz (progress bar), verify its sha256, cache it atomically."""
-    import requests
-    from tqdm import tqdm
+    """Download the pinned Unifont .hex.gz (data/download.py: progress bar, resume, sha256 check,
+    atomic rename), trying the mirrors in turn."""
     urls = [urls] if isinstance(urls, str) else (urls or UNIFONT_URLS)
     dest = dest or os.path.join(cache_dir(), os.path.basename(urls[0]))
     errors = []
     for url in urls:
-        tmp = dest + ".part"
         try:
-            r = requests.get(url, stream=True, timeout=30)
-            r.raise_for_status()
-            total = int(r.headers.get("content-length", 0)) or None
-            h = hashlib.sha256()
-            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="unifont") as bar:
-                for chunk in r.iter_content(1 << 16):
-                    f.write(chunk)
-                    h.update(chunk)
-                    bar.update(len(chunk))
-        except (requests.RequestException, OSError) as e:
-            errors.append(f"{url} ({type(e).__name__})")
-            continue
-        if h.hexdigest() != sha256:
-            os.remove(tmp)
-            errors.append(f"{url} (sha256 {h.hexdigest()[:16]}..., expected {sha256[:16]}...)")
-            continue
-        os.replace(tmp, dest)  # atomic: a half-downloaded file is never cached
-        return dest
+            return download(url, dest, sha256=sha256, what="GNU Unifont")
+        except SystemExit as e:  # download() reports one line per failure: try the next mirror
+            errors.append(str(e))
     raise SystemExit(f"error: could not download GNU Unifont: {'; '.join(errors)}. Install the Debian package "
                      f"'unifont', or pass a .hex/.hex.gz path (--font / $GLYPHGPT_UNIFONT)")
 
@@ -344,7 +315,7 @@ def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
 
 def table_fingerprint(t):
     """16 hex chars of sha256 of the float32 bytes."""
-    a = np.ascontiguousarray(t.detach().to(torch.float32).numpy())
+    a = np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
     return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()[:16]  # no 2nd copy of a big table
 
 

@@ -15,7 +15,6 @@ Checkpoints travel between people to be merged; a rebuild depends on the local U
 Pillow, and one changed pixel changes the table. Storing it makes a checkpoint self-contained, and
 its fingerprint (recorded in table_info at save time) is re-computed and verified on every load.
 """
-import hashlib
 import math
 import os
 from dataclasses import dataclass, asdict, fields
@@ -23,6 +22,8 @@ from dataclasses import dataclass, asdict, fields
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from glyph_embed import table_fingerprint  # a frozen table's identity: 16 hex of sha256 of its float32 bytes
 
 HEAD_CHUNK_ELEMS = 1 << 26  # logits per chunk of the chunked head+loss (see GPT.forward)
 EMBEDDINGS = ("glyph", "glyph_unique", "binary16", "random", "trainable")
@@ -39,12 +40,6 @@ class GPTConfig:
     bias: bool = True
     embedding: str = "glyph"  # one of EMBEDDINGS
     rope_base: float = 10000.0
-
-
-def table_fingerprint(t):
-    """16 hex chars of sha256 of the table's float32 bytes (same definition as glyph_embed.py)."""
-    return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
-
 
 
 def count_params(module):

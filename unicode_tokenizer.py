@@ -39,6 +39,8 @@ import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from data.download import cache_dir, download, sha256_file
+
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<think>", "</think>", "<emotions>", "</emotions>",
                   "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "[INST]", "[/INST]",
@@ -55,10 +57,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_NGRAMS = os.path.join(HERE, "tokenizer_data", "bvv241-2-3-ngrams.txt")
 HF_REPOS = {"bvv241-2-3": "Bochkov/bvv241-2-3", "bvv241-max": "Bochkov/bvv241-max"}
 HF_SHA256 = {}  # repo -> sha256 of its tokenizer.json, pinned once known (the hub is unreachable here)
-
-
-def cache_dir():
-    return os.environ.get("GLYPHGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "glyphgpt")
 
 
 def check_text(text):
@@ -684,24 +682,14 @@ def download_hf(repo, filename="tokenizer.json"):
     repo = HF_REPOS.get(repo, repo)
     path = os.path.join(cache_dir(), "hf", repo.replace("/", "--"), filename)
     if not os.path.exists(path):
-        import requests
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")  # HF's own variable
         url = f"{endpoint}/{repo}/resolve/main/{filename}"
         try:
-            r = requests.get(url, timeout=60)
-            r.raise_for_status()
-        except Exception as e:
-            raise ValueError(f"could not download {url}: {type(e).__name__}: {str(e)[:200]}") from None
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-            f.write(r.content)
-        digest = hashlib.sha256(r.content).hexdigest()
-        if repo in HF_SHA256 and digest != HF_SHA256[repo]:
-            os.remove(path + ".tmp")
-            raise ValueError(f"{url}: sha256 {digest} does not match the pinned {HF_SHA256[repo]}")
-        with open(path + ".sha256", "w") as f:
-            f.write(digest + "\n")
-        os.replace(path + ".tmp", path)
+            download(url, path, sha256=HF_SHA256.get(repo), what=f"tokenizer {repo}")
+        except SystemExit as e:  # one line from data/download.py; a library caller wants an exception
+            raise ValueError(f"could not download {url}: {e}") from None
+        with open(path + ".sha256", "w") as f:  # trusted on first download, checked on every load
+            f.write(sha256_file(path) + "\n")
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     want = HF_SHA256.get(repo) or (open(path + ".sha256").read().strip() if os.path.exists(path + ".sha256") else digest)
