@@ -5,7 +5,6 @@ activations, and the bad inputs (one-line errors, no stage checkpoint overwritte
 import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -22,23 +21,6 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 TINY = dict(d_model=32, n_head=2, block_size=32, batch_size=4, table_dim=16, learning_rate=1e-2,
             min_lr=1e-3, warmup_iters=1, eval_iters=1, eval_interval=2, log_interval=2, progress=False,
             datasets={"tiny": 1.0}, growth=[1, 1, 1], stage_iters=[4, 4, 4])
-
-
-def make_text(seed, n_lines):
-    rng = random.Random(seed)
-    who = ["the king", "a fool", "my lord", "the queen", "sweet romeo"]
-    verbs = ["doth speak", "shall go", "will weep", "hath slept"]
-    return "\n".join(f"{rng.choice(who)} {rng.choice(verbs)} to {rng.choice(who)}." for _ in range(n_lines))
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from data.common import write_dataset
-    from unicode_tokenizer import get_tokenizer
-    root = tmp_path_factory.mktemp("data")
-    docs = [make_text(i, 40) for i in range(40)]
-    write_dataset(str(root / "tiny"), docs[:36], docs[36:], get_tokenizer("bvv241-2-3"), source="test")
-    return str(root)
 
 
 def cfg_for(data_root, out_dir, **kw):

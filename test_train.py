@@ -2,7 +2,6 @@
 gradient accumulation, and the bad inputs (one-line errors, nothing in out_dir damaged)."""
 import json
 import os
-import random
 import subprocess
 import sys
 
@@ -17,27 +16,6 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 TINY = dict(n_layer=1, n_head=2, d_model=32, block_size=32, batch_size=4, table_dim=16,
             learning_rate=1e-2, warmup_iters=2, min_lr=1e-3, eval_iters=2, log_interval=1,
             progress=False, datasets={"tiny": 1.0})
-
-
-def make_text(seed, n_lines):
-    """A small repetitive language: learnable within a few dozen steps."""
-    rng = random.Random(seed)
-    who = ["the king", "a fool", "my lord", "the queen", "sweet romeo"]
-    verbs = ["doth speak", "shall go", "will weep", "hath slept"]
-    return "\n".join(f"{rng.choice(who)} {rng.choice(verbs)} to {rng.choice(who)}." for _ in range(n_lines))
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from data.common import write_dataset
-    from unicode_tokenizer import get_tokenizer
-    root = tmp_path_factory.mktemp("data")
-    tok = get_tokenizer("bvv241-2-3")
-    docs = [make_text(i, 40) for i in range(40)]
-    write_dataset(str(root / "tiny"), docs[:36], docs[36:], tok, source="test")
-    write_dataset(str(root / "short"), ["ab"], ["cd"], tok, source="test")  # 3 tokens per split
-    write_dataset(str(root / "zzz"), ["z" * 3000], ["z" * 500], tok, source="test")  # a second domain
-    return str(root)
 
 
 def cfg_for(data_root, out_dir, **kw):
