@@ -457,29 +457,6 @@ def unique(ctx):
 # -----------------------------------------------------------------------------
 # experiment 2: grown layer by layer vs trained in one go, same total tokens
 
-def flops_per_token_frozen_prefix(model, T_ctx):
-    """Training FLOPs per token that count what actually runs when the lower blocks are frozen.
-    train.flops_per_token charges every block a backward pass (2 FLOPs/weight for the input gradient,
-    plus 2 more if trainable). Blocks below the lowest trainable one need no backward at all (grow.py:
-    autograd records nothing there), so they cost their forward only: 2/weight and 4*T*d attention.
-    For a fully trainable model this equals train.flops_per_token."""
-    c = model.config
-    blocks = model.transformer.h
-    trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
-    lowest = trainable.index(True) if True in trainable else len(blocks)
-    if model.transformer.wte.weight.requires_grad:
-        lowest = 0
-    total = 0
-    for i, b in enumerate(blocks):
-        for p in b.parameters():
-            if p.dim() >= 2:
-                total += p.numel() * (2 + (2 if i >= lowest else 0) + (2 if p.requires_grad else 0))
-        total += (12 if i >= lowest else 4) * T_ctx * c.d_model
-    head = model.lm_head.weight
-    total += head.numel() * (2 + (2 if lowest < len(blocks) else 0) + (2 if head.requires_grad else 0))
-    return total
-
-
 def stage_models(cfg, out_dir):
     """Each grown stage's model with requires_grad set as grow.py trained it: (stage, model, flops/token)."""
     stages = G.make_plan(cfg)
@@ -487,7 +464,7 @@ def stage_models(cfg, out_dir):
     for st in stages:
         model, _ = load_model(os.path.join(out_dir, f"stage_{st['stage']}.pt"))
         G.prepare_stage(model, {**st, "lora": False}, cfg, first_from_scratch=st["stage"] == 1)
-        out.append((st, model, flops_per_token_frozen_prefix(model, cfg["block_size"])))
+        out.append((st, model, T.flops_per_token(model, cfg["block_size"])))
     return out
 
 
@@ -708,13 +685,13 @@ def scaling_estimate(path, overrides, script):
             with torch.device("meta"):
                 m = meta_model(cfg, st["depth"])
                 G.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
-            flops += st["tokens"] * flops_per_token_frozen_prefix(m, cfg["block_size"])
+            flops += st["tokens"] * T.flops_per_token(m, cfg["block_size"])
             tokens += st["tokens"]
         counts = meta_model(cfg, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
     else:
         m = meta_model(cfg, cfg["n_layer"])
         tokens = cfg["max_iters"] * tpi
-        flops = tokens * flops_per_token_frozen_prefix(m, cfg["block_size"])
+        flops = tokens * T.flops_per_token(m, cfg["block_size"])
         counts = m.param_counts()
     return dict(params=counts["total"], trainable_last=counts["trainable"], tokens=tokens, flops=flops, mfu=mfu,
                 gpu_hours=flops / (PEAK_H100 * mfu) / 3600)

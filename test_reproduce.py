@@ -9,11 +9,9 @@ import os
 import time
 
 import pytest
-import torch
 
 import reproduce as R
-import train as T
-from model import GPT, GPTConfig, load_model
+from model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +98,6 @@ def test_second_invocation_resumes_without_training(toy, capsys):
     assert again["frozen_vs_trainable"]["arms"] == toy["results"]["frozen_vs_trainable"]["arms"]
     assert again["grow_vs_mono"]["grown"]["stages"] == toy["results"]["grow_vs_mono"]["grown"]["stages"]
     assert time.time() - t0 < toy["seconds"] / 2
-
-
-def test_flops_count_of_a_frozen_prefix():
-    conf = GPTConfig(vocab_size=512, block_size=16, n_layer=3, n_head=2, d_model=32, embedding="glyph")
-    model = GPT(conf, torch.randn(512, 32))
-    # everything but the frozen table trainable: identical to train.py's count
-    assert R.flops_per_token_frozen_prefix(model, 16) == T.flops_per_token(model, 16)
-    for p in model.transformer.h[:2].parameters():  # a grown stage: the two lower blocks frozen
-        p.requires_grad_(False)
-    per_block = sum(p.numel() for p in model.transformer.h[0].parameters() if p.dim() >= 2)
-    # each frozen lower block: forward only (2/weight, 4*T*d attention) instead of 4/weight and 12*T*d
-    assert T.flops_per_token(model, 16) - R.flops_per_token_frozen_prefix(model, 16) == 2 * (2 * per_block + 8 * 16 * 32)
 
 
 def test_verdict_words():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train as T
-from model import read_checkpoint
+from model import GPT, GPTConfig, read_checkpoint
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 TINY = dict(n_layer=1, n_head=2, d_model=32, block_size=32, batch_size=4, table_dim=16,
@@ -172,3 +172,20 @@ def test_cli_bad_input_exits_nonzero_with_one_line(data_root, tmp_path, precious
     r = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--max_iter=3"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "did you mean max_iters" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_flops_count_of_a_frozen_prefix():
+    conf = GPTConfig(vocab_size=512, block_size=16, n_layer=3, n_head=2, d_model=32, embedding="glyph")
+    model = GPT(conf, torch.randn(512, 32))
+
+    def nanogpt_count():  # 6N + 12*L*T*d over the matmul weights, every block backpropagated
+        mats = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("transformer.wte")]
+        return (4 * sum(p.numel() for p in mats) + 2 * sum(p.numel() for p in mats if p.requires_grad)
+                + 12 * conf.n_layer * 16 * conf.d_model)
+    # everything but the frozen table trainable: the nanoGPT/PaLM count
+    assert T.flops_per_token(model, 16) == nanogpt_count()
+    for p in model.transformer.h[:2].parameters():  # a grown stage: the two lower blocks frozen
+        p.requires_grad_(False)
+    per_block = sum(p.numel() for p in model.transformer.h[0].parameters() if p.dim() >= 2)
+    # each frozen lower block: forward only (2/weight, 4*T*d attention) instead of 4/weight and 12*T*d
+    assert nanogpt_count() - T.flops_per_token(model, 16) == 2 * (2 * per_block + 8 * 16 * 32)

@@ -210,17 +210,24 @@ def evaluate(model, data, cfg, ctx, rank=0, world=1):
 
 
 def flops_per_token(model, T):
-    """Training FLOPs per token, matmuls only, the way PaLM/nanoGPT count (6N + 12*L*T*d), but
-    split by what actually runs: every matmul weight in the blocks and head costs 2 (forward) +
-    2 (gradient w.r.t. its input) FLOPs per weight per token, and a TRAINABLE weight 2 more for
-    its own gradient. The frozen table is a lookup, not a matmul: 0. Attention scores and
-    weighted sums: 2*2*T*d forward per layer, twice that backward (counted in full as PaLM does,
-    though causal flash attention skips half)."""
+    """Training FLOPs per token, matmuls only, the way PaLM/nanoGPT count (6N + 12*L*T*d), but split
+    by what actually runs: a matmul weight costs 2 FLOPs per token forward, 2 more for the gradient
+    w.r.t. its input when the backward pass goes through it, and 2 more for its own gradient when it
+    trains. The frozen table is a lookup: 0. Blocks below the lowest trainable one (a grow.py stage)
+    get no backward at all, so they cost their forward only. Attention scores and weighted sums:
+    2*2*T*d per layer forward, twice that backward (counted in full as PaLM does, though causal
+    flash attention skips half). For a fully trainable model this is exactly 6N + 12*L*T*d."""
     c = model.config
-    mats = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("transformer.wte")]
-    n_all = sum(p.numel() for p in mats)
-    n_train = sum(p.numel() for p in mats if p.requires_grad)
-    return 4 * n_all + 2 * n_train + 12 * c.n_layer * T * c.d_model
+    blocks = model.transformer.h
+    trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
+    lowest = 0 if model.transformer.wte.weight.requires_grad else (trainable.index(True) if any(trainable) else len(blocks))
+    total = 0
+    for i, b in enumerate(blocks):
+        backward = i >= lowest
+        total += sum(p.numel() * (2 + 2 * backward + 2 * p.requires_grad) for p in b.parameters() if p.dim() >= 2)
+        total += (12 if backward else 4) * T * c.d_model
+    head = model.lm_head.weight
+    return total + head.numel() * (2 + 2 * (lowest < len(blocks)) + 2 * head.requires_grad)
 
 
 def gpu_peak_flops(cfg, device):
