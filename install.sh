@@ -3,11 +3,16 @@
 # Usage: bash install.sh          (runtime)      bash install.sh test   (runtime + test tools)
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -f /usr/share/unifont/unifont.hex ]; then
-  # GNU Unifont's .hex bitmaps are the glyph source; without them glyph_embed.py downloads the font.
+# GNU Unifont 15.0.01 is the glyph source: Debian bookworm's `unifont` (.hex) and `fonts-unifont`
+# (.otf, what the released builder drew with). Without them glyph_embed.py downloads exactly 15.0.01.
+if [ ! -f /usr/share/unifont/unifont.hex ] || [ ! -f /usr/share/fonts/opentype/unifont/unifont.otf ]; then
   SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends unifont >/dev/null || \
-    echo "install.sh: could not install Debian unifont; glyph_embed.py will download the font instead"
+  # A fresh container has empty package lists: refresh them first, or apt cannot locate the package.
+  if ! $SUDO apt-get update -qq; then
+    echo "install.sh: apt-get update failed (no package mirror reachable?)"
+  elif ! $SUDO apt-get install -y -qq --no-install-recommends unifont fonts-unifont >/dev/null; then
+    echo "install.sh: apt-get install unifont fonts-unifont failed; glyph_embed.py will download Unifont 15.0.01"
+  fi
 fi
 req=requirements.txt
 [ "${1:-}" = test ] && req=requirements-test.txt
