@@ -6,46 +6,80 @@ data/<name>/train.bin, val.bin: flat token ids, little-endian uint16 when the vo
 which tokenizer made them (so a loader can refuse a mismatch) and how many UTF-8 bytes of text
 they hold (so a loss in nats per token converts to bits per byte, comparable across tokenizers).
 """
+import argparse
+import collections
 import json
+import math
+import multiprocessing
 import os
 
 import numpy as np
 from tqdm import tqdm
 
-ENCODE_CHUNK = 256  # documents per encode_batch call: big enough to keep all cores busy
+ENCODE_CHUNK = 256  # documents per task of a worker process: enough to make a task's overhead small
+_TOK = None  # the tokenizer of the running write_split; forked workers inherit it (built once, before the fork)
 
 
 def dtype_for(vocab_size):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def write_split(path, docs, tok, desc=None):
-    """Encode an iterable of document strings into `path`; returns (n_tokens, n_bytes).
-    Writes to path + '.tmp' and renames at the end, so an interrupted run never leaves a
-    half-written file that looks complete."""
+def encode_chunk(docs):
+    """(token bytes, n_tokens, n_bytes) of a list of documents, each followed by eos: ALL the
+    per-token work (BPE, rank -> id mapping, the tokenizer's regex scans, the numpy conversion), so that
+    it runs in a worker process and the main process only writes bytes."""
+    ids = []
+    for d in docs:
+        ids += _TOK.encode(d)
+        ids.append(_TOK.eos_id)
+    return np.array(ids, dtype=dtype_for(_TOK.vocab_size)).tobytes(), len(ids), sum(len(d.encode("utf-8")) for d in docs)
+
+
+def chunks(docs, n):
+    batch = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def encoded_chunks(docs, tok, workers):
+    """encode_chunk of each ENCODE_CHUNK documents, in order. With workers > 1 the chunks are encoded by
+    that many forked processes, at most two per process in flight, so a long stream of documents is
+    never read far ahead of what has been written (bounded memory)."""
+    global _TOK
+    _TOK = tok
+    if workers <= 1:
+        yield from map(encode_chunk, chunks(docs, ENCODE_CHUNK))
+        return
+    tok.encode("warm-up")  # builds the encoding engine once, here, so every worker inherits it
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending = collections.deque()
+        for batch in chunks(docs, ENCODE_CHUNK):
+            pending.append(pool.apply_async(encode_chunk, (batch,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def write_split(path, docs, tok, desc=None, workers=None):
+    """Encode an iterable of document strings into `path` with `workers` processes (default: all
+    cores); returns (n_tokens, n_bytes). Writes to path + '.tmp' and renames at the end, so an
+    interrupted run never leaves a half-written file that looks complete."""
     if tok.eos_id is None:
         raise ValueError(f"tokenizer {tok.name!r} has no eos token to separate documents")
-    dtype = dtype_for(tok.vocab_size)
     n_tokens = n_bytes = 0
     tmp = path + ".tmp"
     with open(tmp, "wb") as f, tqdm(desc=desc or os.path.basename(path), unit="B", unit_scale=True) as bar:
-        def flush(batch):
-            nonlocal n_tokens, n_bytes
-            for ids in tok.encode_batch(batch):
-                arr = np.asarray(ids + [tok.eos_id], dtype=np.int64)
-                f.write(arr.astype(dtype).tobytes())
-                n_tokens += len(arr)
-            size = sum(len(d.encode("utf-8")) for d in batch)
+        for data, tokens, size in encoded_chunks(docs, tok, workers or os.cpu_count() or 1):
+            f.write(data)
+            n_tokens += tokens
             n_bytes += size
             bar.update(size)
-        batch = []
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) == ENCODE_CHUNK:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
     os.replace(tmp, path)
     return n_tokens, n_bytes
 
@@ -101,6 +135,8 @@ def open_split(data_dir, split, tok=None):
 
 def split_docs(docs, val_fraction=0.05, seed=1337):
     """Deterministic train/val split of a list of documents (every 1/val_fraction-th by a seeded shuffle)."""
+    if len(docs) < 2:
+        raise SystemExit(f"only {len(docs)} document(s) to split into train and val: raise --max_bytes")
     order = np.random.default_rng(seed).permutation(len(docs))
     n_val = max(1, int(round(len(docs) * val_fraction)))
     val_idx = set(order[:n_val].tolist())
@@ -108,3 +144,64 @@ def split_docs(docs, val_fraction=0.05, seed=1337):
     val = [d for i, d in enumerate(docs) if i in val_idx]
     return train, val
 
+
+
+# ---------------------------------------------------------------------------- the common command line
+
+def amount(text):
+    """argparse type of --max_bytes (and --max_tokens): 1000000, 1e6 or 1_000_000; 0 means no limit (None)."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count like 1e6 or 1_000_000 (0 = all), got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a count >= 0 (0 = all), got {text!r}")
+    return int(value) or None
+
+
+def fraction(text):
+    """argparse type of --val_fraction: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 exclusive, got {text!r}")
+    return value
+
+
+def base_parser(description, default_out, val_fraction=0.05):
+    """The options every prepare script takes, with the same meaning in all of them."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--tokenizer", default=None,
+                   help="anything unicode_tokenizer.get_tokenizer() accepts (default: its default)")
+    p.add_argument("--max_bytes", type=amount, default=None,
+                   help="take whole documents until this many UTF-8 bytes of text (1e6, 1_000_000; 0 or absent: all)")
+    p.add_argument("--val_fraction", type=fraction, default=val_fraction,
+                   help=f"share of documents held out for val.bin (default {val_fraction})")
+    p.add_argument("--out_dir", default=default_out)
+    return p
+
+
+def get_tokenizer(name=None):
+    """unicode_tokenizer.get_tokenizer (its default when name is None), with a one-line error."""
+    from unicode_tokenizer import get_tokenizer as _get
+    try:
+        return _get() if name is None else _get(name)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise SystemExit(f"--tokenizer {name!r}: {e}") from None
+
+
+def take_bytes(docs, max_bytes):
+    """The longest prefix of whole documents whose UTF-8 size stays within max_bytes (None = all; the
+    first document is always taken)."""
+    if max_bytes is None:
+        return list(docs)
+    out, total = [], 0
+    for d in docs:
+        n = len(d.encode("utf-8"))
+        if total + n > max_bytes and out:
+            break
+        out.append(d)
+        total += n
+    return out

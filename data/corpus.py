@@ -1,9 +1,8 @@
 """
-Small helpers shared by the data/ prepare scripts: the common command line, byte budgets,
+Small helpers shared by the streaming prepare scripts (the common command line is in data/common.py):
 deterministic sampling / train-val assignment of streamed documents, and the script-share measure
 the tests use to check that a corpus is in the language it claims.
 """
-import argparse
 import os
 import re
 import sys
@@ -16,58 +15,10 @@ if REPO not in sys.path:
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes of the fortune files
 
 
-def base_parser(description, default_out):
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--tokenizer", default="bvv241-2-3", help="anything unicode_tokenizer.get_tokenizer() accepts")
-    p.add_argument("--max_bytes", type=float, default=None,
-                   help="stop after this many UTF-8 bytes of document text (default: everything)")
-    p.add_argument("--val_fraction", type=float, default=0.05, help="share of documents held out for val.bin")
-    p.add_argument("--out_dir", default=default_out)
-    return p
-
-
-def check_budget(value, name="--max_bytes"):
-    """None (no limit) or a positive int; zero or negative is a user error, not an empty dataset."""
-    if value is None:
-        return None
-    if value <= 0:
-        raise SystemExit(f"{name} must be > 0 (got {value:g}); leave it out to take the whole corpus")
-    return int(value)
-
-
-def check_fraction(value, name):
-    if not 0 < value < 1:
-        raise SystemExit(f"{name} must be between 0 and 1 exclusive (got {value:g})")
-    return value
-
-
-def take_bytes(docs, max_bytes):
-    """The longest prefix of `docs` whose UTF-8 size stays within max_bytes (None = all)."""
-    if max_bytes is None:
-        return list(docs)
-    out, total = [], 0
-    for d in docs:
-        n = len(d.encode("utf-8"))
-        if total + n > max_bytes and out:
-            break
-        out.append(d)
-        total += n
-    return out
-
-
 def unit_hash(key, salt):
     """A number in [0, 1) fixed by (salt, key): sampling and val assignment of streamed documents that
     does not depend on the order or the number of shards read."""
     return zlib.crc32(f"{salt}\0{key}".encode("utf-8")) / 2**32
-
-
-def get_tokenizer(name):
-    """unicode_tokenizer.get_tokenizer, with a one-line error for an unknown name."""
-    from unicode_tokenizer import get_tokenizer as _get
-    try:
-        return _get(name)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise SystemExit(f"--tokenizer {name!r}: {e}") from None
 
 
 def script_share(text):

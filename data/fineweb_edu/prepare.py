@@ -16,9 +16,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from data.common import write_dataset  # noqa: E402
-from data.corpus import (StreamSplit, add_to_meta, base_parser, check_budget, check_fraction, get_tokenizer,  # noqa: E402
-                         iter_parquet, parquet_shards)
+from data.common import amount, base_parser, get_tokenizer, write_dataset  # noqa: E402
+from data.corpus import StreamSplit, add_to_meta, iter_parquet, parquet_shards  # noqa: E402
 
 REPO = "HuggingFaceFW/fineweb-edu"
 
@@ -37,21 +36,18 @@ def bytes_per_token(tok, docs):
 
 
 def main(argv=None):
-    p = base_parser(__doc__.split("\n\n")[0], os.path.dirname(os.path.abspath(__file__)))
-    p.set_defaults(val_fraction=0.005)
-    p.add_argument("--max_tokens", type=float, default=None, help="token budget (of --tokenizer)")
+    p = base_parser(__doc__.split("\n\n")[0], os.path.dirname(os.path.abspath(__file__)), val_fraction=0.005)
+    p.add_argument("--max_tokens", type=amount, default=None, help="token budget (of --tokenizer; 1e9 style, 0 = all)")
     p.add_argument("--subset", default="sample/10BT", help="hub folder: sample/10BT, sample/100BT, data/CC-MAIN-2024-10, ...")
     p.add_argument("--sample", type=float, default=1.0, help="fraction of pages kept (0 < f <= 1)")
     p.add_argument("--calib_docs", type=int, default=1000, help="documents used to measure bytes per token")
     p.add_argument("--local_dir", default=None, help="read <subset>/*.parquet from here instead of the hub")
     args = p.parse_args(argv)
-    max_bytes = check_budget(args.max_bytes)
-    max_tokens = check_budget(args.max_tokens, "--max_tokens")
+    max_bytes, max_tokens = args.max_bytes, args.max_tokens
     if max_bytes is not None and max_tokens is not None:
         raise SystemExit("give --max_tokens or --max_bytes, not both")
     if not 0 < args.sample <= 1:
         raise SystemExit(f"--sample must be in (0, 1] (got {args.sample:g})")
-    check_fraction(args.val_fraction, "--val_fraction")
     tok = get_tokenizer(args.tokenizer)
     stream = pages(args.subset, args.local_dir)
     bpt = None

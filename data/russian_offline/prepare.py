@@ -12,8 +12,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from data.common import split_docs, write_dataset  # noqa: E402
-from data.corpus import ANSI, base_parser, check_budget, check_fraction, get_tokenizer, take_bytes  # noqa: E402
+from data.common import base_parser, get_tokenizer, split_docs, take_bytes, write_dataset  # noqa: E402
+from data.corpus import ANSI  # noqa: E402
 from data.download import apt_fetch, deb_extract  # noqa: E402
 
 PACKAGE = "fortunes-ru"
@@ -59,11 +59,9 @@ def main(argv=None):
     p = base_parser(__doc__.split("\n\n")[0], os.path.dirname(os.path.abspath(__file__)))
     p.add_argument("--deb", default=None, help=f"a local {PACKAGE}_*.deb instead of apt-get download")
     args = p.parse_args(argv)
-    max_bytes = check_budget(args.max_bytes)
-    check_fraction(args.val_fraction, "--val_fraction")
     tok = get_tokenizer(args.tokenizer)
     deb = args.deb or apt_fetch(PACKAGE)
-    docs = take_bytes(fortune_docs(deb_extract(deb), FORTUNE_DIR), max_bytes)
+    docs = take_bytes(fortune_docs(deb_extract(deb), FORTUNE_DIR), args.max_bytes)
     train, val = split_docs(docs, args.val_fraction)
     return write_dataset(args.out_dir, train, val, tok, source=f"Debian {os.path.basename(deb)} (GPL-2)",
                          documents=len(docs), language="ru")

