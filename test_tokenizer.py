@@ -6,6 +6,7 @@ import json
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -13,8 +14,7 @@ import unicode_tokenizer as ut
 from unicode_tokenizer import UnicodeTokenizer, get_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURE = os.path.join(HERE, "..", "shared", "fixtures", "bvv241-2-3", "tokenizer.json")
-needs_fixture = pytest.mark.skipif(not os.path.exists(FIXTURE), reason="../shared/fixtures absent")
+FIXTURE = os.path.join(HERE, "tests_data", "bvv241-2-3", "tokenizer.json")  # the released layout, see its NOTICE.md
 
 MULTILINGUAL = (
     "Hello world, the quick brown fox jumps over the lazy dog. Don't stop believin'!\n"
@@ -31,7 +31,7 @@ MULTILINGUAL = (
 
 @functools.lru_cache
 def fixture_pair():
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     return UnicodeTokenizer.from_hf_json(FIXTURE), tokenizers.Tokenizer.from_file(FIXTURE)
 
 
@@ -76,37 +76,48 @@ def test_default_layout_ids():
     s = tok.token_strings()
     assert len(s) == 65536 and s[65] == "A" and s[0xE016] == "[FILE_SEP]"
     assert s[0xE017] == "<special_token_57367>" and s[0xFFFF] == "<unused_65535>" and s[0xF900] == "\uf900"
-    ngrams = ut.read_ngrams(ut.DEFAULT_NGRAMS)
-    assert s[0xD800:0xD800 + len(ngrams)] == ngrams  # the shipped list fills the surrogate slots first
+    ngrams = ut.released_ngrams("bvv241-2-3")
+    assert len(ngrams) == 8177 and s[0xD800:0xE000] + s[0xE100:0xE100 + 8177 - 2048] == ngrams
     assert ngrams == sorted(ngrams, key=lambda g: (-len(g), g)) and all(2 <= len(g) <= 3 for g in ngrams)
-    assert not any(c.isspace() or c.isdigit() for g in ngrams for c in g)
-    assert tok.encode("the") == [tok.tokens.index("the")]  # common English trigram from the shipped list
+    assert tok.encode("the") == [tok.tokens.index("the")]
 
 
-@needs_fixture
+def test_default_is_the_released_tokenizer():
+    """Built from the released n-gram list: every token string and every merge of the fixture."""
+    tok, _ = fixture_pair()
+    default = get_tokenizer("bvv241-2-3")
+    assert len(default.tokens) == 65536 and default.tokens == tok.tokens
+    assert len(default.merges) == 12224 and default.merges == tok.merges
+    assert default.fingerprint == tok.fingerprint  # the same ids, so the same fingerprint
+    assert default.engine.kind == "tiktoken"
+    local = get_tokenizer("bvv241-2-3-local")  # our own n-gram counts: a different tokenizer, by name
+    assert local.vocab_size == 65536 and local.fingerprint != default.fingerprint
+
+
 def test_fixture_notice_example():
     tok, _ = fixture_pair()
-    ids = tok.encode("Hello world, привет мир, 你好世界")
-    assert ids == [60506, 56703, 32, 61333, 57304, 44, 32, 58680, 58484, 32, 1084, 61848, 44, 32, 20320, 22909, 63197]
-    assert tok.decode(ids) == "Hello world, привет мир, 你好世界"
+    text = "Hello world, привет мир, 你好世界"
+    ids = [60506, 56703, 32, 61333, 57304, 44, 32, 58680, 58484, 32, 1084, 61848, 44, 32, 20320, 22909, 63197]
+    assert tok.encode(text) == get_tokenizer("bvv241-2-3").encode(text) == ids
+    assert tok.decode(ids) == text
     assert len(tok.merges) == 12224 and tok.engine.kind == "tiktoken"
 
 
 # -----------------------------------------------------------------------------
 # parity with HF tokenizers
 
-@needs_fixture
 def test_parity_with_tokenizers_multilingual():
-    tok, hf = fixture_pair()
+    _, hf = fixture_pair()
+    tok = get_tokenizer("bvv241-2-3")  # the default, built from the released list
     for line in MULTILINGUAL.splitlines(keepends=True) + [MULTILINGUAL]:
         assert tok.encode(line) == hf.encode(line).ids, line
     text = big_text(tok)
     assert tok.encode(text) == hf.encode(text).ids
-    docs = text.split("\n")[:2000]
+    docs = text.split("\n")
+    assert len(docs) > 5000
     assert tok.encode_batch(docs) == [e.ids for e in hf.encode_batch(docs)]
 
 
-@needs_fixture
 def test_parity_adversarial_fuzz():
     """Short strings over tiny alphabets taken from n-grams (repeated letters like '...', 'EEE'), where
     merge order and tie-breaking matter most."""
@@ -130,13 +141,63 @@ def test_parity_adversarial_fuzz():
     assert [tok.encode(t) for t in texts] == [e.ids for e in hf.encode_batch(texts)]
 
 
-@needs_fixture
 def test_python_engine_matches_tokenizers():
     tok, hf = fixture_pair()
     slow = UnicodeTokenizer.from_hf_json(FIXTURE)
     slow._engine = slow._python_engine()
     text = big_text(tok, 40_000, seed=3)
     assert slow.encode(text) == hf.encode(text).ids == tok.encode(text)
+
+
+# -----------------------------------------------------------------------------
+# bvv241-max / bvv241-abs (131,072 ids)
+
+def test_max_layout_from_the_released_lists(tmp_path):
+    tok = get_tokenizer("bvv241-max")
+    assert tok.vocab_size == 131072 and tok.name == "bvv241-max"
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (57344, 57345, 57346, 57347)
+    s = tok.token_strings()
+    assert s[0xE000:0xE017] == ut.SPECIAL_TOKENS and s[0xE017] == "<special_token_57367>" and s[65] == "A"
+    assert s[0xFFFF] == "<unused_65535>" and s[0x1FFFF] == "<unused_131071>"
+    ngrams = ut.released_ngrams("bvv241-max")  # 73,768 candidates cut to the 73,727 slots, as the builder does
+    assert len(ngrams) == 2048 + 6144 + 65535 and max(map(len, ngrams)) == 72
+    assert s[0xD800:0xE000] + s[0xE100:0xF900] + s[0x10000:0x1FFFF] == ngrams
+    assert len(tok.merges) == 182678 and tok.engine.kind == "python"
+    assert get_tokenizer("bvv241-abs").tokens == s  # the abs builder notebook makes the same vocabulary
+    assert get_tokenizer("bvv241-abs").fingerprint == tok.fingerprint
+    import tokenizers
+    tok.save(str(tmp_path / "max.json"))
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "max.json"))
+    text = big_text(get_tokenizer("bvv241-2-3"), 60_000, seed=5)
+    lines = text.split("\n") + MULTILINGUAL.splitlines()
+    assert [tok.encode(x) for x in lines] == [e.ids for e in hf.encode_batch(lines)]
+    assert tok.encode(text) == hf.encode(text).ids
+    assert tok.decode(tok.encode("Hello world, привет мир, 你好世界 <s>")) == "Hello world, привет мир, 你好世界 <s>"
+    lossless = get_tokenizer("bvv241-max-lossless")
+    assert lossless.decode(lossless.encode(MULTILINGUAL)) == MULTILINGUAL
+
+
+def cpu_seconds(fn, repeats=3):
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+@pytest.mark.parametrize("name", ["bvv241-max", "bvv241-2-3"])
+def test_encoding_is_near_linear(name):
+    """One long run of merging characters (no space: nothing cuts it), 4x longer takes < 10x the
+    CPU time (a quadratic BPE takes 16x; the old pure-Python one needed 240 s for 100k characters)."""
+    tok = get_tokenizer(name)
+    rng = random.Random(2)
+    ngrams = [g for g in tok.tokens[0xD800:0xE000] if not any(c.isspace() for c in g)]
+    long = "".join(rng.choice(ngrams) for _ in range(40_000))[:80_000]
+    tok.encode(long[:1000])  # engine built outside the timing
+    short_s = cpu_seconds(lambda: tok.encode(long[:20_000]))
+    long_s = cpu_seconds(lambda: tok.encode(long))
+    assert long_s < 10 * max(short_s, 1e-3), (short_s, long_s)
 
 
 # -----------------------------------------------------------------------------
@@ -167,7 +228,7 @@ def test_lossless_round_trip_all_planes():
 
 
 def test_lossless_hypothesis():
-    hypothesis = pytest.importorskip("hypothesis")
+    import hypothesis
     from hypothesis import strategies as st
     tok = get_tokenizer("bvv241-2-3-lossless")
 
@@ -196,7 +257,7 @@ def test_tiktoken_gpt2_offline(monkeypatch, tmp_path):
 
 
 def test_general_hf_json_through_tokenizers(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     from tokenizers import models, pre_tokenizers
     hf = tokenizers.Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "world": 2, "</s>": 3}, unk_token="<unk>"))
     hf.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -239,7 +300,7 @@ def test_build_from_text_files(tmp_path):
     assert not any(c in "0123456789 \n" for g in ngrams for c in g)  # digits, whitespace never inside
     assert "ta" not in ngrams  # within-word counting for Latin: 'sat on' gives no 'to'/'ta' across words
     assert tok.encode("the") == [tok.vocab["the"]] and tok.decode(tok.encode("the cat 中国人")) == "the cat 中国人"
-    tokenizers = pytest.importorskip("tokenizers")  # the saved file is a valid HF tokenizer.json
+    import tokenizers  # the saved file is a valid HF tokenizer.json
     hf = tokenizers.Tokenizer.from_file(out)
     text = MULTILINGUAL + "".join(CORPUS.values())
     assert tok.encode(text) == hf.encode(text).ids
@@ -251,7 +312,7 @@ def test_build_max_layout(tmp_path):
     tok = get_tokenizer(out)
     assert tok.vocab_size == 131072 and max(len(a + b) for a, b in tok.merges) == 5
     assert tok.engine.kind == "python"  # 4/5-grams: tiktoken's rank order is not provably identical
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     hf = tokenizers.Tokenizer.from_file(out)
     text = MULTILINGUAL + "".join(CORPUS.values()) * 3
     assert tok.encode(text) == hf.encode(text).ids
@@ -272,10 +333,8 @@ def test_fingerprint_stable_and_distinct(tmp_path):
     lossless = get_tokenizer("bvv241-2-3-lossless")
     lossless.save(str(tmp_path / "l.json"))
     assert get_tokenizer(str(tmp_path / "l.json")).fingerprint == lossless.fingerprint != tok.fingerprint
-    other = UnicodeTokenizer.from_ngrams(ut.read_ngrams(ut.DEFAULT_NGRAMS)[1:])
+    other = UnicodeTokenizer.from_ngrams(ut.released_ngrams("bvv241-2-3")[1:])
     assert other.fingerprint != tok.fingerprint
-    if os.path.exists(FIXTURE):
-        assert UnicodeTokenizer.from_hf_json(FIXTURE).fingerprint not in (tok.fingerprint, other.fingerprint)
 
 
 def test_encode_batch_matches_encode():
@@ -289,8 +348,6 @@ def test_encode_batch_matches_encode():
 # hub download (served from a local HTTP server: the hub itself is unreachable here)
 
 def test_download_from_hub_is_cached_and_checked(tmp_path, monkeypatch):
-    if not os.path.exists(FIXTURE):
-        pytest.skip("../shared/fixtures absent")
     root = tmp_path / "hub"
     (root / "Bochkov" / "bvv241-2-3" / "resolve" / "main").mkdir(parents=True)
     with open(FIXTURE, "rb") as f:

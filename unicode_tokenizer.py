@@ -1,7 +1,7 @@
 """
-The bvv241 Unicode-centric tokenizer (exact, fast) and every other tokenizer behind one interface.
+The bvv241 Unicode-centric tokenizers (exact, fast) and every other tokenizer behind one interface.
 
-bvv241-2-3 layout (65,536 ids, see README):
+bvv241-2-3 layout (65,536 ids, docs/design.md §1):
     0x0000-0xD7FF  one token per code point, id == code point
     0xD800-0xDFFF  the first 2,048 n-grams
     0xE000-0xE016  23 named special tokens (<pad> <s> </s> <unk> ...)
@@ -9,30 +9,44 @@ bvv241-2-3 layout (65,536 ids, see README):
     0xE100-0xF8FF  the remaining n-grams, then <unused_{id}>
     0xF900-0xFFFE  one token per code point again
     0xFFFF         <unused_65535>
-bvv241-max (131,072 ids) continues the n-gram slots at 0x10000-0x1FFFE.
+bvv241-max (131,072 ids) continues the n-gram slots at 0x10000-0x1FFFE; 0x1FFFF is <unused_131071>.
+
+Built-in tokenizers, all from the released n-gram lists in tokenizer_data/ (see its NOTICE.md):
+    bvv241-2-3        the top 338 2- and 3-grams per language of _n-gramms-2-3.txt (8,177 n-grams,
+                      12,224 merges): the released bvv241-2-3, token for token and merge for merge
+    bvv241-max        the top 906 2- to 5-grams per language of _n-gramms-2-3-4-5.txt plus the
+                      strings of _n-gramms-intersection.txt (131,072 ids)
+    bvv241-abs        the same vocabulary as bvv241-max (the released builder notebooks differ only
+                      in their output folder); abs differs in its 4096-dim glyph table, not here
+    bvv241-2-3-local  the bvv241-2-3 layout filled from n-grams we counted ourselves
+                      (tokenizer_data/local-2-3-ngrams.txt, made by the build command below)
+    NAME-lossless     any of the above with the lossless escape mode
 
 Encoding is HF `tokenizers` BPE with no normalizer and no pre-tokenizer: added (special) tokens are
 matched literally first, then merges are applied by rank; a character with no id becomes <unk>.
 Merges are generated from the ordered n-gram list: for each n-gram p, every split (p[:i], p[i:])
 whose two halves are in the vocabulary. So "pair (a, b) has a merge" <=> "a+b is a reachable n-gram",
 and merge rank order == n-gram order. That lets tiktoken's Rust BPE (which merges by the rank of
-the *merged* token) reproduce the ids exactly, see _tiktoken_engine() for the argument and the
-conditions checked before using it; anything else falls back to a plain exact BPE in Python.
+the *merged* token) reproduce the ids exactly for bvv241-2-3, see _tiktoken_engine() for the
+argument and the conditions checked before using it; anything else (bvv241-max) runs an exact BPE
+in Python that keeps the candidate pairs in a heap, O(n log n) in the length of the text.
 
-Lossless mode (bvv241-2-3-lossless): a character with no id (private use, U+FFFF, anything above
-U+FFFF) is written as 3 escape ids taken from the free placeholder range instead of <unk>:
+Lossless mode: a character with no id (private use, U+FFFF, anything above U+FFFF) is written as 3
+escape ids taken from the free placeholder range instead of <unk>:
     lead  id 0xE017 + (cp >> 14)        (0xE017-0xE05A, cp >> 14 <= 0x43)
     cont  id 0xE05B + ((cp >> 7) & 127) (0xE05B-0xE0DA)
     cont  id 0xE05B + (cp & 127)
 All other ids are exactly those of the default mode, so decode(encode(s)) == s for every string.
 
 Usage:
-    tok = get_tokenizer("bvv241-2-3")          # or "bvv241-2-3-lossless", "gpt2", "cl100k_base",
+    tok = get_tokenizer("bvv241-2-3")          # or "bvv241-max", "bvv241-2-3-lossless", "gpt2",
     ids = tok.encode("Hello world")            #    a tokenizer.json path, "hf:Bochkov/bvv241-2-3"
-    python unicode_tokenizer.py build en=a.txt ru=b.txt zh=c.txt --out tok.json
+    python unicode_tokenizer.py build en=a.txt ru=b.txt zh=c.txt --out tok.json   # our own n-grams
 """
 import argparse
+import ast
 import hashlib
+import heapq
 import json
 import os
 import re
@@ -48,14 +62,21 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<think>", "</think>", "<emot
                   "[REPO_NAME]", "[FILE_SEP]"]
 SPECIAL_BASE = 0xE000                     # <pad> 57344, <s> 57345, </s> 57346, <unk> 57347
 PLACEHOLDERS = range(0xE017, 0xE100)      # <special_token_{id}>
-LAYOUTS = {  # name -> (vocab size, n-gram lengths, default top-k per language per length)
+LAYOUTS = {  # name -> (vocab size, n-gram lengths, top-k per language per length)
     "bvv241-2-3": (65536, (2, 3), 338),
     "bvv241-max": (131072, (2, 3, 4, 5), 906),
 }
 ESC_LEAD, ESC_CONT = 0xE017, 0xE05B       # lossless escape ids (see module docstring)
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_NGRAMS = os.path.join(HERE, "tokenizer_data", "bvv241-2-3-ngrams.txt")
-HF_REPOS = {"bvv241-2-3": "Bochkov/bvv241-2-3", "bvv241-max": "Bochkov/bvv241-max"}
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer_data")
+RELEASED = {  # name -> (layout, released n-gram list, released list of shared LLM token strings or None)
+    "bvv241-2-3": ("bvv241-2-3", "_n-gramms-2-3.txt", None),
+    "bvv241-max": ("bvv241-max", "_n-gramms-2-3-4-5.txt", "_n-gramms-intersection.txt"),
+    "bvv241-abs": ("bvv241-max", "_n-gramms-2-3-4-5.txt", "_n-gramms-intersection.txt"),
+}
+LANGUAGES = ["en", "ru", "fr", "de", "zh", "he", "it", "es", "ar", "pt", "ko", "hu", "sa", "la", "ja", "el",
+             "sv", "nl", "pl", "vi", "fa", "no", "tr", "fi", "cs", "hy", "da", "bn", "az", "ka", "hi", "id"]
+LOCAL_NGRAMS = os.path.join(DATA, "local-2-3-ngrams.txt")  # our own counts (build command), not the release
+HF_REPOS = {"bvv241-2-3": "Bochkov/bvv241-2-3", "bvv241-max": "Bochkov/bvv241-max", "bvv241-abs": "Bochkov/bvv241-abs"}
 HF_SHA256 = {}  # repo -> sha256 of its tokenizer.json, pinned once known (the hub is unreachable here)
 
 
@@ -157,7 +178,7 @@ def build_layout(ngrams, vocab_size=65536):
         tokens[SPECIAL_BASE + i] = s
     for i in PLACEHOLDERS:
         tokens[i] = f"<special_token_{i}>"
-    slots = list(range(0xD800, 0xE000)) + list(range(0xE100, 0xF900)) + list(range(0x10000, vocab_size - 1))
+    slots = ngram_slots(vocab_size)
     if len(ngrams) > len(slots):
         raise ValueError(f"{len(ngrams)} n-grams do not fit the {len(slots)} n-gram slots of a {vocab_size}-id layout")
     taken = set(tokens)
@@ -172,6 +193,31 @@ def build_layout(ngrams, vocab_size=65536):
 def generate_merges(ngrams, vocab):
     """Every split of every n-gram whose halves are both tokens, in n-gram order; rank = position."""
     return [(p[:i], p[i:]) for p in ngrams for i in range(1, len(p)) if p[:i] in vocab and p[i:] in vocab]
+
+
+def ngram_slots(vocab_size):
+    return list(range(0xD800, 0xE000)) + list(range(0xE100, 0xF900)) + list(range(0x10000, vocab_size - 1))
+
+
+def released_ngrams(name):
+    """The ordered n-gram list of a released bvv241 tokenizer, selected as its builder notebook does:
+    for each of the 32 languages the top-k n-grams of every length, plus (max/abs) every string of
+    more than one character of the intersection list; the union in order of (longer first, then
+    string order), cut where the n-gram slots run out (the builder stops there: bvv241-max has
+    73,768 candidates for 73,727 slots, so its last 41 bigrams get no id)."""
+    layout, lists_file, shared_file = RELEASED[name]
+    vocab_size, _, top_k = LAYOUTS[layout]
+    with open(os.path.join(DATA, lists_file), encoding="utf-8") as f:
+        per_language = ast.literal_eval(f.read())  # a Python literal (tuples, int keys): not JSON, never eval
+    chosen = set()
+    for entry in per_language:
+        if entry["lang"] in LANGUAGES:
+            for top in entry["top_ngrams"].values():
+                chosen.update(g for g, _ in top[:top_k])
+    if shared_file:
+        with open(os.path.join(DATA, shared_file), encoding="utf-8") as f:
+            chosen.update(s for s in (line.strip() for line in f) if len(s) > 1)
+    return sorted(chosen, key=lambda s: (-len(s), s))[:len(ngram_slots(vocab_size))]
 
 
 # -----------------------------------------------------------------------------
@@ -353,34 +399,50 @@ class UnicodeTokenizer:
         return run
 
     def _python_engine(self):
-        """Plain exact BPE, HF's algorithm: repeatedly merge the adjacent pair with the lowest merge rank,
-        leftmost first. Runs separated by characters that are in no merge are independent, so they
-        are encoded (and cached) one by one."""
+        """Exact BPE with HF's rule: merge the adjacent pair with the lowest merge rank, leftmost first,
+        until none is left. Candidate pairs wait in a heap ordered by (rank, position) and the symbols
+        form a linked list, so a run of n characters costs O(n log n) (rescanning every pair after
+        each merge, as before, was quadratic: 240 s for 100k characters). A popped pair is used only
+        if both symbols are still what they were when it was pushed. Runs separated by characters that
+        are in no merge are independent: encoded one by one, short ones cached."""
         from functools import lru_cache
         rank = {(self.vocab[a], self.vocab[b]): (r, self.vocab[a + b]) for r, (a, b) in enumerate(self.merges)}
         merge_chars = {c for a, b in self.merges for c in a + b}
         runs = re.compile(f"[{py_class({ord(c) for c in merge_chars})}]+|." if merge_chars else ".", re.S)
         vocab = self.vocab
 
-        @lru_cache(maxsize=1 << 16)
         def bpe(run):
-            sym = [vocab.get(c, -1) for c in run]  # -1: the sentinel (no id)
-            while len(sym) > 1:
-                best = None
-                for i in range(len(sym) - 1):
-                    m = rank.get((sym[i], sym[i + 1]))
-                    if m is not None and (best is None or m[0] < best[0]):
-                        best = (m[0], i, m[1])
-                if best is None:
-                    break
-                _, i, new = best
-                sym[i:i + 2] = [new]
-            return tuple(sym)
+            sym = [vocab.get(c, -1) for c in run]  # -1: the sentinel (no id); None: merged into its left
+            n = len(sym)
+            nxt = list(range(1, n + 1))
+            prv = list(range(-1, n - 1))
+            heap = [(m[0], i, m[1]) for i in range(n - 1) for m in (rank.get((sym[i], sym[i + 1])),) if m]
+            heapq.heapify(heap)
+            while heap:
+                r, i, new = heapq.heappop(heap)
+                j = nxt[i]
+                if j >= n or sym[i] is None or rank.get((sym[i], sym[j]), (None,))[0] != r:
+                    continue  # stale: one of the two symbols has been merged since
+                sym[i], sym[j] = new, None
+                nxt[i] = k = nxt[j]
+                if k < n:
+                    prv[k] = i
+                    m = rank.get((new, sym[k]))
+                    if m:
+                        heapq.heappush(heap, (m[0], i, m[1]))
+                h = prv[i]
+                if h >= 0:
+                    m = rank.get((sym[h], new))
+                    if m:
+                        heapq.heappush(heap, (m[0], h, m[1]))
+            return [t for t in sym if t is not None]
+
+        cached = lru_cache(maxsize=1 << 16)(lambda run: tuple(bpe(run)))
 
         def run(text):  # text: no special tokens, unknown characters already replaced by the sentinel
             out = []
             for r in runs.findall(text):
-                out += bpe(r)
+                out += cached(r) if len(r) <= 64 else bpe(r)
             return out
         run.kind = "python"
         return run
@@ -641,14 +703,18 @@ _NAMED = {}  # built-in names -> tokenizer, built once per process (they never c
 
 
 def get_tokenizer(name_or_path="bvv241-2-3"):
-    """Names: bvv241-2-3 (built from the shipped n-gram list), bvv241-2-3-lossless, gpt2, cl100k_base
-    (and the other tiktoken encodings), hf:OWNER/REPO or hf:bvv241-2-3 / hf:bvv241-max (downloaded
-    once); or a path: an HF tokenizer.json, a folder holding one, or a file written by .save()."""
+    """Names: bvv241-2-3, bvv241-max, bvv241-abs (built from the released n-gram lists), bvv241-2-3-local
+    (from our own n-gram counts), each also as NAME-lossless; gpt2, cl100k_base (and the other tiktoken
+    encodings), hf:OWNER/REPO or hf:bvv241-2-3 / hf:bvv241-max (downloaded once); or a path: an HF
+    tokenizer.json, a folder holding one, or a file written by .save()."""
     name = str(name_or_path)
     if name in _NAMED:
         return _NAMED[name]
-    if name in ("bvv241-2-3", "bvv241-2-3-lossless"):
-        tok = UnicodeTokenizer.from_ngrams(read_ngrams(DEFAULT_NGRAMS), 65536, name.endswith("-lossless"), name)
+    base = name.removesuffix("-lossless")
+    if base in RELEASED or base == "bvv241-2-3-local":
+        ngrams = read_ngrams(LOCAL_NGRAMS) if base == "bvv241-2-3-local" else released_ngrams(base)
+        vocab_size = LAYOUTS[RELEASED[base][0] if base in RELEASED else "bvv241-2-3"][0]
+        tok = UnicodeTokenizer.from_ngrams(ngrams, vocab_size, name != base, name)
         return _NAMED.setdefault(name, tok)
     if name in ("gpt2", "cl100k_base", "o200k_base", "r50k_base", "p50k_base"):
         return _NAMED.setdefault(name, TiktokenTokenizer(name))
@@ -657,8 +723,8 @@ def get_tokenizer(name_or_path="bvv241-2-3"):
         return UnicodeTokenizer.from_hf_json(path, name=name)
     path = os.path.join(name, "tokenizer.json") if os.path.isdir(name) else name
     if not os.path.exists(path):
-        raise ValueError(f"unknown tokenizer {name!r}: not a known name (bvv241-2-3, bvv241-2-3-lossless, gpt2, "
-                         "cl100k_base, hf:OWNER/REPO) nor an existing file")
+        raise ValueError(f"unknown tokenizer {name!r}: not a known name (bvv241-2-3, bvv241-max, bvv241-abs, "
+                         "bvv241-2-3-local, NAME-lossless, gpt2, cl100k_base, hf:OWNER/REPO) nor an existing file")
     d = read_json(path)
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a JSON object (a tokenizer.json), got {type(d).__name__}")
