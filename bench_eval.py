@@ -28,6 +28,7 @@ import time
 import torch
 
 import eval as E
+from data.benchmarks import MMLU_SUBJECTS
 
 WORDS = ("the of and to in is was for on that with as by at from his an were are which this be or has had "
          "not first one their its new after but who they two her she been other when there all during into "
@@ -54,7 +55,7 @@ def synthesize(data_dir, arc_items, mmlu_subjects, mmlu_per_subject, seed=0):
             f.write(json.dumps(dict(id=f"synthetic_{i}", question=dict(stem=sentence(rng, 8, 35) + "?", choices=choices),
                                     answerKey=rng.choice(labels))) + "\n")
     os.makedirs(os.path.join(data_dir, "mmlu", "test"), exist_ok=True)
-    for subject in E.MMLU_SUBJECTS[:mmlu_subjects]:
+    for subject in MMLU_SUBJECTS[:mmlu_subjects]:
         with open(os.path.join(data_dir, "mmlu", "test", f"{subject}_test.csv"), "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             for _ in range(mmlu_per_subject):

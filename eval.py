@@ -1,29 +1,31 @@
 """
-Benchmark evaluation of glyphgpt checkpoints, single or merged (../shared/SPEC.md §7).
+Benchmark evaluation of glyphgpt checkpoints, single or merged (docs/design.md §7).
 
 Two protocols:
-  paper   the papers' generative protocol: zero-shot prompts (prompts.py), a few sampled new tokens,
-          scored by first character / substring / BLEU, `--runs` (10) runs on the same items,
-          reported as mean +- 1.96*sigma/sqrt(runs) in %. Seeded per item: reruns give the same numbers.
+  paper   the papers' generative protocol, scored as the released `_models_benchmarking.py` scores:
+          zero-shot prompts (prompts.py), a few sampled new tokens; the answer is the whole decoded
+          output without `<s>`, after len(prompt) characters, stripped and upper-cased; first
+          character / substring / per-item BLEU (sacrebleu.corpus_bleu, after a cut at `</S>`);
+          `--runs` (10) runs on the same items, mean +- 1.96 * std(run accuracies, ddof 0) / sqrt(runs)
+          in %. What the script leaves open (sampling, seeds, item samples) is ours, recorded in
+          every result file. Seeded per item: reruns give the same numbers.
   loglik  deterministic multiple choice the lm-evaluation-harness way: sum of log-probabilities of
           every answer continuation given the prompt; `acc`, and `acc_norm` (normalised by the
           answer's length in UTF-8 bytes). SQuAD v2 and translation stay generative, greedy.
 
+  python eval.py --ckpt out/ckpt.pt                      # the paper's five tasks, paper protocol
   python eval.py --ckpt out/ckpt.pt --tasks mmlu,arc_easy --protocol loglik
-  python eval.py --ckpt out/merged.pt --tasks paper --protocol paper --out results/merged.json
-  python eval.py --ckpt out/ckpt.pt --tasks bpb --val_data data/wiki_en
-  python eval.py --compare results/frozen.json results/trainable.json results/merged.json
+  python eval.py --ckpt out/merged.pt --tasks all --val_data data/wiki_en --out results/merged.json
+  python eval.py --compare out/eval_ckpt_paper.json out-trainable/eval_ckpt_paper.json
 
-Data: the benchmarks' original distribution files, downloaded once (sha256-checked) into
-$GLYPHGPT_CACHE/eval, or read from `--data_dir DIR` laid out like the originals:
-  mmlu/test/{subject}_test.csv           rows question,A,B,C,D,answer (no header)
-  arc/ARC-Easy/ARC-Easy-Dev.jsonl        AllenAI JSONL (question.stem, question.choices, answerKey)
-  arc/ARC-Challenge/ARC-Challenge-Dev.jsonl
-  commonsense_qa/dev_rand_split.jsonl    same JSONL layout as ARC
-  squad_v2/dev-v2.0.json                 the official SQuAD v2 JSON
-  hellaswag/hellaswag_val.jsonl          rowanz/hellaswag JSONL
-  boolq/dev.jsonl                        google-research BoolQ JSONL
-  opus100/en-ru/opus.en-ru-dev.{en,ru}   OPUS-100 v1.0 line-aligned text (likewise en-zh)
+Results go next to the checkpoint, named after it and the protocol (out/ckpt.pt ->
+out/eval_ckpt_paper.json), or to --out; a result file of another checkpoint is never overwritten.
+
+Data: the benchmarks' original files, downloaded once (sha256-checked) into $GLYPHGPT_CACHE/eval, or
+read from `--data_dir DIR` laid out like the originals (the layout: data/benchmarks.py):
+  mmlu/test/{subject}_test.csv, arc/ARC-Easy/ARC-Easy-Dev.jsonl, arc/ARC-Challenge/ARC-Challenge-Dev.jsonl,
+  commonsense_qa/dev_rand_split.jsonl, squad_v2/dev-v2.0.json, hellaswag/hellaswag_val.jsonl,
+  boolq/dev.jsonl, opus100/en-ru/opus.en-ru-dev.{en,ru}, opus100/en-zh/opus.en-zh-dev.{en,zh}
 
 Speed: log-likelihood requests are grouped by prompt; continuations' shared leading tokens are
 scored once, and when what is left of every option is one token (MMLU/ARC letters) all options come
@@ -31,18 +33,13 @@ out of ONE forward pass of the prompt. Rows are sorted by length and padded into
 rows and by tokens; for our GPT only the scored positions go through the 65,536-wide output head.
 """
 import argparse
-import csv
-import glob
 import hashlib
 import json
 import math
 import os
 import random
 import re
-import sys
-import tarfile
 import time
-import zipfile
 
 import numpy as np
 import torch
@@ -50,10 +47,12 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 import prompts as P
+from data import benchmarks as B
 
 # -----------------------------------------------------------------------------
-# defaults (SPEC §7 leaves sampling unpublished: these are our choices, recorded in every result)
+# defaults: where the released script is silent these are our choices, recorded in every result
 
+PROTOCOL = "paper"   # the default task group is the paper's five tasks: score them as the paper does
 RUNS = 10            # paper protocol: runs on the same items
 TEMPERATURE = 1.0    # Hugging Face generate()'s defaults for do_sample=True, the likeliest setting
 TOP_K = 50           #   of an evaluation script that "samples" without saying how
@@ -62,22 +61,10 @@ SQUAD_N, SQUAD_MAX_ANSWER, SQUAD_SAMPLE_SEED = 256, 8, 0  # 256 random answerabl
 OPUS_N = 128         # first 128 sentence pairs of the validation (dev) file, per direction
 MAX_NEW_CAP = 100    # SQuAD / translation: min(len(answer chars), 100) new tokens
 
-MMLU_SUBJECTS = """abstract_algebra anatomy astronomy business_ethics clinical_knowledge college_biology
-college_chemistry college_computer_science college_mathematics college_medicine college_physics
-computer_security conceptual_physics econometrics electrical_engineering elementary_mathematics
-formal_logic global_facts high_school_biology high_school_chemistry high_school_computer_science
-high_school_european_history high_school_geography high_school_government_and_politics
-high_school_macroeconomics high_school_mathematics high_school_microeconomics high_school_physics
-high_school_psychology high_school_statistics high_school_us_history high_school_world_history
-human_aging human_sexuality international_law jurisprudence logical_fallacies machine_learning
-management marketing medical_genetics miscellaneous moral_disputes moral_scenarios nutrition
-philosophy prehistory professional_accounting professional_law professional_medicine
-professional_psychology public_relations security_studies sociology us_foreign_policy virology
-world_religions""".split()
-
 # task -> how it is scored. "choice": one right option among several (paper: sampled letters scored
 # by first character; loglik: log-likelihood of each option). "yesno": BoolQ. "squad", "translate":
-# generative under both protocols. "bpb": bits per byte on a prepared val.bin.
+# generative under both protocols. "bpb": bits per byte on a prepared val.bin. source: the entry
+# of data/benchmarks.SOURCES that holds the task's file.
 TASKS = {
     "mmlu": dict(kind="choice", new_tokens=1, source="mmlu"),
     "arc_easy": dict(kind="choice", new_tokens=2, source="arc"),
@@ -95,7 +82,7 @@ TASKS = {
 GROUPS = {
     "paper": ["mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "squad_v2"],
     "translation": ["opus_en_ru", "opus_ru_en", "opus_en_zh", "opus_zh_en"],
-    "all": [t for t in TASKS if t != "bpb"],
+    "all": list(TASKS),  # bpb only when --val_data is given (main says so otherwise)
 }
 
 
@@ -116,115 +103,11 @@ def resolve_tasks(spec):
 
 
 # -----------------------------------------------------------------------------
-# downloads: the original files, sha256 from the Hugging Face `datasets` loaders' recorded checksums
-
-SOURCES = {
-    "mmlu": dict(url="https://people.eecs.berkeley.edu/~hendrycks/data.tar", size=166184960,
-                 sha256="bec563ba4bac1d6aaf04141cd7d1605d7a5ca833e38f994051e818489592989b",
-                 members={r"data/test/(\w+_test\.csv)": "mmlu/test/{0}"}),
-    "arc": dict(url="https://s3-us-west-2.amazonaws.com/ai2-website/data/ARC-V1-Feb2018.zip", size=680841265,
-                sha256="6d2d5ab50b2ceec6ba5f79c921be77cf2de712ea25a2b3f4fff3acc101cecfa0",
-                members={r"ARC-V1-Feb2018-2/(ARC-(Easy|Challenge))/ARC-(Easy|Challenge)-Dev\.jsonl":
-                         "arc/{0}/{0}-Dev.jsonl"}),
-    "commonsense_qa": dict(url="https://s3.amazonaws.com/commensenseqa/dev_rand_split.jsonl", size=471653,
-                           sha256="3210497fdaae614ac085d9eb873dd7f4d49b6f965a93adadc803e1229fd8a02a",
-                           dest="commonsense_qa/dev_rand_split.jsonl"),
-    "squad_v2": dict(url="https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v2.0.json", size=4370528,
-                     sha256="80a5225e94905956a6446d296ca1093975c4d3b3260f1d6c8f68bc2ab77182d8",
-                     dest="squad_v2/dev-v2.0.json"),
-    "hellaswag": dict(url="https://github.com/rowanz/hellaswag/raw/master/data/hellaswag_val.jsonl", size=12246618,
-                      sha256="0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588",
-                      dest="hellaswag/hellaswag_val.jsonl"),
-    "boolq": dict(url="https://storage.googleapis.com/boolq/dev.jsonl", size=2238726,
-                  sha256="ebc29ea3808c5c611672384b3de56e83349fe38fc1fe876fd29b674d81d0a80a",
-                  dest="boolq/dev.jsonl"),
-    "opus_en_ru": dict(url="https://object.pouta.csc.fi/OPUS-100/v1.0/opus-100-corpus-en-ru-v1.0.tar.gz",
-                       size=68501634, sha256="422c96c952e37a0e7ae924538f6c521a9dcedb200e0b29eab07a6e3fd00cca9d",
-                       members={r"opus-100-corpus/v1\.0/supervised/en-ru/(opus\.en-ru-dev\.(en|ru))": "opus100/en-ru/{0}"}),
-    "opus_en_zh": dict(url="https://object.pouta.csc.fi/OPUS-100/v1.0/opus-100-corpus-en-zh-v1.0.tar.gz",
-                       size=83265500, sha256="c417af397ec380032528a9de8e2fbed40e2de78e0bcc6bace0de257a01ae6635",
-                       members={r"opus-100-corpus/v1\.0/supervised/en-zh/(opus\.en-zh-dev\.(en|zh))": "opus100/en-zh/{0}"}),
-}
-
-
-def extract(archive, members, data_dir):
-    """Copy the archive members matching the `members` patterns to data_dir/<target>."""
-    opened = zipfile.ZipFile(archive) if archive.endswith(".zip") else tarfile.open(archive)
-    with opened as a:
-        names = a.namelist() if isinstance(a, zipfile.ZipFile) else a.getnames()
-        for name in names:
-            for pattern, target in members.items():
-                m = re.fullmatch(pattern, name)
-                if not m:
-                    continue
-                out = os.path.join(data_dir, target.format(*m.groups()))
-                os.makedirs(os.path.dirname(out), exist_ok=True)
-                f = a.open(name) if isinstance(a, zipfile.ZipFile) else a.extractfile(name)
-                with f, open(out + ".tmp", "wb") as g:
-                    g.write(f.read())
-                os.replace(out + ".tmp", out)
-
-
-def ensure_data(task_names):
-    """Download (once) the original files the tasks need; returns the data_dir they are laid out in."""
-    from data.download import cache_dir, download  # resumable, size + sha256 verified, one-line errors
-    data_dir = cache_dir("eval", "data")
-    done = os.path.join(data_dir, ".done")
-    have = set(open(done).read().split()) if os.path.exists(done) else set()
-    for src in dict.fromkeys(TASKS[t]["source"] for t in task_names if "source" in TASKS[t]):
-        if src in have:
-            continue
-        s = SOURCES[src]
-        try:
-            if "dest" in s:  # a plain file: download straight into the layout
-                download(s["url"], os.path.join(data_dir, s["dest"]), s["sha256"], s["size"], what=f"the {src} benchmark")
-            else:
-                archive = os.path.join(cache_dir("eval", "downloads"), os.path.basename(s["url"]))
-                extract(download(s["url"], archive, s["sha256"], s["size"], what=f"the {src} benchmark"),
-                        s["members"], data_dir)
-        except SystemExit as e:
-            raise SystemExit(f"{e}; or pass --data_dir DIR holding the original files (layout: python eval.py --help)") from None
-        with open(done, "a") as f:
-            f.write(src + "\n")
-    return data_dir
-
-
-# -----------------------------------------------------------------------------
-# loading the original formats into items
+# items: the benchmarks' records (data/benchmarks.py) as prompts and scoring requests
 #
-# every item: id, prompt (the SPEC §7 generative prompt). Choice items add gold (index), labels (what
-# the paper protocol's first character must equal), ll_context / ll_choices (the log-likelihood
-# request strings). Generative items add answer (SQuAD) or ref (translation) and max_new.
-
-def need_file(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: missing benchmark file (pass --data_dir with the original layout, "
-                                f"or leave --data_dir out to download it)")
-    return path
-
-
-def read_jsonl(path):
-    """[(line number, object)], with file:line in every error."""
-    rows = []
-    with open(need_file(path), encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
-
-
-def field(obj, dotted, where):
-    """obj['a']['b'] for 'a.b', or a ValueError naming the file, line and key."""
-    for key in dotted.split("."):
-        if not isinstance(obj, dict) or key not in obj:
-            raise ValueError(f"{where}: missing key {dotted!r}")
-        obj = obj[key]
-    return obj
-
+# every item: id, prompt (the docs/design.md §7 generative prompt). Choice items add gold (index),
+# labels (what the paper protocol's first character must equal), ll_context / ll_choices (the
+# log-likelihood request strings). Generative items add answer (SQuAD) or ref (translation) and max_new.
 
 def choice_item(id_, prompt, labels, gold, ll_context=None, ll_choices=None, norm_texts=None, **extra):
     """A multiple-choice item. Log-likelihood scoring reads the answer right after the prompt, as the
@@ -236,45 +119,24 @@ def choice_item(id_, prompt, labels, gold, ll_context=None, ll_choices=None, nor
                 norm_bytes=[len(t.encode("utf-8")) for t in (norm_texts or ll_choices)], **extra)
 
 
-def load_mmlu(data_dir, limit=None):
-    test_dir = os.path.join(data_dir, "mmlu", "test")
-    if not os.path.isdir(test_dir) and os.path.isdir(os.path.join(data_dir, "mmlu", "data", "test")):
-        test_dir = os.path.join(data_dir, "mmlu", "data", "test")  # data.tar unpacked as is
-    files = sorted(glob.glob(os.path.join(test_dir, "*_test.csv")))
-    if not files:
-        raise FileNotFoundError(f"{test_dir}: no MMLU files ({{subject}}_test.csv) found")
-    items = []
-    for path in files:
-        subject = os.path.basename(path)[:-len("_test.csv")]
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            n_subject = 0
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                if len(row) != 6:
-                    raise ValueError(f"{where}: expected 6 fields (question,A,B,C,D,answer), got {len(row)}")
-                answer = row[5].strip()
-                if answer not in ("A", "B", "C", "D"):
-                    raise ValueError(f"{where}: answer {row[5]!r} is not one of A, B, C, D")
-                if limit is None or n_subject < limit:  # --limit applies per subject
-                    items.append(choice_item(f"{subject}/{n_subject}", P.mmlu_prompt(row[0], row[1:5]), "ABCD",
-                                             "ABCD".index(answer), subject=subject))
-                n_subject += 1
+def mmlu_items(data_dir, limit=None):
+    items, seen = [], {}
+    for r in B.mmlu_records(data_dir):
+        k = seen[r["subject"]] = seen.get(r["subject"], -1) + 1
+        if limit is None or k < limit:  # --limit applies per subject
+            items.append(choice_item(f"{r['subject']}/{k}", P.mmlu_prompt(r["question"], r["choices"]), "ABCD",
+                                     "ABCD".index(r["answer"]), subject=r["subject"]))
     return items
 
 
-def load_arc_jsonl(path):
-    """ARC and CommonsenseQA share the AllenAI layout: question.stem, question.choices[{text,label}], answerKey."""
+def arc_items(path):
+    """ARC and CommonsenseQA: the dataset's own labels (a few ARC items use 1-4)."""
     items = []
-    for n, obj in read_jsonl(path):
-        where = f"{path}:{n}"
-        stem, choices, key = field(obj, "question.stem", where), field(obj, "question.choices", where), \
-            field(obj, "answerKey", where)
-        labels = [field(c, "label", where) for c in choices]
-        texts = [field(c, "text", where) for c in choices]
-        if key not in labels:
-            raise ValueError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
-        items.append(choice_item(obj.get("id", str(n)), P.arc_prompt(stem, labels, texts), labels, labels.index(key)))
+    for r in B.arc_records(B.read_text(path), path):
+        if r["answer"] is None:
+            raise ValueError(f"{path}: item {r['id']} has no answerKey (a test split without answers?)")
+        items.append(choice_item(r["id"], P.arc_prompt(r["question"], r["labels"], r["texts"]), r["labels"],
+                                 r["labels"].index(r["answer"])))
     return items
 
 
@@ -285,142 +147,110 @@ def hellaswag_preprocess(text):
     return text.replace("  ", " ")
 
 
-def load_hellaswag(path):
+def hellaswag_items(path):
     """HellaSwag is not in the papers: loglik uses lm-eval's completion form (context, then ' ' + each
     ending, acc_norm is the usual figure); the paper protocol lists the endings as options A-D."""
     items = []
-    for n, obj in read_jsonl(path):
-        where = f"{path}:{n}"
-        ctx = field(obj, "ctx_a", where) + " " + field(obj, "ctx_b", where).capitalize()
-        query = hellaswag_preprocess(field(obj, "activity_label", where) + ": " + ctx)
-        endings = [hellaswag_preprocess(e) for e in field(obj, "endings", where)]
-        label = str(field(obj, "label", where))
-        if not label.isdigit() or int(label) >= len(endings):
-            raise ValueError(f"{where}: label {label!r} is not an index into the {len(endings)} endings")
-        labels = "ABCDEFGHIJ"[:len(endings)]
-        items.append(choice_item(str(obj.get("ind", n)), P.arc_prompt(query, labels, endings), labels, int(label),
+    for r in B.hellaswag_records(B.read_text(path), path):
+        query = hellaswag_preprocess(r["activity_label"] + ": " + r["ctx_a"] + " " + r["ctx_b"].capitalize())
+        endings = [hellaswag_preprocess(e) for e in r["endings"]]
+        labels = P.LETTERS[:len(endings)]
+        items.append(choice_item(r["id"], P.arc_prompt(query, labels, endings), labels, r["label"],
                                  ll_context=query, ll_choices=[" " + e for e in endings], norm_texts=endings))
     return items
 
 
-def load_boolq(path):
-    items = []
-    for n, obj in read_jsonl(path):
-        where = f"{path}:{n}"
-        answer = field(obj, "answer", where)
-        if not isinstance(answer, bool):
-            raise ValueError(f"{where}: answer {answer!r} is not true/false")
-        prompt = P.boolq_prompt(field(obj, "passage", where), field(obj, "question", where))
-        labels = [P.boolq_answer(True), P.boolq_answer(False)]
-        items.append(choice_item(str(n), prompt, labels, 0 if answer else 1))
-    return items
+def boolq_items(path):
+    labels = [P.boolq_answer(True), P.boolq_answer(False)]
+    return [choice_item(r["id"], P.boolq_prompt(r["passage"], r["question"]), labels, 0 if r["answer"] else 1)
+            for r in B.boolq_records(B.read_text(path), path)]
 
 
-def load_squad(path, n=SQUAD_N, max_answer=SQUAD_MAX_ANSWER, sample_seed=SQUAD_SAMPLE_SEED):
+def squad_items(path, n=SQUAD_N, max_answer=SQUAD_MAX_ANSWER, sample_seed=SQUAD_SAMPLE_SEED):
     """n random answerable questions whose first answer has <= max_answer characters (a fixed sample:
-    the same items for every model and run)."""
-    try:
-        with open(need_file(path), encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    pool = []
-    for a, article in enumerate(field(data, "data", path)):
-        for p, para in enumerate(field(article, "paragraphs", f"{path}: data[{a}]")):
-            where = f"{path}: data[{a}].paragraphs[{p}]"
-            context = field(para, "context", where)
-            for qa in field(para, "qas", where):
-                answers = qa.get("answers") or []
-                if qa.get("is_impossible") or not answers:
-                    continue
-                answer = field(answers[0], "text", where)
-                if len(answer) <= max_answer:
-                    pool.append(dict(id=qa.get("id"), prompt=P.squad_prompt(context, field(qa, "question", where)),
-                                     answer=answer, max_new=min(len(answer), MAX_NEW_CAP)))
+    the same items for every model and run; the released script shuffles unseeded)."""
+    pool = [dict(id=r["id"], prompt=P.squad_prompt(r["context"], r["question"]), answer=r["answers"][0],
+                 max_new=min(len(r["answers"][0]), MAX_NEW_CAP))
+            for r in B.squad_records(B.read_text(path), path) if r["answers"] and len(r["answers"][0]) <= max_answer]
     if len(pool) > n:
         pool = random.Random(sample_seed).sample(pool, n)
     return pool
 
 
-def load_opus(data_dir, pair, src, tgt, n=OPUS_N):
-    paths = {lang: need_file(os.path.join(data_dir, "opus100", pair, f"opus.{pair}-dev.{lang}")) for lang in pair.split("-")}
-    lines = {}
-    for lang, path in paths.items():
-        with open(path, encoding="utf-8") as f:
-            lines[lang] = f.read().split("\n")
-        if lines[lang] and lines[lang][-1] == "":
-            lines[lang].pop()
-    a, b = pair.split("-")
-    if len(lines[a]) != len(lines[b]):
-        raise ValueError(f"{paths[a]} has {len(lines[a])} lines but {paths[b]} has {len(lines[b])}: "
-                         f"the two sides of a parallel corpus must align line by line")
-    items = []
-    for i, (s, t) in enumerate(zip(lines[src][:n], lines[tgt][:n])):
-        items.append(dict(id=f"{src}-{tgt}/{i}", prompt=P.translate_prompt(src, tgt, s), ref=t,
-                          max_new=min(len(t), MAX_NEW_CAP)))
-    return items
+def opus_items(data_dir, pair, src, tgt, n=OPUS_N):
+    lines = B.opus_lines(data_dir, pair)
+    return [dict(id=f"{src}-{tgt}/{i}", prompt=P.translate_prompt(src, tgt, s), ref=t, max_new=min(len(t), MAX_NEW_CAP))
+            for i, (s, t) in enumerate(zip(lines[src][:n], lines[tgt][:n]))]
 
 
 def load_task(name, data_dir, limit=None):
     spec = TASKS[name]
     if name == "mmlu":
-        items = load_mmlu(data_dir, limit)
-    elif name in ("arc_easy", "arc_challenge"):
+        return mmlu_items(data_dir, limit)
+    if name in ("arc_easy", "arc_challenge"):
         part = "ARC-Easy" if name == "arc_easy" else "ARC-Challenge"
-        items = load_arc_jsonl(os.path.join(data_dir, "arc", part, f"{part}-Dev.jsonl"))
+        items = arc_items(os.path.join(data_dir, "arc", part, f"{part}-Dev.jsonl"))
     elif name == "commonsense_qa":
-        items = load_arc_jsonl(os.path.join(data_dir, "commonsense_qa", "dev_rand_split.jsonl"))
+        items = arc_items(os.path.join(data_dir, "commonsense_qa", "dev_rand_split.jsonl"))
     elif name == "hellaswag":
-        items = load_hellaswag(os.path.join(data_dir, "hellaswag", "hellaswag_val.jsonl"))
+        items = hellaswag_items(os.path.join(data_dir, "hellaswag", "hellaswag_val.jsonl"))
     elif name == "boolq":
-        items = load_boolq(os.path.join(data_dir, "boolq", "dev.jsonl"))
+        items = boolq_items(os.path.join(data_dir, "boolq", "dev.jsonl"))
     elif name == "squad_v2":
-        items = load_squad(os.path.join(data_dir, "squad_v2", "dev-v2.0.json"))
+        items = squad_items(os.path.join(data_dir, "squad_v2", "dev-v2.0.json"))
     elif spec["kind"] == "translate":
-        items = load_opus(data_dir, spec["pair"], spec["src"], spec["tgt"])
+        items = opus_items(data_dir, spec["pair"], spec["src"], spec["tgt"])
     else:
         raise ValueError(f"task {name!r} has no benchmark file")
-    return items if (limit is None or name == "mmlu") else items[:limit]
+    return items if limit is None else items[:limit]
 
 
 # -----------------------------------------------------------------------------
-# scoring rules of the paper protocol and the confidence interval
+# scoring rules of the paper protocol (the released _models_benchmarking.py) and the intervals
 
-def first_char(text):
-    """First non-space character, upper-cased ('' if none): ' b' -> 'B'."""
-    s = text.lstrip()
-    return s[:1].upper()
-
-
-def first_char_correct(continuation, label):
-    return first_char(continuation) == str(label).upper()
+def released_answer(output, prompt):
+    """The released script's reading of one generation: the whole decoded output (prompt + new
+    tokens), `<s>` removed, the text after len(prompt) characters, stripped, upper-cased."""
+    return output.replace("<s>", "")[len(prompt):].strip().upper()
 
 
-def first_word_correct(continuation, answer):
+def first_char_correct(answer, label):
+    """MMLU / ARC / CSQA: the answer's first character is the label (' b' -> 'B': stripped, upper)."""
+    return answer.strip()[:1].upper() == str(label).upper()
+
+
+def first_word_correct(answer, expected):
     """BoolQ (not in the papers): the first word, lower-cased, without punctuation, equals yes / no."""
-    words = re.findall(r"\w+", continuation.lower())
-    return bool(words) and words[0] == answer
+    words = re.findall(r"\w+", answer.lower())
+    return bool(words) and words[0] == expected
 
 
-def substring_correct(continuation, answer):
-    return answer.upper() in continuation.upper()
+def substring_correct(answer, expected):
+    """SQuAD: upper(expected) is a substring of the upper-cased answer."""
+    return expected.upper() in answer.upper()
 
 
-def bleu(hypothesis, reference):
-    """Sentence BLEU with sacrebleu's defaults on upper-cased strings (SPEC §7)."""
-    try:
-        import sacrebleu
-    except ImportError:
-        raise SystemExit("translation tasks need sacrebleu: pip install sacrebleu") from None
-    return sacrebleu.sentence_bleu(hypothesis.upper(), [reference.upper()]).score
+def translation_bleu(answer, reference):
+    """One item's BLEU as the released script computes it: the (upper-cased) answer cut at the first
+    `</S>` (an upper-cased `</s>`), sacrebleu.corpus_bleu of that single pair against the upper-cased
+    reference. corpus_bleu has no effective order: a hypothesis under 4 words scores 0.0 even when
+    it equals the reference (sentence_bleu would give 100.0)."""
+    import sacrebleu  # a requirement; imported here so that choice tasks do not pay for it
+    hyp = answer.upper().split("</S>", 1)[0]
+    return sacrebleu.corpus_bleu([hyp], [[reference.upper()]]).score
 
 
-def mean_ci(values):
-    """(mean, 1.96 * sample std / sqrt(n)): the papers' mean +- 1.96*sigma/sqrt(n); sigma with ddof=1
-    (0 when n == 1)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan")
+def run_interval(run_scores):
+    """(mean, half-width) of per-run scores as the released script reports them:
+    1.96 * np.std(run_scores) / sqrt(n_runs), numpy's population std (ddof 0)."""
+    v = np.asarray(run_scores, dtype=np.float64)
+    return float(v.mean()), float(1.96 * v.std() / math.sqrt(v.size))
+
+
+def item_interval(item_scores):
+    """(mean, half-width) over the items of ONE deterministic run (the loglik protocol): 1.96 times
+    the standard error with the sample std (ddof 1), as lm-evaluation-harness reports it."""
+    v = np.asarray(item_scores, dtype=np.float64)
     sd = v.std(ddof=1) if v.size > 1 else 0.0
     return float(v.mean()), float(1.96 * sd / math.sqrt(v.size))
 
@@ -442,10 +272,6 @@ def encode_requests(tok, pairs):
     texts = list(dict.fromkeys([c for c, _ in split] + [c + k for c, k in split]))
     ids = dict(zip(texts, tok.encode_batch(texts)))
     return [(ids[c], ids[c + k][len(ids[c]):]) for c, k in split]
-
-
-def encode_pair(tok, context, continuation):
-    return encode_requests(tok, [(context, continuation)])[0]
 
 
 def is_plain_gpt(model):
@@ -583,10 +409,12 @@ def item_generator(seed, task, key, device):
 
 
 @torch.no_grad()
-def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, top_k, seed, keys=None,
-                         batch_size=64, max_tokens=8192, dtype="auto", progress=False):
-    """-> ([per item: `runs` continuation strings], n truncated). temperature 0 = greedy (runs = 1).
-    keys: the items' ids, which seed their generators (default: their positions).
+def sample_answers(model, tok, task, prompts, max_new, runs, temperature, top_k, seed, keys=None,
+                   batch_size=64, max_tokens=8192, dtype="auto", progress=False):
+    """-> ([per item: `runs` answers, each released_answer() of prompt + new tokens], n truncated).
+    temperature 0 = greedy (runs = 1). keys: the items' ids, which seed their generators (default:
+    their positions). A prompt longer than the context loses its beginning; its answer is then read
+    after the decoded kept prompt instead of after len(prompt) characters.
     One new token (MMLU): the prompts are batched, one forward pass each, and the `runs` samples are
     drawn from that one distribution. Longer: model.generate (KV cache) on the prompt repeated
     `runs` times."""
@@ -598,6 +426,7 @@ def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, 
     fitted = [fit_prompt(ids, block - n) for ids, n in zip(encoded, news)]
     truncated = sum(t for _, t in fitted)
     rows = [ids for ids, _ in fitted]
+    shown = [tok.decode(ids) if cut else p for (ids, cut), p in zip(fitted, prompts)]  # what len() slices off
     keys = list(range(len(prompts))) if keys is None else keys
     out = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=f"{task} generate", unit="item", disable=not progress, leave=False)
@@ -609,8 +438,9 @@ def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, 
                 logits = logits_at(model, pad(rows, ids, device), b, pos).float()
             for k, i in enumerate(ids):
                 g = item_generator(seed, task, keys[i], device)
-                nxt = sample_next(logits[k:k + 1].expand(runs, -1), temperature, top_k, g)
-                out[i] = [tok.decode([int(t)]) for t in nxt[:, 0].tolist()]
+                drawn = sample_next(logits[k:k + 1].expand(runs, -1), temperature, top_k, g)[:, 0].tolist()
+                answer = {t: released_answer(tok.decode(rows[i] + [t]), shown[i]) for t in set(drawn)}
+                out[i] = [answer[t] for t in drawn]
             bar.update(len(ids))
     else:
         for i, ids in enumerate(rows):
@@ -618,7 +448,7 @@ def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, 
             idx = torch.tensor([ids] * runs, dtype=torch.long, device=device)
             with autocast(device, dtype):
                 y = model.generate(idx, news[i], temperature=temperature, top_k=top_k, generator=g)
-            out[i] = [tok.decode(seq[len(ids):]) for seq in y.tolist()]
+            out[i] = [released_answer(tok.decode(seq), shown[i]) for seq in y.tolist()]
             bar.update(1)
     bar.close()
     return out, truncated
@@ -630,13 +460,13 @@ def sample_continuations(model, tok, task, prompts, max_new, runs, temperature, 
 def acc_entry(correct_runs):
     """correct_runs [runs, n] booleans -> mean / ci95 (% over runs) and the per-run accuracies."""
     accs = 100.0 * np.asarray(correct_runs, dtype=np.float64).mean(axis=1)
-    mean, ci = mean_ci(accs)
+    mean, ci = run_interval(accs)
     return dict(mean=mean, ci95=ci, runs=[float(a) for a in accs])
 
 
 def item_entry(values):
     """Per-item values (one deterministic run) -> mean and the usual standard-error CI over items."""
-    mean, ci = mean_ci(values)
+    mean, ci = item_interval(values)
     return dict(mean=mean, ci95=ci)
 
 
@@ -657,18 +487,18 @@ def add_per_subject(res, items, correct, stat):
 
 def eval_choice_paper(model, tok, name, items, opt):
     spec = TASKS[name]
-    conts, trunc = sample_continuations(model, tok, name, [it["prompt"] for it in items], spec["new_tokens"],
-                                        opt["runs"], opt["temperature"], opt["top_k"], opt["seed"],
-                                        [it["id"] for it in items], **opt["batching"])
+    answers, trunc = sample_answers(model, tok, name, [it["prompt"] for it in items], spec["new_tokens"],
+                                    opt["runs"], opt["temperature"], opt["top_k"], opt["seed"],
+                                    [it["id"] for it in items], **opt["batching"])
     if spec["kind"] == "yesno":
         ok = lambda c, it: first_word_correct(c, it["labels"][it["gold"]])
     else:
         ok = lambda c, it: first_char_correct(c, it["labels"][it["gold"]])
-    correct = np.array([[ok(conts[j][r], it) for j, it in enumerate(items)] for r in range(opt["runs"])])
+    correct = np.array([[ok(answers[j][r], it) for j, it in enumerate(items)] for r in range(opt["runs"])])
     res = dict(metric="acc", n=len(items), truncated=trunc, **acc_entry(correct))
     if name == "mmlu":
         add_per_subject(res, items, correct, lambda c: {k: v for k, v in acc_entry(c).items() if k != "runs"})
-    samples = [dict(id=it["id"], gold=it["labels"][it["gold"]], outputs=conts[j]) for j, it in enumerate(items)]
+    samples = [dict(id=it["id"], gold=it["labels"][it["gold"]], answers=answers[j]) for j, it in enumerate(items)]
     return res, samples
 
 
@@ -715,24 +545,25 @@ def eval_choice_loglik(model, tok, name, items, opt):
 def eval_generative(model, tok, name, items, opt, greedy):
     kind = TASKS[name]["kind"]
     runs, temperature = (1, 0.0) if greedy else (opt["runs"], opt["temperature"])
-    conts, trunc = sample_continuations(model, tok, name, [it["prompt"] for it in items], [it["max_new"] for it in items],
-                                        runs, temperature, opt["top_k"], opt["seed"], [it["id"] for it in items],
-                                        **opt["batching"])
+    answers, trunc = sample_answers(model, tok, name, [it["prompt"] for it in items], [it["max_new"] for it in items],
+                                    runs, temperature, opt["top_k"], opt["seed"], [it["id"] for it in items],
+                                    **opt["batching"])
     if kind == "squad":
         metric = "acc"
-        scores = np.array([[100.0 * substring_correct(conts[j][r], it["answer"]) for j, it in enumerate(items)]
+        scores = np.array([[100.0 * substring_correct(answers[j][r], it["answer"]) for j, it in enumerate(items)]
                            for r in range(runs)])
     else:
         metric = "bleu"
-        scores = np.array([[bleu(conts[j][r].strip(), it["ref"]) for j, it in enumerate(items)] for r in range(runs)])
+        scores = np.array([[translation_bleu(answers[j][r], it["ref"]) for j, it in enumerate(items)]
+                           for r in range(runs)])
     per_run = scores.mean(axis=1)
     if greedy:
         stat = item_entry(scores[0])
     else:
-        mean, ci = mean_ci(per_run)
+        mean, ci = run_interval(per_run)
         stat = dict(mean=mean, ci95=ci, runs=[float(x) for x in per_run])
     res = dict(metric=metric, n=len(items), truncated=trunc, **stat)
-    samples = [dict(id=it["id"], target=it.get("answer", it.get("ref")), outputs=conts[j]) for j, it in enumerate(items)]
+    samples = [dict(id=it["id"], target=it.get("answer", it.get("ref")), answers=answers[j]) for j, it in enumerate(items)]
     return res, samples
 
 
@@ -763,7 +594,7 @@ def eval_bpb(model, tok, val_data, limit=None, batch_size=4, dtype="auto", progr
     return dict(metric="bpb", n=count, mean=bpb, ci95=None, loss=nats, truncated=0), []
 
 
-def evaluate(model, tok, task_names, protocol="loglik", data_dir=None, limit=None, runs=RUNS,
+def evaluate(model, tok, task_names, protocol=PROTOCOL, data_dir=None, limit=None, runs=RUNS,
              temperature=TEMPERATURE, top_k=TOP_K, seed=SEED, batch_size=64, max_tokens=8192, dtype="auto",
              val_data=None, progress=False, log_samples=False):
     """Evaluate `model` (anything with the GPT interface) on the tasks -> {task: result dict}."""
@@ -796,7 +627,7 @@ def evaluate(model, tok, task_names, protocol="loglik", data_dir=None, limit=Non
 
 
 # -----------------------------------------------------------------------------
-# reporting
+# result files and reporting
 
 def model_fingerprint(model):
     """16 hex chars of sha256 over every parameter and buffer (names and float32 bytes)."""
@@ -807,6 +638,57 @@ def model_fingerprint(model):
     return h.hexdigest()[:16]
 
 
+def substrate(model, tok):
+    """The frozen substrate the scores stand on: the tokenizer, and the glyph table's substrate key
+    (glyph_embed: what the table is built from) and fingerprint (its bytes); None for a trainable
+    embedding or a checkpoint saved before tables carried a key."""
+    info = getattr(model, "table_info", None) or {}
+    return dict(tokenizer=tok.name, tokenizer_fingerprint=tok.fingerprint, table_key=info.get("key"),
+                table_fingerprint=getattr(model, "table_fingerprint", None))
+
+
+def our_choices(protocol, runs, temperature, top_k, seed, limit):
+    """What the released script does not fix and we chose, for the result file (docs/design.md §7)."""
+    items = dict(squad_v2=f"{SQUAD_N} answerable dev items whose first answer has <= {SQUAD_MAX_ANSWER} characters, "
+                          f"random.Random({SQUAD_SAMPLE_SEED}).sample (the released script shuffles unseeded)",
+                 opus=f"the first {OPUS_N} dev lines per direction", limit=limit)
+    truncation = "a prompt longer than the context loses tokens from the left; the answer is read after the kept prompt"
+    if protocol == "paper":
+        return dict(scoring="released _models_benchmarking.py", runs=runs, temperature=temperature, top_k=top_k,
+                    seed=seed, seeding="one generator per (seed, task, item id)", items=items, truncation=truncation)
+    return dict(scoring="log-likelihood of each option (acc; acc_norm per UTF-8 byte); SQuAD and translation "
+                        "greedy, answers read as the released script reads them", items=items, truncation=truncation)
+
+
+def default_out(ckpt, protocol):
+    """out/ckpt.pt -> out/eval_ckpt_paper.json: next to the checkpoint, named after it."""
+    stem = os.path.splitext(os.path.basename(ckpt))[0]
+    return os.path.join(os.path.dirname(os.path.abspath(ckpt)), f"eval_{stem}_{protocol}.json")
+
+
+def check_overwrite(path, ckpt):
+    """A result file may only be replaced by new results of the same checkpoint file."""
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        old = None
+    if not isinstance(old, dict) or "tasks" not in old:
+        raise ValueError(f"{path} exists and is not an eval.py result file: not overwritten (pass another --out)")
+    if os.path.abspath(old.get("ckpt", "")) != os.path.abspath(ckpt):
+        raise ValueError(f"{path} holds the results of {old.get('ckpt')}, not of {ckpt}: not overwritten "
+                         f"(pass another --out)")
+
+
+def write_json(obj, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+
+
 def fmt(res, key="mean"):
     v = res.get(key) if key == "mean" else res.get(key, {}).get("mean")
     if v is None:
@@ -815,11 +697,19 @@ def fmt(res, key="mean"):
     return f"{v:.2f}" + (f" ± {ci:.2f}" if ci is not None and not math.isnan(ci) else "")
 
 
-def table(results):
-    lines = [f"{'task':<16} {'metric':<9} {'n':>6}  {'score':<16} {'acc_norm':<16} {'trunc':>5}"]
-    for name, r in results["tasks"].items():
-        lines.append(f"{name:<16} {r['metric']:<9} {r['n']:>6}  {fmt(r):<16} {fmt(r, 'acc_norm') if 'acc_norm' in r else '':<16} "
-                     f"{r.get('truncated', 0):>5}")
+def table(record):
+    """The results as a text table, and below it what its columns mean where that is not obvious."""
+    lines = [f"{'task':<16} {'metric':<9} {'n':>6}  {'score':<16} {'acc_norm':<16} {'trunc':>9}"]
+    for name, r in record["tasks"].items():
+        trunc = f"{r.get('truncated', 0)}/{r['n']}" if r["metric"] != "bpb" else ""
+        lines.append(f"{name:<16} {r['metric']:<9} {r['n']:>6}  {fmt(r):<16} "
+                     f"{fmt(r, 'acc_norm') if 'acc_norm' in r else '':<16} {trunc:>9}")
+    lines.append("score: mean ± 1.96·std/√n over " + (f"{record['choices']['runs']} runs (ddof 0, the released script's)"
+                                                     if record["protocol"] == "paper" else "items (ddof 1)")
+                 + "; bpb's n counts tokens")
+    if any(r.get("truncated") for r in record["tasks"].values()):
+        lines.append(f"trunc: items whose prompt was longer than the model's context ({record['block_size']} "
+                     f"tokens minus the new ones) and lost its beginning; they are scored on what was left")
     return "\n".join(lines)
 
 
@@ -887,26 +777,31 @@ def open_tokenizer(ckpt, name=None):
 
 
 def parse_args(argv):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--ckpt", help="checkpoint (single or merged) to evaluate")
-    ap.add_argument("--tasks", default="paper", help=f"comma list of tasks or groups; tasks: {', '.join(TASKS)}; "
-                                                     f"groups: {', '.join(GROUPS)} (default: paper)")
-    ap.add_argument("--protocol", default="loglik", choices=["paper", "loglik"])
-    ap.add_argument("--data_dir", help="read the benchmarks' original files from here instead of downloading")
-    ap.add_argument("--val_data", help="prepared dataset directory (val.bin + meta.json) for the bpb task")
-    ap.add_argument("--limit", type=int, help="first N items per task (per subject for MMLU)")
-    ap.add_argument("--runs", type=int, default=RUNS, help="paper protocol: sampled runs per item")
-    ap.add_argument("--temperature", type=float, default=TEMPERATURE, help="paper protocol sampling temperature")
-    ap.add_argument("--top_k", type=int, default=TOP_K, help="paper protocol top-k (0 = no top-k)")
-    ap.add_argument("--seed", type=int, default=SEED)
-    ap.add_argument("--batch_size", type=int, default=64, help="max rows per forward pass")
-    ap.add_argument("--max_tokens", type=int, default=8192, help="max padded tokens per forward pass")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32"], help="auto: bf16 autocast on CUDA")
-    ap.add_argument("--tokenizer", help="override the checkpoint's tokenizer_name")
-    ap.add_argument("--out", help="result JSON (default: eval_<ckpt name>_<protocol>.json)")
-    ap.add_argument("--log_samples", action="store_true", help="store every item's outputs in the JSON")
+    ap.add_argument("--tasks", default="paper", help=f"comma list of tasks or groups (default: paper = "
+                                                     f"{','.join(GROUPS['paper'])}); tasks: {', '.join(TASKS)}; "
+                                                     f"groups: {', '.join(GROUPS)}")
+    ap.add_argument("--protocol", default=PROTOCOL, choices=["paper", "loglik"], help=f"(default: {PROTOCOL})")
+    ap.add_argument("--data_dir", help="read the benchmarks' original files from here (default: download them "
+                                       "once into $GLYPHGPT_CACHE/eval)")
+    ap.add_argument("--val_data", help="prepared dataset directory (val.bin + meta.json) for the bpb task "
+                                       "(default: none, so bpb is not run)")
+    ap.add_argument("--limit", type=int, help="first N items per task, per subject for MMLU (default: all)")
+    ap.add_argument("--runs", type=int, default=RUNS, help=f"paper protocol: sampled runs on the same items (default: {RUNS})")
+    ap.add_argument("--temperature", type=float, default=TEMPERATURE,
+                    help=f"paper protocol: sampling temperature (default: {TEMPERATURE})")
+    ap.add_argument("--top_k", type=int, default=TOP_K, help=f"paper protocol: top-k, 0 = none (default: {TOP_K})")
+    ap.add_argument("--seed", type=int, default=SEED, help=f"paper protocol: seed of every item's generator (default: {SEED})")
+    ap.add_argument("--batch_size", type=int, default=64, help="max rows per forward pass (default: 64)")
+    ap.add_argument("--max_tokens", type=int, default=8192, help="max padded tokens per forward pass (default: 8192)")
+    ap.add_argument("--device", default=device, help=f"(default: {device})")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32"], help="auto: bf16 autocast on CUDA (default: auto)")
+    ap.add_argument("--tokenizer", help="override the checkpoint's tokenizer (default: the one it records)")
+    ap.add_argument("--out", help="result JSON (default: <ckpt dir>/eval_<ckpt name>_<protocol>.json)")
+    ap.add_argument("--log_samples", action="store_true", help="store every item's answers in the JSON (default: off)")
     ap.add_argument("--compare", nargs="+", metavar="RESULT.json", help="print result files side by side and exit")
     return ap.parse_args(argv)
 
@@ -920,31 +815,38 @@ def main(argv=None):
         if not args.ckpt:
             raise ValueError("--ckpt is required (or --compare FILES)")
         tasks = resolve_tasks(args.tasks)
+        notes = []
+        if "bpb" in tasks and not args.val_data:
+            if "bpb" in [s.strip() for s in args.tasks.split(",")]:
+                raise ValueError("task bpb needs --val_data DIR (a prepared data/<name> with val.bin and meta.json)")
+            tasks.remove("bpb")
+            notes.append("bpb (bits per byte on held-out text) not run: it needs --val_data DIR, "
+                         "a prepared data/<name> with val.bin and meta.json")
         if args.runs < 1 or (args.limit is not None and args.limit < 1):
             raise ValueError("--runs and --limit must be >= 1")
         if args.data_dir and not os.path.isdir(args.data_dir):
             raise ValueError(f"--data_dir {args.data_dir}: no such directory")
+        path = args.out or default_out(args.ckpt, args.protocol)
+        check_overwrite(path, args.ckpt)  # before the work, not after it
         model, ckpt = open_model(args.ckpt, args.device)
         tok = open_tokenizer(ckpt, args.tokenizer)
-        needs_data = any("source" in TASKS[t] for t in tasks)
-        data_dir = args.data_dir or (ensure_data(tasks) if needs_data else None)
+        sources = [TASKS[t]["source"] for t in tasks if "source" in TASKS[t]]
+        data_dir = args.data_dir or (B.ensure_data(sources) if sources else None)
         t0 = time.time()
         results = evaluate(model, tok, tasks, args.protocol, data_dir, args.limit, args.runs, args.temperature,
                            args.top_k or None, args.seed, args.batch_size, args.max_tokens, args.dtype,
                            args.val_data, progress=True, log_samples=args.log_samples)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"eval.py: {e}") from None
-    out = dict(ckpt=args.ckpt, kind=ckpt.get("kind"), model_fingerprint=model_fingerprint(model),
-               tokenizer=tok.name, tokenizer_fingerprint=tok.fingerprint, protocol=args.protocol,
-               seed=args.seed, decoding=(dict(runs=args.runs, temperature=args.temperature, top_k=args.top_k or None)
-                                         if args.protocol == "paper" else dict(mc="loglik", generative="greedy")),
-               limit=args.limit, data_dir=data_dir, device=args.device, seconds=round(time.time() - t0, 1),
-               created=time.strftime("%Y-%m-%dT%H:%M:%S"), tasks=results)
-    path = args.out or f"eval_{os.path.splitext(os.path.basename(args.ckpt))[0]}_{args.protocol}.json"
-    with open(path + ".tmp", "w") as f:
-        json.dump(out, f, indent=1, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
-    print(table(out))
+    record = dict(ckpt=os.path.abspath(args.ckpt), kind=ckpt.get("kind"), model_fingerprint=model_fingerprint(model),
+                  substrate=substrate(model, tok), protocol=args.protocol,
+                  choices=our_choices(args.protocol, args.runs, args.temperature, args.top_k or None, args.seed, args.limit),
+                  block_size=model.config.block_size, data_dir=data_dir, device=args.device,
+                  seconds=round(time.time() - t0, 1), created=time.strftime("%Y-%m-%dT%H:%M:%S"), tasks=results)
+    write_json(record, path)
+    print(table(record))
+    for note in notes:
+        print(note)
     print(f"wrote {path}")
 
 

@@ -1,5 +1,5 @@
 """
-The prompt formats of the papers' evaluation (SPEC §7), in ONE place: eval.py builds its prompts
+The prompt formats of the papers' evaluation (docs/design.md §7), in ONE place: eval.py builds its prompts
 with these functions and data/sft_qa/prepare.py writes its training items with the very same ones,
 so the two can never drift apart by a byte.
 
@@ -7,7 +7,7 @@ Every prompt ends with "Answer:". A training item is prompt + ANSWER_SEP + answe
 ANSWER_SEP = "" : the answer follows the colon directly ("Answer:B", "Answer:Denver Broncos").
 Why no space: under bvv241 the space is a token of its own, and the paper protocol gives MMLU one
 single new token, so a model trained to write "Answer: B" would spend that token on the space and be
-marked wrong every time (the "known weakness" of SPEC §7). The paper's scoring takes the first
+marked wrong every time (the "known weakness" of docs/design.md §7). The paper's scoring takes the first
 non-space character, so a model that does emit " B" is still scored right; log-likelihood scoring
 should score the continuation ANSWER_SEP + answer, i.e. "B".
 

@@ -1,4 +1,5 @@
-"""Tests of eval.py on the small fixtures in tests_data/eval (the benchmarks' original formats)."""
+"""Tests of eval.py and data/benchmarks.py on the small fixtures in tests_data/eval (the benchmarks'
+original formats)."""
 import io
 import json
 import math
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 import eval as E
+import merge
+from data import benchmarks as B
 from model import GPT, GPTConfig, load_model, model_checkpoint, save_checkpoint
 from unicode_tokenizer import get_tokenizer
 
@@ -101,9 +104,30 @@ def test_loader_rules():
 
 # ---------------------------------------------------------------------------- scoring rules, CI
 
+def test_released_answer_reading():
+    """The released script: decode prompt + new tokens, drop <s>, slice off len(prompt) characters,
+    strip, upper-case."""
+    prompt = "Question: x\nAnswer:"
+    assert E.released_answer(prompt + " b)", prompt) == "B)"
+    # a <s> anywhere in the decoded output is removed BEFORE slicing: the slice still starts after
+    # the prompt (slicing first would cut 3 characters too early and keep ':'-less garbage)
+    assert E.released_answer("<s>" + prompt + " paris<s>\n", prompt) == "PARIS"
+    assert E.released_answer(prompt[:5] + "<s>" + prompt[5:] + "c", prompt) == "C"
+    assert E.released_answer(prompt + "  \n", prompt) == ""
+
+
+def test_released_answer_through_the_model_path(tok):
+    """sample_answers reads every answer through released_answer(decode(prompt ids + new ids), prompt):
+    a model forced to emit 'b' answers 'B' after the whole prompt, not a character of the prompt."""
+    items = E.load_task("arc_easy", FIX)
+    answers, trunc = E.sample_answers(forced_gpt("b"), tok, "arc_easy", [it["prompt"] for it in items], 2, 3, 1.0,
+                                      50, 0)
+    assert answers == [["BB"] * 3] * len(items) and trunc == 0
+
+
 def test_scoring_rules():
     assert E.first_char_correct(" b", "B") and E.first_char_correct("B)", "B") and E.first_char_correct("\nc ", "C")
-    assert not E.first_char_correct(" ", "B")       # one new token spent on a space: wrong (SPEC §7)
+    assert not E.first_char_correct(" ", "B")       # one new token spent on a space: wrong (docs/design.md §7)
     assert not E.first_char_correct("", "A") and not E.first_char_correct("AB"[1:], "A")
     assert E.first_char_correct(" 3", "3")
     assert E.substring_correct(" in france, yes", "France") and not E.substring_correct("Fran", "France")
@@ -111,20 +135,35 @@ def test_scoring_rules():
     assert not E.first_word_correct("yesterday", "yes")
 
 
-def test_bleu_sacrebleu_defaults_upper_cased():
-    pytest.importorskip("sacrebleu")
-    assert E.bleu("the cat sat on the mat", "The cat sat on the mat") == pytest.approx(100.0)
-    assert E.bleu("dog", "The cat sat on the mat") < 5
+def test_translation_bleu_is_the_released_per_item_corpus_bleu():
+    # an exact match of at least 4 words: every n-gram precision is 1, brevity penalty 1 -> 100.0
+    assert E.translation_bleu("THE CAT SAT ON THE MAT", "The cat sat on the mat") == pytest.approx(100.0)
+    # by hand: 1-grams 5/6 (THE clipped to 1), 2-grams 3/5, 3-grams 2/4, 4-grams 1/3, same length:
+    # 100 * (5/6 * 3/5 * 2/4 * 1/3) ** (1/4) = 100 * (1/12) ** 0.25
+    assert E.translation_bleu("THE CAT SAT ON THE MAT", "the cat sat on a mat") == pytest.approx(100 * (1 / 12) ** 0.25)
+    # corpus_bleu has no effective order: under 4 words there are no 4-grams and an exact match scores
+    # 0.0 (sentence_bleu, the rule before, gives 100.0 here). The released script does this.
+    assert E.translation_bleu("HELLO WORLD", "hello world") == 0.0
+    # the hypothesis ends at the first </S> (an upper-cased </s>): what follows is not scored
+    assert E.translation_bleu("THE CAT SAT ON THE MAT</S>GARBAGE AFTER THE END", "the cat sat on the mat") == \
+        pytest.approx(100.0)
+    assert E.translation_bleu("</S>THE CAT SAT ON THE MAT", "the cat sat on the mat") == 0.0
+    # the answer reaching the rule is already upper-cased (released_answer), so is the reference
+    assert E.translation_bleu(E.released_answer("p: big red cat sat down</s>x", "p:"), "Big red cat sat down") == \
+        pytest.approx(100.0)
 
 
-def test_confidence_interval_formula():
-    mean, ci = E.mean_ci([20.0, 22.0, 24.0, 26.0])
-    sd = math.sqrt(((3 ** 2) + 1 + 1 + 3 ** 2) / 3)  # sample std (ddof=1) of 20, 22, 24, 26
-    assert mean == 23.0 and ci == pytest.approx(1.96 * sd / 2)
-    assert E.mean_ci([5.0]) == (5.0, 0.0)
-    res = E.acc_entry(np.array([[1, 0, 1, 1], [1, 1, 1, 1]], dtype=bool))
-    assert res["runs"] == [75.0, 100.0] and res["mean"] == 87.5
-    assert res["ci95"] == pytest.approx(1.96 * np.std([75, 100], ddof=1) / math.sqrt(2))
+def test_intervals_ddof():
+    # paper protocol, the released script: 1.96 * np.std(runs) / sqrt(n_runs), population std (ddof 0).
+    # runs 20, 22, 24, 26: mean 23, deviations -3, -1, 1, 3, std = sqrt(20 / 4) = sqrt(5)
+    mean, ci = E.run_interval([20.0, 22.0, 24.0, 26.0])
+    assert mean == 23.0 and ci == pytest.approx(1.96 * math.sqrt(5) / 2)
+    assert E.run_interval([5.0]) == (5.0, 0.0)
+    res = E.acc_entry(np.array([[1, 0, 1, 1], [1, 1, 1, 1]], dtype=bool))  # runs 75 and 100: std 12.5
+    assert res["runs"] == [75.0, 100.0] and res["mean"] == 87.5 and res["ci95"] == pytest.approx(1.96 * 12.5 / math.sqrt(2))
+    # loglik protocol, one run over items: the standard error with the sample std (ddof 1), as lm-eval
+    mean, ci = E.item_interval([0.0, 100.0, 0.0, 0.0])  # sample std 50
+    assert mean == 25.0 and ci == pytest.approx(1.96 * 50 / 2)
 
 
 # ---------------------------------------------------------------------------- the scorer
@@ -160,9 +199,8 @@ def test_grouped_loglik_equals_per_request_scoring(tok):
 
 
 def test_encode_requests_is_lm_eval_split(tok):
-    ctx, cont = E.encode_pair(tok, "Question: x\nAnswer: ", "B")
+    (ctx, cont), = E.encode_requests(tok, [("Question: x\nAnswer: ", "B")])
     assert tok.decode(ctx) == "Question: x\nAnswer:" and tok.decode(cont) == " B"  # trailing space moves over
-    assert E.encode_requests(tok, [("Question: x\nAnswer: ", "B")]) == [(ctx, cont)]
 
 
 def test_lm_eval_adapter_returns_our_loglikelihoods(tok):
@@ -178,11 +216,19 @@ def test_lm_eval_adapter_returns_our_loglikelihoods(tok):
     assert [g for _, g in ours] == [g for _, g in theirs]
     assert np.allclose([lp for lp, _ in ours], [lp for lp, _ in theirs], atol=1e-4)
     assert E.choose(items, ours) == E.choose(items, theirs)
-    text = lm.generate_until([Instance("generate_until", {}, ("Question: hi\nAnswer:", dict(until=["\n"], max_gen_toks=3)), 0)],
-                             disable_tqdm=True)
-    assert isinstance(text[0], str) and "\n" not in text[0]
-    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("some text " * 20,), 0)], disable_tqdm=True)
-    assert rolling[0] < 0
+    forced = GlyphLM(model=forced_gpt("B"), tokenizer=tok)
+    text = forced.generate_until([Instance("generate_until", {}, ("Question: hi\nAnswer:", dict(until=["\n"], max_gen_toks=3)), 0),
+                                  Instance("generate_until", {}, ("Question: hi\nAnswer:", dict(until=["BB"], max_gen_toks=3)), 1)],
+                                 disable_tqdm=True)
+    assert text == ["BBB", ""]  # three new tokens, or cut at the first stop string
+    # a text that fits the context: one window conditioned on the eos token, i.e. the plain sum of
+    # log p(token | eos, the tokens before it)
+    string = "some text " * 5
+    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (string,), 0)], disable_tqdm=True)
+    ids = tok.encode(string)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([[tok.eos_id] + ids[:-1]]))[0][0].float(), -1)
+    assert rolling[0] == pytest.approx(float(lp[torch.arange(len(ids)), torch.tensor(ids)].sum()), abs=1e-3)
 
 
 # ---------------------------------------------------------------------------- protocols end to end
@@ -190,10 +236,15 @@ def test_lm_eval_adapter_returns_our_loglikelihoods(tok):
 def test_forced_letter_model_gives_expected_accuracy(tok):
     model = forced_gpt("B")
     for protocol in ("loglik", "paper"):
-        res = E.evaluate(model, tok, ["mmlu", "arc_easy", "commonsense_qa"], protocol, FIX, runs=3)
+        res = E.evaluate(model, tok, ["mmlu", "arc_easy", "commonsense_qa", "squad_v2"], protocol, FIX, runs=3)
         assert res["mmlu"]["mean"] == pytest.approx(100 * 3 / 7)  # golds B, C, D, B, B, C, A
         assert res["arc_easy"]["mean"] == pytest.approx(25.0)      # golds B, A, 3, D
         assert res["commonsense_qa"]["mean"] == pytest.approx(100 / 3)
+        # SQuAD is generative under both protocols: a model that writes "OOO..." has the answer "O" of
+        # the three ("France", "8", "O") as a substring of its output, the forced "B" model none
+        assert res["squad_v2"]["mean"] == 0.0
+        assert E.evaluate(forced_gpt("O"), tok, ["squad_v2"], protocol, FIX, runs=2)["squad_v2"]["mean"] == \
+            pytest.approx(100 / 3)
         subj = res["mmlu"]["per_subject"]
         assert subj["abstract_algebra"]["mean"] == pytest.approx(100 / 3) and subj["world_religions"]["mean"] == 0
         assert sum(s["n"] for s in subj.values()) == 7
@@ -212,43 +263,35 @@ def test_paper_protocol_is_seeded_and_one_token_path_matches_generate(tok):
     # MMLU's single new token is drawn from one batched forward pass; model.generate with the same
     # per-item generator draws the very same tokens
     items = E.load_task("mmlu", FIX)[:4]
-    fast, _ = E.sample_continuations(model, tok, "mmlu", [it["prompt"] for it in items], 1, 5, 1.0, 50, 7,
-                                     [it["id"] for it in items], batch_size=3)
+    fast, _ = E.sample_answers(model, tok, "mmlu", [it["prompt"] for it in items], 1, 5, 1.0, 50, 7,
+                               [it["id"] for it in items], batch_size=3)
     for i, it in enumerate(items):
         ids = tok.encode(it["prompt"])
         g = E.item_generator(7, "mmlu", it["id"], "cpu")
         y = model.generate(torch.tensor([ids] * 5), 1, temperature=1.0, top_k=50, generator=g)
-        assert fast[i] == [tok.decode([t]) for t in y[:, -1].tolist()]
+        assert fast[i] == [E.released_answer(tok.decode(seq), it["prompt"]) for seq in y.tolist()]
     # --limit does not change an item's samples (seeded by its id, not its position)
     lim = E.evaluate(model, tok, ["mmlu"], "paper", FIX, runs=3, seed=7, limit=1, log_samples=True)["mmlu"]["samples"]
-    full = {s["id"]: s["outputs"] for s in a["mmlu"]["samples"]}
-    assert all(full[s["id"]] == s["outputs"] for s in lim)
+    full = {s["id"]: s["answers"] for s in a["mmlu"]["samples"]}
+    assert all(full[s["id"]] == s["answers"] for s in lim)
 
 
 def test_all_tasks_both_protocols_and_long_prompts_are_truncated(tok):
     model = tiny_gpt(block_size=40)  # shorter than most prompts: truncated from the left, never a crash
-    names = [t for t in E.GROUPS["all"] if not t.startswith("opus")] + ["opus_en_zh"]
-    if not _has("sacrebleu"):
-        names.remove("opus_en_zh")
+    names = [t for t in E.GROUPS["all"] if not t.startswith("opus") and t != "bpb"] + ["opus_en_zh"]
     for protocol in ("paper", "loglik"):
         res = E.evaluate(model, tok, names, protocol, FIX, runs=2, limit=2)
         assert set(res) == set(names)
+        assert {t: r["n"] for t, r in res.items()} == dict(mmlu=6, arc_easy=2, arc_challenge=2, commonsense_qa=2,
+                                                           hellaswag=2, boolq=2, squad_v2=2, opus_en_zh=2)
         assert res["mmlu"]["truncated"] == 6 and res["arc_easy"]["truncated"] == 2  # 2 per MMLU subject
         for r in res.values():
-            assert 0 <= r["mean"] <= 100 and r["n"] > 0
-    assert "acc_norm" in res["hellaswag"]
-
-
-def _has(mod):
-    try:
-        __import__(mod)
-        return True
-    except ImportError:
-        return False
+            assert 0 <= r["mean"] <= 100
+            assert len(r["runs"]) == 2 if protocol == "paper" else "runs" not in r
+    assert "acc_norm" in res["hellaswag"] and "runs" not in res["hellaswag"]  # loglik: one deterministic run
 
 
 def test_merged_model_evaluates(tok, tmp_path):
-    merge = pytest.importorskip("merge")
     a, b = tiny_gpt(seed=1), tiny_gpt(seed=2)
     m = merge.MergedGPT([a, b]).eval()
     items = E.load_task("arc_easy", FIX)
@@ -295,18 +338,72 @@ def test_cli_writes_json_and_compare_table(tok, tmp_path, capsys):
     ckpt = str(tmp_path / "forced.pt")
     save_checkpoint(model_checkpoint(model, tok), ckpt)
     out1, out2 = str(tmp_path / "a.json"), str(tmp_path / "b.json")
-    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu,arc_easy", "--out", out1, "--device", "cpu"])
-    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu", "--protocol", "paper", "--runs", "2",
-            "--out", out2, "--device", "cpu"])
+    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu,arc_easy", "--protocol", "loglik", "--out", out1,
+            "--device", "cpu"])
+    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu", "--runs", "2", "--out", out2, "--device", "cpu"])
     r = json.load(open(out1))
-    assert r["protocol"] == "loglik" and r["tokenizer"] == "bvv241-2-3" and len(r["model_fingerprint"]) == 16
+    assert r["protocol"] == "loglik" and len(r["model_fingerprint"]) == 16 and r["ckpt"] == os.path.abspath(ckpt)
+    assert r["substrate"] == dict(tokenizer="bvv241-2-3", tokenizer_fingerprint=tok.fingerprint, table_key=None,
+                                  table_fingerprint=None)  # a trainable embedding has no frozen table
     assert r["tasks"]["mmlu"]["mean"] == pytest.approx(100 * 3 / 7) and "abstract_algebra" in r["tasks"]["mmlu"]["per_subject"]
-    assert json.load(open(out2))["decoding"] == dict(runs=2, temperature=E.TEMPERATURE, top_k=E.TOP_K)
+    paper = json.load(open(out2))
+    assert paper["protocol"] == "paper"  # the default, as the default task group is the paper's
+    assert {k: paper["choices"][k] for k in ("runs", "temperature", "top_k", "seed")} == \
+        dict(runs=2, temperature=E.TEMPERATURE, top_k=E.TOP_K, seed=E.SEED)
+    assert "random.Random(0)" in paper["choices"]["items"]["squad_v2"] and paper["choices"]["items"]["limit"] is None
     capsys.readouterr()
     E.main(["--compare", out1, out2])
     text = capsys.readouterr().out
     assert "| task | metric | a (loglik) | b (paper) |" in text
     assert "| mmlu | acc | 42.86 ± " in text and "| arc_easy | acc | 25.00 ± 49.00 |  |" in text
+
+
+def test_result_files_are_named_after_the_run_and_never_overwrite_another(tok, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the current directory
+    runs = {}
+    for run, letter in (("run_a", "B"), ("run_b", "C")):
+        (tmp_path / run).mkdir()
+        runs[run] = str(tmp_path / run / "ckpt.pt")
+        save_checkpoint(model_checkpoint(forced_gpt(letter, block_size=48), tok), runs[run])
+        E.main(["--ckpt", runs[run], "--data_dir", FIX, "--tasks", "mmlu", "--protocol", "loglik", "--device", "cpu"])
+    a, b = (json.load(open(tmp_path / run / "eval_ckpt_loglik.json")) for run in ("run_a", "run_b"))
+    assert a["tasks"]["mmlu"]["mean"] == pytest.approx(100 * 3 / 7) and b["tasks"]["mmlu"]["mean"] == pytest.approx(200 / 7)
+    assert not list(tmp_path.glob("*.json"))
+    out = capsys.readouterr().out
+    # the output says what trunc 7/7 means (every MMLU prompt is longer than a 48-token context)
+    assert "7/7" in out and "trunc: items whose prompt was longer than the model's context (48 tokens" in out
+    # the same run again: replaced; another run's file: refused, before any work, and left as it was
+    E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "mmlu", "--protocol", "loglik", "--device", "cpu"])
+    theirs = str(tmp_path / "run_b" / "eval_ckpt_loglik.json")
+    before = open(theirs).read()
+    with pytest.raises(SystemExit, match="eval_ckpt_loglik.json holds the results of .*run_b/ckpt.pt, not of "
+                                         ".*run_a/ckpt.pt: not overwritten"):
+        E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "mmlu", "--out", theirs, "--protocol", "loglik"])
+    assert open(theirs).read() == before
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(SystemExit, match="notes.json exists and is not an eval.py result file"):
+        E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "mmlu", "--out", str(tmp_path / "notes.json")])
+    # bpb needs --val_data: named alone it is an error, through the group `all` it is left out with a note
+    with pytest.raises(SystemExit, match="task bpb needs --val_data DIR"):
+        E.main(["--ckpt", runs["run_a"], "--tasks", "bpb"])
+    capsys.readouterr()
+    E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "all", "--limit", "1", "--runs", "1",
+            "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "bpb (bits per byte on held-out text) not run: it needs --val_data DIR" in out
+    assert set(json.load(open(tmp_path / "run_a" / "eval_ckpt_paper.json"))["tasks"]) == set(E.TASKS) - {"bpb"}
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        E.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--tasks", "--protocol", "--runs", "--temperature", "--top_k", "--seed", "--batch_size",
+                 "--max_tokens", "--device", "--dtype", "--out", "--data_dir", "--val_data", "--limit"):
+        option_help = text.split(flag, 2)[2].split(" --")[0]  # the flag's second mention: its own entry
+        assert "(default:" in option_help, flag
+    assert f"(default: {E.PROTOCOL})" in text and "(default: paper = mmlu,arc_easy" in text
+    assert "(default: <ckpt dir>/eval_<ckpt name>_<protocol>.json)" in text
 
 
 def test_bad_input_messages(tok, tmp_path):
@@ -350,11 +447,11 @@ def test_download_cache_and_archive_layout(tmp_path, monkeypatch, tok):
             t.addfile(info, io.BytesIO(body))
     raw = buf.getvalue()
     import hashlib
-    src = dict(E.SOURCES["mmlu"], size=len(raw), sha256=hashlib.sha256(raw).hexdigest(), url="https://example.invalid/data.tar")
-    monkeypatch.setitem(E.SOURCES, "mmlu", src)
+    src = dict(B.SOURCES["mmlu"], size=len(raw), sha256=hashlib.sha256(raw).hexdigest(), url="https://example.invalid/data.tar")
+    monkeypatch.setitem(B.SOURCES, "mmlu", src)
     dl = tmp_path / "cache" / "eval" / "downloads"
     dl.mkdir(parents=True)
     (dl / "data.tar").write_bytes(raw)
-    data_dir = E.ensure_data(["mmlu"])
+    data_dir = B.ensure_data(["mmlu"])
     assert os.listdir(os.path.join(data_dir, "mmlu", "test")) == ["anatomy_test.csv"]
     assert E.load_task("mmlu", data_dir)[0]["gold"] == 2
