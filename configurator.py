@@ -1,20 +1,27 @@
 """
 nanoGPT's configurator idea without its traps. Every script keeps its defaults as plain module-level
-assignments, then calls
+assignments, each with a comment saying what it means, then calls
 
-    config = configure(defaults, sys.argv[1:])
+    config = configure(defaults, sys.argv[1:], docs=key_docs(__file__))
 
-where each argument is either a config file (plain Python assignments, e.g. config/x.py) or
---key=value. Later arguments override earlier ones. What differs from nanoGPT's exec() trick:
+where each argument is a config file (plain Python assignments, e.g. config/x.py), --key=value or
+--key value. Later arguments override earlier ones. --help (or -h) prints every key with its default
+and its comment: the defaults block is the one place a key is documented. What differs from
+nanoGPT's exec() trick:
 - values are parsed by the type of the default, not by literal_eval alone: --weight_decay=0 stays a
   float, --max_iters=1e4 becomes the int 10000, --compile=false is False, --out_dir=a=b keeps "a=b";
 - an unknown key (file or command line) fails naming it and the closest known keys;
 - a wrong type says which key, which type was expected and what was given.
 Errors are ConfigError (a ValueError) with a one-line message; scripts turn it into a clean exit.
+parse() returns only the keys the arguments set (train.py's resume keeps the run's own settings for
+the rest); configure() is the defaults overridden by them.
 """
 import ast
 import difflib
+import io
 import os
+import sys
+import tokenize
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -24,15 +31,34 @@ class ConfigError(ValueError):
     pass
 
 
+class Config(dict):
+    """A config dict whose keys also read as attributes (cfg.max_iters), the way nanoGPT reads plain names."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
 def _unknown(key, known, where):
     close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{where}: unknown config key {key!r}{hint}")
+    return ConfigError(f"{where}: unknown config key {key!r}{hint} (--help lists them)")
 
 
 def _type_error(key, default, given, where):
     return ConfigError(f"{where}: {key} expects {type(default).__name__} (default {default!r}), "
                        f"got {given!r}")
+
+
+def _literal(text):
+    """ast.literal_eval, or ValueError for anything it cannot read (it also raises TypeError,
+    MemoryError and RecursionError on odd input)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(text) from None
 
 
 def coerce(key, default, value, where="config"):
@@ -42,8 +68,8 @@ def coerce(key, default, value, where="config"):
     if default is None:  # no type to go by: a literal if it parses as one, else the string
         if is_text:
             try:
-                return ast.literal_eval(value)
-            except (ValueError, SyntaxError):
+                return _literal(value)
+            except ValueError:
                 return value
         return value
     if isinstance(default, bool):  # before int: bool is a subclass of int
@@ -59,7 +85,7 @@ def coerce(key, default, value, where="config"):
                 v = float(value.replace("_", "")) if any(c in value.lower() for c in ".e") else int(value.replace("_", ""))
             except ValueError:
                 raise _type_error(key, default, value, where) from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or float(v) != int(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) < float("inf") or float(v) != int(v):
             raise _type_error(key, default, value, where)
         return int(v)
     if isinstance(default, float):
@@ -80,8 +106,8 @@ def coerce(key, default, value, where="config"):
     v = value
     if is_text:
         try:
-            v = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+            v = _literal(value)
+        except ValueError:
             raise _type_error(key, default, value, where) from None
     if isinstance(default, tuple) and isinstance(v, list):
         v = tuple(v)
@@ -96,28 +122,39 @@ def read_config_file(path):
         raise ConfigError(f"{path}: config file not found")
     ns = {}
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             code = compile(f.read(), path, "exec")
         exec(code, ns)
     except Exception as e:
-        raise ConfigError(f"{path}: could not run config file: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{path}: could not run config file: {type(e).__name__}: {first}") from None
     return {k: v for k, v in ns.items()
             if not k.startswith("_") and not callable(v) and type(v).__name__ != "module"}
 
 
-def configure(defaults, argv, verbose=True):
-    """-> a new dict: defaults overridden by config files and --key=value arguments, in order."""
-    config = dict(defaults)
-    for arg in argv:
+def parse(defaults, argv, verbose=True, docs=None, prog=None):
+    """-> the keys that config files and --key=value / --key value arguments set, in order, each
+    converted to the type of its default. --help / -h prints the keys (see print_help) and exits."""
+    if "--help" in argv or "-h" in argv:
+        print_help(defaults, docs or {}, prog)
+        raise SystemExit(0)
+    config = {}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
         if arg.startswith("--"):
             key, eq, value = arg[2:].partition("=")
             key = key.replace("-", "_")
             if key not in defaults:
                 raise _unknown(key, defaults, "command line")
-            if not eq:  # bare --flag: only for booleans
-                if not isinstance(defaults[key], bool):
-                    raise ConfigError(f"command line: --{key} needs a value (--{key}=...)")
-                value = "true"
+            if not eq:  # --key value, or a bare --flag for booleans (--compile, --compile false)
+                is_bool = isinstance(defaults[key], bool)
+                if args and not args[0].startswith("--") and (not is_bool or args[0].lower() in _TRUE | _FALSE):
+                    value = args.pop(0)
+                elif is_bool:
+                    value = "true"
+                else:
+                    raise ConfigError(f"command line: --{key} needs a value (--{key}=... or --{key} ...)")
             config[key] = coerce(key, defaults[key], value, "command line")
             if verbose:
                 print(f"Overriding: {key} = {config[key]!r}")
@@ -131,7 +168,41 @@ def configure(defaults, argv, verbose=True):
     return config
 
 
+def configure(defaults, argv, verbose=True, docs=None, prog=None):
+    """-> a new Config: defaults overridden by config files and --key=value arguments, in order."""
+    return Config({**defaults, **parse(defaults, argv, verbose, docs, prog)})
+
+
 def defaults_from(namespace):
     """The config keys of a script: its public module-level scalars, strings and containers."""
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and isinstance(v, (int, float, bool, str, dict, list, tuple, type(None)))}
+
+
+def key_docs(*paths):
+    """{key: its comment} from the `key = value  # comment` lines at the top level of scripts (later
+    paths win): the defaults block of each script documents its keys once, for --help."""
+    docs = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            src = f.read()
+        lines = src.splitlines()
+        first = {}  # line number -> the first token of a top-level statement starting on it
+        for t in tokenize.generate_tokens(io.StringIO(src).readline):
+            if t.start[1] == 0 and t.type == tokenize.NAME:
+                first.setdefault(t.start[0], t.string)
+            elif t.type == tokenize.COMMENT and t.start[0] in first:
+                name = first[t.start[0]]
+                if lines[t.start[0] - 1].split("=")[0].strip() == name:  # `name = ...  # comment`
+                    docs[name] = t.string.lstrip("#").strip()
+    return docs
+
+
+def print_help(defaults, docs, prog=None):
+    """Every key, its default, and its one-line meaning."""
+    prog = prog or os.path.basename(sys.argv[0])
+    print(f"usage: {prog} [config_file.py ...] [--key=value | --key value ...]  (later arguments win)")
+    shown = {k: f"--{k}={v if isinstance(v, str) and v else repr(v)}" for k, v in defaults.items()}
+    width = max(map(len, shown.values())) + 2
+    for key, text in shown.items():
+        print(f"  {text:<{width}}{docs.get(key, '')}".rstrip())

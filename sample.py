@@ -4,25 +4,26 @@ Print samples from a trained model (a checkpoint of train.py/grow.py, or a merge
 $ python sample.py --out_dir=out-shakespeare-glyph
 $ python sample.py --ckpt=path/to/ckpt.pt --start="ROMEO:" --num_samples=3 --max_new_tokens=300
 $ python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0.8 --top_k=200
+$ python sample.py --help   # every key, its default and meaning
 """
 import os
 import sys
 
 import torch
 
-from configurator import ConfigError, configure, defaults_from
+from configurator import Config, ConfigError, configure, defaults_from, key_docs
 from model import load_model
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # samples from out_dir/ckpt.pt ...
-ckpt = ""  # ... unless a checkpoint path is given here
+ckpt = ""  # ... unless a checkpoint path is given here (e.g. a grow.py stage_3.pt or a merge.py model)
 start = "\n"  # prompt text, or FILE:path to read it from a file
-num_samples = 2
-max_new_tokens = 300
+num_samples = 2  # samples to draw
+max_new_tokens = 300  # tokens generated per sample
 temperature = 0.8  # 1.0 = the model's distribution, < 1 more conservative, 0 = greedy
 top_k = 200  # keep only the top_k most likely tokens (0 = all)
-seed = 1337
-device = "auto"
+seed = 1337  # seeds the sampling
+device = "auto"  # auto | cpu | cuda | cuda:N
 tokenizer = ""  # "" = the tokenizer recorded in the checkpoint
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_from(globals())
@@ -30,22 +31,24 @@ DEFAULTS = defaults_from(globals())
 
 def sample(cfg):
     from unicode_tokenizer import get_tokenizer
-    dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    path = cfg["ckpt"] or os.path.join(cfg["out_dir"], "ckpt.pt")
+    cfg = Config(cfg)
+    dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={dev!r}, but torch sees no CUDA GPU here: use --device=cpu")
+    path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
     model, ck = load_model(path, dev)
-    tok = get_tokenizer(cfg["tokenizer"] or ck["tokenizer_name"])
+    tok = get_tokenizer(cfg.tokenizer or ck["tokenizer_name"])
     if ck.get("tokenizer_fingerprint") not in (None, tok.fingerprint):
         raise ValueError(f"{path} was trained with tokenizer fingerprint {ck['tokenizer_fingerprint']}, "
                          f"{tok.name!r} has {tok.fingerprint}")
-    prompt = cfg["start"]
+    prompt = cfg.start
     if prompt.startswith("FILE:"):
         with open(prompt[5:], encoding="utf-8") as f:
             prompt = f.read()
     ids = tok.encode(prompt) or [tok.eos_id]  # an empty prompt starts a fresh document
-    x = torch.tensor([ids], dtype=torch.long, device=dev).repeat(cfg["num_samples"], 1)
-    g = torch.Generator(device=dev).manual_seed(cfg["seed"])
-    y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"],
-                       top_k=cfg["top_k"] or None, generator=g)
+    x = torch.tensor([ids], dtype=torch.long, device=dev).repeat(cfg.num_samples, 1)
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None, generator=g)
     texts = []
     for row in y.tolist():
         texts.append(tok.decode(row))
@@ -56,6 +59,6 @@ def sample(cfg):
 
 if __name__ == "__main__":
     try:
-        sample(configure(DEFAULTS, sys.argv[1:], verbose=False))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+        sample(configure(DEFAULTS, sys.argv[1:], verbose=False, docs=key_docs(__file__), prog="sample.py"))
+    except (ConfigError, ValueError, OSError) as e:
         sys.exit(f"sample.py: error: {e}")

@@ -1,21 +1,27 @@
 """
-Train a frozen-glyph (or trainable-embedding) GPT. nanoGPT-shaped: defaults below, then a config file
+Train a frozen-glyph (or trainable-embedding) GPT. nanoGPT-shaped: defaults below, then config files
 and --key=value overrides, then one training loop, readable top to bottom.
 
 Single process (CPU or GPU):
 $ python train.py config/train_shakespeare_glyph.py
 DDP, N processes on one node (NCCL on GPUs, gloo on CPU):
 $ torchrun --standalone --nproc_per_node=4 train.py config/paper_glyph_335m.py
-Resume exactly where the last checkpoint (out_dir/ckpt.pt) left off:
-$ python train.py config/train_shakespeare_glyph.py --init_from=resume
+Resume where the last checkpoint (out_dir/ckpt.pt) left off, with the run's own settings (only
+MID_RUN_KEYS, such as max_iters, may be changed):
+$ python train.py --out_dir=out-shakespeare-glyph --init_from=resume
+Every key, its default and meaning:
+$ python train.py --help
 
 Other scripts (grow.py) reuse the loop: `from train import train, DEFAULTS; train({**DEFAULTS, ...},
 model=my_model)`. Importing this file has no side effects.
 
 Determinism: every batch is a function of (seed, iteration, global micro-step), and the torch RNG
-(dropout) is reseeded from (seed, iteration, rank) every iteration. So the data position and RNG
+(dropout) is reseeded from the same triple before every micro-step. So the data position and RNG
 state are fully determined by the iteration number: resume continues exactly, and 2 ranks x k
-accumulation steps see the same micro-batches as 1 rank x 2k.
+accumulation steps compute the same micro-batches, dropout masks included, as 1 rank x 2k.
+
+Nothing is lost: checkpoints are written atomically, never with non-finite weights (a non-finite loss
+stops the run), and a fresh run does not start over in an out_dir holding a run unless asked to.
 """
 import json
 import math
@@ -23,6 +29,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -30,60 +37,69 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from configurator import ConfigError, configure, defaults_from
-from model import GPT, GPTConfig, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
+from configurator import Config, ConfigError, defaults_from, key_docs, parse
+from model import (EMBEDDINGS, GPT, GPTConfig, missing_checkpoint_hint, model_checkpoint, model_from_checkpoint,
+                   read_checkpoint, remove_stale_partials, save_checkpoint)
 
 # -----------------------------------------------------------------------------
-# default config values: a small frozen-glyph model on the plays of Shakespeare
+# default config values: a small frozen-glyph model on the plays of Shakespeare. The comment next to
+# each key is its documentation: `python train.py --help` prints them.
 # I/O
-out_dir = "out"
-eval_interval = 250
-log_interval = 10
+out_dir = "out"  # checkpoint (ckpt.pt) and log (log.jsonl) folder
+eval_interval = 250  # evaluate (and save ckpt.pt) every this many iterations
+log_interval = 10  # print and log the training loss every this many iterations
 eval_iters = 20  # validation batches per dataset (fixed: the same batches at every evaluation)
-eval_only = False
+eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # else only when the validation loss improves
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), or a checkpoint path (weights only)
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt, with its run's settings), or a checkpoint path (weights only)
+overwrite = False  # let a fresh run start over in an out_dir holding a run (its files are replaced at the first save)
 progress = True  # tqdm progress bar on the console
-wandb_log = False
-wandb_project = "glyphgpt"
-wandb_run_name = "run"
+wandb_log = False  # log to Weights & Biases
+wandb_project = "glyphgpt"  # W&B project
+wandb_run_name = "run"  # W&B run name
 # data: a training mixture of prepared datasets (data_root/<name>/{train,val}.bin + meta.json)
-data_root = ""  # "" = the data/ folder next to this file
-datasets = {"shakespeare": 1.0}  # name -> sampling weight, e.g. {'shakespeare': 0.9, 'sft_qa': 0.1}
-tokenizer = "bvv241-2-3"
-gradient_accumulation_steps = 1  # in total: divided among the DDP ranks
+data_root = ""  # folder of the prepared datasets; "" = the data/ folder next to this file
+datasets = {"shakespeare": 1.0}  # name (or folder) -> sampling weight, e.g. {'shakespeare': 0.9, 'sft_qa': 0.1}
+tokenizer = "bvv241-2-3"  # the tokenizer the datasets were prepared with
+gradient_accumulation_steps = 1  # micro-steps per iteration in total: divided among the DDP ranks
 batch_size = 12  # sequences per micro-step per rank
-block_size = 256
+block_size = 256  # context length in tokens
 # model
-n_layer = 4
-n_head = 4
-d_model = 256
-dropout = 0.0
-bias = True
-rope_base = 10000.0
+n_layer = 4  # transformer blocks
+n_head = 4  # attention heads (must divide d_model)
+d_model = 256  # width of the residual stream
+dropout = 0.0  # dropout probability in attention and MLP
+bias = True  # biases in linear layers and LayerNorms
+rope_base = 10000.0  # base of the rotary position frequencies
 embedding = "glyph"  # glyph | glyph_unique | binary16 | random (all frozen) | trainable
 table_dim = 0  # columns of the frozen table (PCA components); 0 = d_model; narrower is repeat_interleave'd
 table_path = ""  # use a table saved by `glyph_embed.py --out` instead of building one
 # AdamW optimizer
-learning_rate = 1e-3
-max_iters = 2000
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.95
-grad_clip = 1.0  # 0 disables
+learning_rate = 1e-3  # peak learning rate
+max_iters = 2000  # total training iterations
+weight_decay = 0.1  # AdamW weight decay of the >=2-D weights
+beta1 = 0.9  # AdamW beta1
+beta2 = 0.95  # AdamW beta2
+grad_clip = 1.0  # clip the gradient norm at this value; 0 disables
 # learning rate schedule: linear warmup, then cosine decay to min_lr
-decay_lr = True
-warmup_iters = 100
-lr_decay_iters = 0  # 0 = max_iters
-min_lr = 1e-4
+decay_lr = True  # False = constant learning_rate
+warmup_iters = 100  # linear warmup iterations
+lr_decay_iters = 0  # iteration where the cosine reaches min_lr; 0 = max_iters (the schedule follows the run)
+min_lr = 1e-4  # learning rate at the end of the decay
 # system
 device = "auto"  # auto | cpu | cuda | cuda:N
 dtype = "auto"  # auto (bfloat16 on capable GPUs, float32 on CPU) | float32 | bfloat16 | float16
 compile = False  # torch.compile the model
-seed = 1337
+seed = 1337  # seeds the initial weights, the batches and dropout
 peak_flops = 0.0  # accelerator peak for MFU in FLOP/s; 0 = look the GPU up in PEAK_FLOPS
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_from(globals())
+
+# what a resumed run may change; everything else is the run's own (read from its checkpoint)
+MID_RUN_KEYS = ("max_iters", "lr_decay_iters", "eval_interval", "log_interval", "eval_iters", "eval_only",
+                "always_save_checkpoint", "init_from", "overwrite", "out_dir", "data_root", "progress",
+                "wandb_log", "wandb_project", "wandb_run_name", "device", "dtype", "compile", "peak_flops")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -97,8 +113,70 @@ def fail(msg):
     raise ValueError(msg)
 
 
+def check_config(cfg):
+    """One line for the first bad value, before anything is read or written."""
+    for key in ("n_layer", "n_head", "d_model", "block_size", "batch_size", "gradient_accumulation_steps",
+                "eval_interval", "log_interval", "eval_iters"):
+        if cfg[key] < 1:
+            fail(f"{key}={cfg[key]}: expected a positive whole number")
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip"):
+        if not cfg[key] >= 0:
+            fail(f"{key}={cfg[key]}: expected a number >= 0")
+    if not 0 <= cfg.dropout < 1:
+        fail(f"dropout={cfg.dropout}: expected 0 <= dropout < 1")
+    if cfg.dtype not in DTYPES:
+        fail(f"dtype={cfg.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if cfg.embedding not in EMBEDDINGS:
+        fail(f"embedding={cfg.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+    if cfg.d_model % cfg.n_head:
+        fail(f"d_model={cfg.d_model} is not divisible by n_head={cfg.n_head}")
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        fail(f"out_dir={cfg.out_dir} is a file, not a folder")
+
+
+def model_config(cfg, vocab_size, **changes):
+    """The GPTConfig of a run's config (the model keys share GPTConfig's field names)."""
+    args = {f.name: cfg[f.name] for f in fields(GPTConfig) if f.name != "vocab_size"}
+    return GPTConfig(vocab_size=vocab_size, **{**args, **changes})
+
+
+def check_resume_overrides(saved, cfg, path):
+    """A resumed run keeps its own settings: refuse, in one line, every key outside MID_RUN_KEYS whose
+    value differs from the checkpoint's (its config, and its model_args for the architecture)."""
+    changed = [k for k in DEFAULTS if k in saved and k in cfg and k not in MID_RUN_KEYS and saved[k] != cfg[k]]
+    if changed:
+        fail(f"{path} is resumed with its own settings, but " +
+             ", ".join(f"{k}={cfg[k]!r} (the run has {saved[k]!r})" for k in changed) +
+             f": only {', '.join(MID_RUN_KEYS[:6])}, out_dir, device ... may change mid-run; "
+             f"start a new run (another out_dir) for the rest")
+
+
+def no_checkpoint_message(path, eval_interval):
+    d = os.path.dirname(path) or "."
+    msg = f"init_from='resume' but there is no checkpoint at {path}"
+    if os.path.exists(os.path.join(d, "log.jsonl")):
+        return (f"{msg}: the run in {d} stopped before its first checkpoint (written at iteration "
+                f"eval_interval={eval_interval}); start it again with --overwrite=True")
+    return msg + missing_checkpoint_hint(path)
+
+
 # -----------------------------------------------------------------------------
 # data: a deterministic sampler over one or more prepared datasets
+
+def check_meta(meta, d):
+    """The meta.json entries the sampler needs, each of the right kind (one line naming the file)."""
+    path = os.path.join(d, "meta.json")
+    if not isinstance(meta, dict):
+        fail(f"{path}: expected a JSON object")
+    for key in ("tokenizer_name", "tokenizer_fingerprint", "dtype", "train_tokens", "val_tokens", "val_bytes"):
+        if key not in meta:
+            fail(f"{path} has no {key!r}: re-run the dataset's prepare script")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        fail(f"{path}: dtype={meta['dtype']!r}, expected 'uint16' or 'uint32'")
+    for key in ("train_tokens", "val_tokens", "val_bytes"):
+        if isinstance(meta[key], bool) or not isinstance(meta[key], int) or meta[key] < 1:
+            fail(f"{path}: {key}={meta[key]!r}, expected a positive whole number")
+
 
 class MixtureData:
     """Batches are pure functions of (seed, split, a, b): train micro-batch b of iteration a, or
@@ -106,22 +184,25 @@ class MixtureData:
 
     def __init__(self, cfg, tok, device):
         from data.common import open_split, read_meta
-        weights = cfg["datasets"]
+        cfg = Config(cfg)
+        weights = cfg.datasets
         if not isinstance(weights, dict) or not weights:
             fail(f"datasets={weights!r}: expected a dict name -> weight, e.g. {{'shakespeare': 1.0}}")
-        if any(not isinstance(w, (int, float)) or w <= 0 for w in weights.values()):
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf")
+               for w in weights.values()):
             fail(f"datasets={weights!r}: weights must be positive numbers")
-        root = cfg["data_root"] or os.path.join(REPO, "data")
+        root = cfg.data_root or os.path.join(REPO, "data")
         self.names = list(weights)
         total = sum(weights.values())
         self.weights = np.array([weights[n] / total for n in self.names])
-        self.T, self.B, self.seed, self.device = cfg["block_size"], cfg["batch_size"], cfg["seed"], device
+        self.T, self.B, self.seed, self.device = cfg.block_size, cfg.batch_size, cfg.seed, device
         self.train, self.val, self.meta = [], [], []
         for name in self.names:
-            d = name if os.path.isdir(name) else os.path.join(root, name)
+            d = name if os.path.isdir(str(name)) else os.path.join(root, str(name))
             if not os.path.isdir(d):
                 fail(f"dataset {name!r}: data directory {d} not found (run python data/{name}/prepare.py)")
             meta = read_meta(d)
+            check_meta(meta, d)
             splits = [open_split(d, s, tok) for s in ("train", "val")]
             for s, arr in zip(("train", "val"), splits):
                 if len(arr) <= self.T + 1:
@@ -161,28 +242,28 @@ class MixtureData:
 # pieces of the loop
 
 def get_lr(it, cfg):
-    """Linear warmup, cosine decay to min_lr at lr_decay_iters, then min_lr."""
-    lr, min_lr = cfg["learning_rate"], cfg["min_lr"]
-    if not cfg["decay_lr"]:
-        return lr
-    decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
-    if it < cfg["warmup_iters"]:
-        return lr * (it + 1) / (cfg["warmup_iters"] + 1)
+    """Linear warmup, cosine decay to min_lr at lr_decay_iters (0: at max_iters), then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it > decay_iters:
-        return min_lr
-    ratio = (it - cfg["warmup_iters"]) / max(1, decay_iters - cfg["warmup_iters"])
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
 def configure_optimizer(model, cfg, device_type):
     """AdamW over the parameters with requires_grad=True only (a frozen table, or layers frozen by
     grow.py, never enter it); weight decay on >=2-D weights, none on biases and LayerNorms."""
+    cfg = Config(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [dict(params=decay, weight_decay=cfg["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
+    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
     # fused AdamW: one kernel per step on CUDA, and a vectorised loop on CPU (torch >= 2.4)
-    return torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                              fused=device_type in ("cuda", "cpu"))
 
 
@@ -190,12 +271,13 @@ def configure_optimizer(model, cfg, device_type):
 def evaluate(model, data, cfg, ctx, rank=0, world=1):
     """Mean loss and bits per byte on the fixed validation batches of every dataset, averaged over
     ranks (each rank takes every world-th batch), plus the mixture-weighted average."""
+    eval_iters = Config(cfg).eval_iters
     was_training = model.training
     model.eval()
     out = {}
     for k, name in enumerate(data.names):
         acc = torch.zeros(2, dtype=torch.float64, device=data.device)  # loss sum, batches
-        for j in range(rank, cfg["eval_iters"], world):
+        for j in range(rank, eval_iters, world):
             X, Y = data.batch("val", j, k)
             with ctx:
                 _, loss = model(X, Y, return_logits=False)
@@ -231,8 +313,8 @@ def flops_per_token(model, T):
 
 
 def gpu_peak_flops(cfg, device):
-    if cfg["peak_flops"]:
-        return cfg["peak_flops"]
+    if cfg.peak_flops:
+        return cfg.peak_flops
     if not device.startswith("cuda"):
         return None
     name = torch.cuda.get_device_name(device)
@@ -241,23 +323,21 @@ def gpu_peak_flops(cfg, device):
 
 def build_model(cfg, tok):
     """A fresh model for cfg, with its frozen table from glyph_embed (built once, cached on disk)."""
+    cfg = Config(cfg)
     table, info = None, {}
-    if cfg["embedding"] != "trainable":
+    if cfg.embedding != "trainable":
         import glyph_embed
-        if cfg["table_path"]:
-            table, info = glyph_embed.load_table(cfg["table_path"], tok)
+        if cfg.table_path:
+            table, info = glyph_embed.load_table(cfg.table_path, tok)
         else:
-            dim = cfg["table_dim"] or cfg["d_model"]
-            table, info = glyph_embed.frozen_table(tok, kind=cfg["embedding"], dim=dim)
-        if cfg["d_model"] % table.shape[1] != 0:
-            fail(f"frozen table {cfg['table_path'] or cfg['embedding']} has width {table.shape[1]}, which does "
-                 f"not divide d_model={cfg['d_model']}: use table_dim={cfg['d_model']} or a divisor of it")
-    mconf = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
-                      n_head=cfg["n_head"], d_model=cfg["d_model"], dropout=cfg["dropout"], bias=cfg["bias"],
-                      embedding=cfg["embedding"], rope_base=cfg["rope_base"])
+            table, info = glyph_embed.frozen_table(tok, kind=cfg.embedding, dim=cfg.table_dim or cfg.d_model)
+        if cfg.d_model % table.shape[1] != 0:
+            fail(f"frozen table {cfg.table_path or cfg.embedding} has width {table.shape[1]}, which does "
+                 f"not divide d_model={cfg.d_model}: use table_dim={cfg.d_model} or a divisor of it")
+    mconf = model_config(cfg, tok.vocab_size)
     if mconf.d_model % mconf.n_head:
         fail(f"d_model={mconf.d_model} is not divisible by n_head={mconf.n_head}")
-    torch.manual_seed(cfg["seed"])  # the same initial weights for the same seed
+    torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     model = GPT(mconf, table)
     model.table_info = info
     return model
@@ -266,9 +346,15 @@ def build_model(cfg, tok):
 def setup_distributed(cfg):
     """-> (ddp, rank, local_rank, world, device). torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
     ddp = int(os.environ.get("RANK", -1)) != -1
-    want = cfg["device"]
+    want = Config(cfg).device
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want != "cpu" and not (want == "cuda" or want.startswith("cuda:") and want[5:].isdigit()):
+        fail(f"device={want!r}: expected auto, cpu, cuda or cuda:N")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"device={want!r}, but torch sees no CUDA GPU here (torch {torch.__version__}): use --device=cpu")
+    if want.startswith("cuda:") and int(want[5:]) >= torch.cuda.device_count():
+        fail(f"device={want!r}, but there are {torch.cuda.device_count()} CUDA GPUs")
     if not ddp:
         return False, 0, 0, 1, want
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -289,15 +375,37 @@ def write_log(path, rec):
         f.write(json.dumps(rec) + "\n")
 
 
+def replace_log(path, lines):
+    with open(path + ".partial", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".partial", path)
+
+
 def truncate_log(path, iter_num):
-    """On resume, drop log lines from iterations the resumed run is about to redo."""
+    """On resume, drop log lines from iterations the resumed run is about to redo, and a torn last
+    line (a kill while writing it)."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        keep = [l for l in f if l.strip() and json.loads(l).get("iter", 0) < iter_num]
-    with open(path + ".partial", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".partial", path)
+        lines = f.readlines()
+    keep = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict) and n == len(lines):
+            print(f"{path}: dropped its torn last line {n} (the run was killed while writing it)")
+            break
+        if not isinstance(rec, dict):
+            fail(f"{path}: line {n} is not a JSON object; fix or remove that line to resume")
+        if rec and rec.get("iter", 0) < iter_num:
+            keep.append(line)
+    replace_log(path, keep)
+
+
+def seed_of(*numbers):
+    return int(np.random.SeedSequence(numbers).generate_state(1)[0])
 
 
 # -----------------------------------------------------------------------------
@@ -309,10 +417,11 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
     requires_grad=True are optimised. ckpt_path: where checkpoints go and resume reads from
     (default out_dir/ckpt.pt). ckpt_extra: entries merged into every checkpoint.
     Returns dict(val_loss, val_bpb, val, iters)."""
-    cfg = {**DEFAULTS, **cfg}
-    ckpt_path = ckpt_path or os.path.join(cfg["out_dir"], "ckpt.pt")
-    accum, world = cfg["gradient_accumulation_steps"], int(os.environ.get("WORLD_SIZE", 1))
-    if accum < 1 or accum % world:
+    cfg = Config({**DEFAULTS, **cfg})
+    check_config(cfg)
+    ckpt_path = ckpt_path or os.path.join(cfg.out_dir, "ckpt.pt")
+    accum, world = cfg.gradient_accumulation_steps, int(os.environ.get("WORLD_SIZE", 1))
+    if accum % world:
         fail(f"gradient_accumulation_steps={accum} is not divisible by the {world} DDP ranks: "
              f"use a multiple of {world}")
     ddp, rank, local_rank, world, device = setup_distributed(cfg)
@@ -322,29 +431,36 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
 
     # -- everything that can fail on bad input happens before anything is written to out_dir --
     from unicode_tokenizer import get_tokenizer
-    tok = get_tokenizer(cfg["tokenizer"])
+    tok = get_tokenizer(cfg.tokenizer)
     data = MixtureData(cfg, tok, device)
-    ckpt = None
-    if cfg["init_from"] == "resume":
+    ckpt, source = None, ckpt_path if cfg.init_from == "resume" else cfg.init_from
+    if cfg.init_from == "resume":
         if not os.path.exists(ckpt_path):
-            fail(f"init_from='resume' but there is no checkpoint at {ckpt_path}")
+            fail(no_checkpoint_message(ckpt_path, cfg.eval_interval))
         ckpt = read_checkpoint(ckpt_path, "cpu")
-    elif cfg["init_from"] != "scratch":  # weights of another checkpoint, fresh optimizer and count
-        ckpt = read_checkpoint(cfg["init_from"], "cpu")
+        arch = {k: v for k, v in (ckpt.get("model_args") or {}).items() if k != "block_size"}
+        check_resume_overrides({**(ckpt.get("config") or {}), **arch}, cfg, ckpt_path)
+    elif cfg.init_from != "scratch":  # weights of another checkpoint, fresh optimizer and count
+        ckpt = read_checkpoint(cfg.init_from, "cpu")
+    if ckpt is not None and model is None and ckpt["kind"] != "gpt":
+        fail(f"{source} is a {ckpt['kind']!r} checkpoint: train.py continues only 'gpt' checkpoints "
+             f"(of train.py, or a finished grow.py stage)")
     if ckpt is not None and ckpt.get("tokenizer_fingerprint") != tok.fingerprint:
-        fail(f"checkpoint {ckpt_path} was trained with tokenizer {ckpt.get('tokenizer_name')!r} "
+        fail(f"checkpoint {source} was trained with tokenizer {ckpt.get('tokenizer_name')!r} "
              f"({ckpt.get('tokenizer_fingerprint')}), the config uses {tok.name!r} ({tok.fingerprint})")
     if model is None:
-        model = model_from_checkpoint(ckpt, "cpu", ckpt_path) if ckpt is not None else build_model(cfg, tok)
+        model = model_from_checkpoint(ckpt, "cpu", source) if ckpt is not None else build_model(cfg, tok)
     elif ckpt is not None:
         model.load_state_dict(ckpt["model"])
+    if ckpt is not None and cfg.init_from != "resume":  # the weights decide the architecture
+        cfg.update({k: getattr(model.config, k) for k in ("n_layer", "n_head", "d_model", "bias", "embedding", "rope_base")})
     if model.config.vocab_size != tok.vocab_size:
         fail(f"model vocab_size {model.config.vocab_size} != tokenizer {tok.name!r} vocab_size {tok.vocab_size}")
-    if cfg["block_size"] > model.config.block_size:
-        fail(f"block_size={cfg['block_size']} exceeds the model's context {model.config.block_size}")
+    if cfg.block_size > model.config.block_size:
+        fail(f"block_size={cfg.block_size} exceeds the model's context {model.config.block_size}")
     model.to(device)
 
-    ptdtype = cfg["dtype"]
+    ptdtype = cfg.dtype
     if ptdtype == "auto":
         ptdtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     if device_type == "cpu":
@@ -358,14 +474,19 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
 
     optimizer = configure_optimizer(model, cfg, device_type)
     iter_num, best_val_loss = 0, float("inf")
-    if ckpt is not None and cfg["init_from"] == "resume":
+    if ckpt is not None and cfg.init_from == "resume":
         optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler.is_enabled() and ckpt.get("scaler"):  # float16: the loss scale it had reached
+            scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss = ckpt["iter_num"], ckpt.get("best_val_loss", float("inf"))
-    resumed_at = iter_num if cfg["init_from"] == "resume" else None
+        if master:
+            print(f"resuming from iteration {iter_num} of {ckpt_path}")
+    resumed_at = iter_num if cfg.init_from == "resume" else None
+    last_saved = iter_num if resumed_at is not None else None
     ckpt = None  # free memory
 
     raw_model = model
-    if cfg["compile"]:
+    if cfg.compile:
         print("compiling the model... (takes a minute)")
         model = torch.compile(model)
     eval_model = model  # validation runs without the DDP wrapper (no gradient hooks, no syncs)
@@ -373,38 +494,70 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
     # -- from here on we write to out_dir --
-    log_path = os.path.join(cfg["out_dir"], "log.jsonl")
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
+    held_log = None  # a fresh run over an old run's log holds its lines until its first checkpoint
     if master:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
+        except OSError as e:
+            fail(f"out_dir={cfg.out_dir}: cannot create it ({e.strerror})")
+        if not os.access(cfg.out_dir, os.W_OK):
+            fail(f"out_dir={cfg.out_dir} is not writable")
+        remove_stale_partials(ckpt_path)  # of a run killed while saving
         if resumed_at is not None:
             truncate_log(log_path, iter_num)
         elif os.path.exists(log_path):
-            os.remove(log_path)
-    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
-    fpt = flops_per_token(raw_model, cfg["block_size"])
+            held_log = []
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    fpt = flops_per_token(raw_model, cfg.block_size)
     peak = gpu_peak_flops(cfg, device)
     if master:
         print(f"{raw_model.describe()}; {tokens_per_iter:,} tokens per iteration on {world} rank(s), {device}, "
               f"{ptdtype}; {fpt / 1e6:.1f} MFLOP per token")
-    if cfg["wandb_log"] and master:
+    if cfg.wandb_log and master:
         import wandb
-        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=cfg)
+
+    def log(rec):
+        if held_log is not None:
+            held_log.append(json.dumps(rec) + "\n")
+        else:
+            write_log(log_path, rec)
+
+    def kept():
+        return f"{ckpt_path} (iteration {last_saved}) is kept" if last_saved is not None else "nothing was saved"
+
+    def stop_if_diverged(first_bad):
+        if first_bad >= 0:
+            fail(f"the training loss became non-finite at iteration {first_bad}: stopped; {kept()} "
+                 f"(a lower learning_rate, or a float32 run, may help)")
 
     def save(it, metrics):
-        extra = dict(optimizer=optimizer.state_dict(), iter_num=it, best_val_loss=best_val_loss,
-                     config=cfg, data_state=dict(seed=cfg["seed"], iter_num=it, datasets=dict(cfg["datasets"])),
+        nonlocal held_log, last_saved
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            fail(f"iteration {it}: the weights are non-finite: stopped without saving; {kept()}")
+        extra = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), iter_num=it,
+                     best_val_loss=best_val_loss, config=dict(cfg),
+                     data_state=dict(seed=cfg.seed, iter_num=it, datasets=dict(cfg.datasets)),
                      metrics=metrics, **(ckpt_extra or {}))
         save_checkpoint(model_checkpoint(raw_model, tok, **extra), ckpt_path)
+        last_saved = it
+        if held_log is not None:  # the new run now replaces the old one
+            replace_log(log_path, held_log)
+            held_log = None
+        bar.write(f"saved {ckpt_path} (iteration {it})")
 
-    bar = tqdm(total=cfg["max_iters"], initial=iter_num, disable=not (master and cfg["progress"]),
+    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not (master and cfg.progress),
                dynamic_ncols=True, leave=False)
     result = {}
+    first_nonfinite = torch.full((), -1, device=device)  # iteration of the first non-finite loss
     t_last, tokens_since = time.time(), 0
     while True:
         rec = {"iter": iter_num}
         # evaluate (deterministic: a resumed run re-logs the same numbers) and checkpoint
-        if iter_num % cfg["eval_interval"] == 0 or iter_num >= cfg["max_iters"] or cfg["eval_only"]:
+        if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only:
+            stop_if_diverged(first_nonfinite.item())
             ev = evaluate(eval_model, data, cfg, ctx, rank, world)
             rec.update(ev)
             result = dict(ev, iters=iter_num)
@@ -412,47 +565,53 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
                 per = " ".join(f"{n} {v['loss']:.4f}/{v['bpb']:.3f}" for n, v in ev["val"].items()) \
                     if len(ev["val"]) > 1 else ""
                 bar.write(f"step {iter_num}: val loss {ev['val_loss']:.4f}, {ev['val_bpb']:.4f} bits/byte {per}")
-                if cfg["wandb_log"]:
+                if cfg.wandb_log:
                     wandb.log({"iter": iter_num, "val/loss": ev["val_loss"], "val/bpb": ev["val_bpb"]})
+            if not math.isfinite(ev["val_loss"]):
+                fail(f"iteration {iter_num}: the validation loss is {ev['val_loss']}: stopped; {kept()}")
             improved = ev["val_loss"] < best_val_loss
             best_val_loss = min(best_val_loss, ev["val_loss"])
-            if master and iter_num not in (0, resumed_at) and not cfg["eval_only"] \
-                    and (improved or cfg["always_save_checkpoint"]):
+            if master and iter_num not in (0, resumed_at) and not cfg.eval_only \
+                    and (improved or cfg.always_save_checkpoint):
                 save(iter_num, ev)
-        if iter_num >= cfg["max_iters"] or cfg["eval_only"]:
+        if iter_num >= cfg.max_iters or cfg.eval_only:
             if master and len(rec) > 1:
-                write_log(log_path, rec)
+                log(rec)
             break
 
         # one optimisation step: gradient accumulation over this rank's micro-batches
         lr = get_lr(iter_num, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(int(np.random.SeedSequence([cfg["seed"], iter_num, rank]).generate_state(1)[0]))
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
+            step = rank * accum + micro  # the global micro-step: the same batch and dropout on any number of ranks
             if ddp:  # only the last micro-step all-reduces the gradients (set before the forward)
                 model.require_backward_grad_sync = micro == accum - 1
-            X, Y = data.batch("train", iter_num, rank * accum + micro)
+            X, Y = data.batch("train", iter_num, step)
+            torch.manual_seed(seed_of(cfg.seed, iter_num, step))
             with ctx:
                 _, loss = model(X, Y, return_logits=False)
                 loss = loss / accum
             loss_sum += loss.detach()
             scaler.scale(loss).backward()
-        if cfg["grad_clip"]:
+        if cfg.grad_clip:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if p.requires_grad], cfg["grad_clip"])
+            torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if p.requires_grad], cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        # noted on the device (no sync per step), checked at the next log line or evaluation
+        first_nonfinite.masked_fill_((first_nonfinite < 0) & ~torch.isfinite(loss_sum), iter_num)
         bar.update(1)
         tokens_since += tokens_per_iter
 
-        if iter_num % cfg["log_interval"] == 0:
+        if iter_num % cfg.log_interval == 0:
             if ddp:
                 dist.all_reduce(loss_sum)
                 loss_sum /= world
             lossf = loss_sum.item()  # also waits for the GPU, so the timing below is real
+            stop_if_diverged(first_nonfinite.item())
             now = time.time()
             tps = tokens_since / max(now - t_last, 1e-9)
             t_last, tokens_since = now, 0
@@ -464,29 +623,63 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
             if master:
                 bar.write(line)
                 bar.set_postfix(loss=f"{lossf:.3f}")
-                if cfg["wandb_log"]:
+                if cfg.wandb_log:
                     wandb.log({"iter": iter_num, "train/loss": lossf, "lr": lr, "tokens_per_s": tps})
         if master and len(rec) > 1:
-            write_log(log_path, rec)
+            log(rec)
         iter_num += 1
     bar.close()
     return result
 
 
+# -----------------------------------------------------------------------------
+# the command line
+
+def resume_config(cfg, overrides):
+    """--init_from=resume: the run's own settings from its checkpoint, then the command line's."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        fail(no_checkpoint_message(path, cfg.eval_interval))
+    saved = read_checkpoint(path, "cpu").get("config") or {}
+    return Config({**DEFAULTS, **{k: v for k, v in saved.items() if k in DEFAULTS}, **overrides})
+
+
+def check_fresh_out_dir(cfg):
+    held = [f for f in ("ckpt.pt", "log.jsonl") if os.path.exists(os.path.join(cfg.out_dir, f))]
+    if held and not cfg.overwrite:
+        fail(f"out_dir={cfg.out_dir} holds a run ({', '.join(held)}): continue it with --init_from=resume, "
+             f"or start over with --overwrite=True (its files are replaced at the new run's first checkpoint)")
+
+
 def main(argv):
-    cfg = configure(DEFAULTS, argv)
+    overrides = parse(DEFAULTS, argv, docs=key_docs(__file__), prog="train.py")
+    cfg = Config({**DEFAULTS, **overrides})
+    if cfg.init_from == "resume":
+        cfg = resume_config(cfg, overrides)
+    else:
+        check_fresh_out_dir(cfg)
+    ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
     try:
         result = train(cfg)
+    except KeyboardInterrupt:  # Ctrl-C: where things stand, in one line
+        if os.path.exists(ckpt):
+            print(f"interrupted; the last checkpoint is {ckpt}: resume with "
+                  f"python train.py --out_dir={cfg.out_dir} --init_from=resume", file=sys.stderr)
+        else:
+            print(f"interrupted before the first checkpoint (written at iteration eval_interval={cfg.eval_interval}): "
+                  f"nothing to resume in {cfg.out_dir}", file=sys.stderr)
+        sys.exit(130)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if result and int(os.environ.get("RANK", 0)) == 0:
         print(f"done: {result['iters']} iterations, val loss {result['val_loss']:.4f}, "
-              f"{result['val_bpb']:.4f} bits/byte; checkpoint {os.path.join(cfg['out_dir'], 'ckpt.pt')}")
+              f"{result['val_bpb']:.4f} bits/byte; checkpoint {ckpt}")
 
 
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"train.py: error: {e}")
+    except (ConfigError, ValueError, OSError) as e:
+        # under torchrun every rank fails the same way: say it once
+        sys.exit(f"train.py: error: {e}" if int(os.environ.get("RANK", 0)) == 0 else 1)
