@@ -12,18 +12,23 @@ The only thing that differs between the arms of the experiment is the input embe
 
 Design choice: the frozen table is STORED in the checkpoint (not rebuilt from the font on load).
 Checkpoints travel between people to be merged; a rebuild depends on the local Unifont version and
-Pillow, and one changed pixel changes the table. Storing it makes a checkpoint self-contained, and
-its fingerprint (recorded in table_info at save time) is re-computed and verified on every load.
+Pillow, and one changed pixel changes the table. Storing it makes a checkpoint self-contained.
+table_info carries two identities: "fingerprint", the sha256 of the stored float32 bytes (re-computed
+and verified on every load: the checkpoint is intact), and "key", the substrate key (what the table
+was built from: tokenizer, recipe, font, cell, dim, a digest of the integer bitmaps). Two tables are
+the same substrate when their keys agree and their values agree within glyph_embed.SUBSTRATE_TOL
+(glyph_embed.check_same_substrate): their bytes may differ in the last bit from one LAPACK to another.
 """
 import math
 import os
+import warnings
 from dataclasses import dataclass, asdict, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from glyph_embed import table_fingerprint  # a frozen table's identity: 16 hex of sha256 of its float32 bytes
+from glyph_embed import table_fingerprint  # integrity of a stored table: 16 hex of sha256 of its float32 bytes
 
 HEAD_CHUNK_ELEMS = 1 << 26  # logits per chunk of the chunked head+loss (see GPT.forward)
 EMBEDDINGS = ("glyph", "glyph_unique", "binary16", "random", "trainable")
@@ -394,8 +399,9 @@ def _check_plain(obj, where="checkpoint"):
 
 
 def save_checkpoint(obj, path):
-    """Atomic save: write a temporary file in the same directory, flush it to disk, then rename it
-    over `path`. A kill at any moment leaves either the old file or the new one, never a torn one."""
+    """Atomic save: write a temporary file in the same directory, flush it to disk, rename it over
+    `path`, then flush the directory entry. A kill at any moment leaves either the old file or the new
+    one, never a torn one; a failed write (a full disk) leaves the old one and says so in one line."""
     _check_plain(obj)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -406,15 +412,46 @@ def save_checkpoint(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:160]
+        kept = f"the previous {path} is intact" if os.path.exists(path) else f"nothing was written to {path}"
+        raise OSError(f"could not save {path}: {reason} (disk full?); {kept}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_partials(path):
+    """Remove the temporary files of save_checkpoint(path) left by processes killed while saving."""
+    d = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    for name in os.listdir(d) if os.path.isdir(d) else []:
+        pid = name[len(prefix):-len(".partial")]
+        if name.startswith(prefix) and name.endswith(".partial") and pid.isdigit() and not _alive(int(pid)):
+            os.remove(os.path.join(d, name))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def model_checkpoint(model, tokenizer=None, table_info=None, **extra):
     """The model part of a checkpoint dict (kind 'gpt'); train.py adds optimizer/iter/RNG/data state."""
     info = dict(table_info if table_info is not None else getattr(model, "table_info", {}))
     if model.frozen_table is not None:
+        if not torch.isfinite(model.frozen_table).all():
+            raise ValueError("the model's frozen table has non-finite values: not saved")
         fp = table_fingerprint(model.frozen_table)
         if info.get("fingerprint") not in (None, fp):
             raise ValueError(f"table_info says fingerprint {info['fingerprint']}, the model's table is {fp}")
@@ -428,12 +465,25 @@ def model_checkpoint(model, tokenizer=None, table_info=None, **extra):
     return ckpt
 
 
+def missing_checkpoint_hint(path):
+    """What the folder of a missing checkpoint holds instead, e.g. a grow.py run's stage_3.pt."""
+    d = os.path.dirname(path) or "."
+    if not os.path.isdir(d):
+        return f" ({d} does not exist)"
+    pts = sorted((f for f in os.listdir(d) if f.endswith(".pt")), key=lambda f: (len(f), f))
+    if not pts:
+        return f" ({d} holds no .pt file)"
+    return f"; {d} holds {', '.join(pts[:6])}{' ...' if len(pts) > 6 else ''}: name one of them, e.g. {os.path.join(d, pts[-1])}"
+
+
 def read_checkpoint(path, device="cpu"):
     """torch.load(weights_only=True) with one-line errors for a missing/truncated/foreign file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise FileNotFoundError(f"{path}: no such checkpoint file{missing_checkpoint_hint(path)}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns before failing on non-zip files: the error says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # zip reader / unpickler errors of a truncated or non-checkpoint file
         msg = str(e)
         if "WeightsUnpickler error:" in msg:  # keep the reason, not torch's paragraph of advice around it
