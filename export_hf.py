@@ -13,7 +13,7 @@ hf/configuration_glyphgpt.py + hf/modeling_glyphgpt.py, and README.md (the model
 metadata block). transformers then loads it like any remote-code model:
 
     model = AutoModelForCausalLM.from_pretrained("hf-model", trust_remote_code=True)
-    tok = AutoTokenizer.from_pretrained("hf-model")
+    tok = AutoTokenizer.from_pretrained("hf-model", trust_remote_code=True)
     lm_eval --model hf --model_args pretrained=hf-model,trust_remote_code=True --tasks arc_easy
 
 Before the folder is put in place, the exported model is loaded back with transformers and its
@@ -30,7 +30,6 @@ Needs transformers and safetensors (requirements-test.txt); nothing else in glyp
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -189,7 +188,7 @@ def model_card(cfg, results, license_, name):
     lines.append(f"Tokenizer: `{cfg['tokenizer_name']}` (fingerprint `{cfg['tokenizer_fingerprint']}`), in tokenizer.json.")
     lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)",
-              "tok = AutoTokenizer.from_pretrained(PATH)",
+              "tok = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)",
               'out = model.generate(**tok("Question: What is 2+2?\\nAnswer:", return_tensors="pt"), max_new_tokens=20)',
               "print(tok.decode(out[0]))", "```", "",
               "Evaluate with lm-evaluation-harness: `lm_eval --model hf --model_args pretrained=PATH,trust_remote_code=True "
@@ -266,9 +265,9 @@ def export(ckpt_path, dest, force=False, evals=(), license_="other"):
              dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=block, clean_up_tokenization_spaces=False,
                   add_bos_token=False, add_eos_token=False, **SPECIAL))
         dump(os.path.join(tmp, "special_tokens_map.json"), SPECIAL)
-        dump(os.path.join(tmp, "generation_config.json"),  # sample.py's defaults; max_length: the context
+        dump(os.path.join(tmp, "generation_config.json"),  # sample.py's defaults
              dict(bos_token_id=cfg["bos_token_id"], eos_token_id=cfg["eos_token_id"], pad_token_id=cfg["pad_token_id"],
-                  do_sample=True, temperature=0.8, top_k=200, max_length=block))
+                  do_sample=True, temperature=0.8, top_k=200))
         for f in MODELING_FILES:
             shutil.copyfile(os.path.join(HERE, "hf", f), os.path.join(tmp, f))
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
