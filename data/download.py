@@ -159,25 +159,57 @@ def hf_fetch(repo, file, what="this dataset"):
 
 # ---------------------------------------------------------------------------- package registries
 
-def _run(cmd, cwd, what):
+# What apt and pip print when the mirror cannot be reached; only then is the network to blame.
+NETWORK_ERRORS = ("Temporary failure resolving", "Could not resolve", "Failed to fetch", "Could not connect",
+                  "Connection failed", "Connection timed out", "Network is unreachable", "NewConnectionError",
+                  "Max retries exceeded", "No route to host")
+APT_NOT_LOCATED = ("Unable to locate package", "has no installation candidate", "Can't select candidate version")
+
+
+def _try(cmd, cwd, what):
     try:
-        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     except FileNotFoundError:
         raise SystemExit(f"{what}: `{cmd[0]}` is not installed (needed to run: {' '.join(cmd)})") from None
+
+
+def _failed(cmd, p, what):
+    """One line: the command, its error line (apt's 'E:' / pip's 'ERROR:' line, else its last line),
+    and the network named as the cause only when the output says so."""
+    lines = (p.stderr.strip() or p.stdout.strip()).splitlines() or ["(no output)"]
+    error = next((ln for ln in lines if ln.startswith(("E:", "ERROR:"))), lines[-1]).strip()
+    out = p.stderr + p.stdout
+    hint = (" (the package mirror could not be reached: check the network and the apt/pip sources)"
+            if any(s in out for s in NETWORK_ERRORS) else
+            " (needs root: run it as root or with sudo)" if "Permission denied" in out or "are you root" in out else
+            " (not in the package lists of this system's apt sources)" if any(s in out for s in APT_NOT_LOCATED) else "")
+    return SystemExit(f"{what}: `{' '.join(cmd)}` failed with exit code {p.returncode}: {error}{hint}")
+
+
+def _run(cmd, cwd, what):
+    p = _try(cmd, cwd, what)
     if p.returncode != 0:
-        last = (p.stderr.strip() or p.stdout.strip()).splitlines()[-1:] or ["(no output)"]
-        raise SystemExit(f"{what}: `{' '.join(cmd)}` failed: {last[0]} (this needs the Debian/PyPI "
-                         f"package mirrors to be reachable)")
+        raise _failed(cmd, p, what)
     return p
 
 
 def apt_fetch(package, what=None):
-    """`apt-get download package` into the cache (once) and return the .deb path."""
+    """`apt-get download package` into the cache (once) and return the .deb path. A package apt
+    cannot locate (empty package lists, as in a fresh container) makes it run `apt-get update` once
+    and try again."""
     what = what or f"Debian package {package}"
     d = cache_dir("deb")
     found = sorted(glob.glob(os.path.join(d, f"{package}_*.deb")))
     if not found:
-        _run(["apt-get", "download", package], d, what)
+        cmd = ["apt-get", "download", package]
+        p = _try(cmd, d, what)
+        if p.returncode != 0 and any(s in p.stderr + p.stdout for s in APT_NOT_LOCATED):
+            print(f"{what}: apt-get cannot locate {package}; refreshing the package lists with `apt-get update`",
+                  file=sys.stderr)
+            _run(["apt-get", "update"], d, what)
+            p = _try(cmd, d, what)
+        if p.returncode != 0:
+            raise _failed(cmd, p, what)
         found = sorted(glob.glob(os.path.join(d, f"{package}_*.deb")))
         if not found:
             raise SystemExit(f"{what}: apt-get download {package} produced no .deb in {d}")
