@@ -1,9 +1,13 @@
 """
-Encoding throughput of unicode_tokenizer vs HF `tokenizers` on the same tokenizer.json, side by side
-in one run, with a check that every id is identical.
+Encoding throughput of unicode_tokenizer vs HF `tokenizers` on the same vocabulary and merges, side by
+side in one run, with a check that every id is identical; then the time of one long document of
+10k / 30k / 100k characters (near-linear encoding).
 
-    python bench_tokenizer.py --text_dir /tmp/corpus/txt --mb 10
-    python bench_tokenizer.py --tokenizer_json ../shared/fixtures/bvv241-2-3/tokenizer.json
+    python bench_tokenizer.py --text_dir /tmp/corpus/txt --mb 10                 # bvv241-2-3
+    python bench_tokenizer.py --text_dir /tmp/corpus/txt --mb 2 --tokenizer bvv241-max
+
+The reference for bvv241-2-3 is tests_data/bvv241-2-3/tokenizer.json (the released layout); for any
+other name, `tokenizers` loads the tokenizer.json that our tokenizer writes with .save().
 
 --text_dir holds en/, ru/, zh/ folders of UTF-8 text files (README "Tokenizer" says how to get them
 offline); about mb/3 MB is taken from each language and split into documents at blank lines.
@@ -16,9 +20,10 @@ import argparse
 import glob
 import os
 import sys
+import tempfile
 import time
 
-from unicode_tokenizer import UnicodeTokenizer
+from unicode_tokenizer import get_tokenizer
 
 
 def load_text(text_dir, mb):
@@ -70,20 +75,22 @@ def best_of(fn, repeats, clock=time.perf_counter):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    p.add_argument("--tokenizer_json", default=os.path.join(here, "..", "shared", "fixtures", "bvv241-2-3", "tokenizer.json"))
+    p.add_argument("--tokenizer", default="bvv241-2-3", help="a name for unicode_tokenizer.get_tokenizer")
     p.add_argument("--text_dir", default="/tmp/corpus/txt")
     p.add_argument("--mb", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=2, help="best of N runs for each timing")
     a = p.parse_args()
     from tokenizers import Tokenizer
-    if not os.path.exists(a.tokenizer_json):
-        raise SystemExit(f"bench: {a.tokenizer_json} not found")
-    ours = UnicodeTokenizer.from_hf_json(a.tokenizer_json)
-    hf = Tokenizer.from_file(a.tokenizer_json)
+    ours = get_tokenizer(a.tokenizer)
+    ref_json = os.path.join(here, "tests_data", "bvv241-2-3", "tokenizer.json")
+    if a.tokenizer != "bvv241-2-3":
+        ref_json = os.path.join(tempfile.mkdtemp(), "tokenizer.json")
+        ours.save(ref_json)
+    hf = Tokenizer.from_file(ref_json)
     docs = load_text(a.text_dir, a.mb)
     nbytes = sum(len(d.encode("utf-8")) for d in docs)
-    ours.encode("warm up")  # builds the tiktoken engine (about 0.2 s), not part of the throughput
-    print(f"{len(docs):,} documents, {nbytes / 1e6:.2f} MB (en/ru/zh), tokenizer {a.tokenizer_json} "
+    ours.encode("warm up")  # builds the engine (tiktoken: about 0.2 s), not part of the throughput
+    print(f"{len(docs):,} documents, {nbytes / 1e6:.2f} MB (en/ru/zh), tokenizer {a.tokenizer} vs {ref_json} "
           f"(engine {ours.engine.kind}), {os.cpu_count()} cores, python {sys.version.split()[0]}")
 
     # single thread: CPU seconds of this process (robust when other jobs share the cores), then wall
@@ -104,6 +111,16 @@ def main():
     same_b = b_ours == b_hf == ids_ours
     print(f"all cores (wall time):     unicode_tokenizer {nbytes / tb_ours / 1e6:6.2f} MB/s | tokenizers {nbytes / tb_hf / 1e6:6.2f} MB/s"
           f" | ratio {tb_hf / tb_ours:.2f}x | ids identical: {same_b}")
+
+    # one long document: a quadratic BPE shows here (the old Python fallback: 240 s for 100k characters)
+    text = "".join(docs)
+    for n in (10_000, 30_000, 100_000):
+        doc = text[:n]
+        t_o, ids_o = best_of(lambda: ours.encode(doc), a.repeats, time.process_time)
+        t_h, ids_h = best_of(lambda: hf.encode(doc).ids, a.repeats, time.process_time)
+        print(f"one document of {n:>7,} characters: unicode_tokenizer {t_o:.3f} s | tokenizers {t_h:.3f} s (CPU) "
+              f"| ids identical: {ids_o == ids_h}")
+        same = same and ids_o == ids_h
     if not (same and same_b):
         raise SystemExit("bench: ids differ")
 

@@ -45,6 +45,7 @@ Usage:
 """
 import argparse
 import ast
+import functools
 import hashlib
 import heapq
 import json
@@ -200,12 +201,16 @@ def ngram_slots(vocab_size):
 
 
 def released_ngrams(name):
+    return list(_released_ngrams(*RELEASED[name]))  # bvv241-abs shares the parse with bvv241-max
+
+
+@functools.lru_cache(maxsize=None)
+def _released_ngrams(layout, lists_file, shared_file):
     """The ordered n-gram list of a released bvv241 tokenizer, selected as its builder notebook does:
     for each of the 32 languages the top-k n-grams of every length, plus (max/abs) every string of
     more than one character of the intersection list; the union in order of (longer first, then
     string order), cut where the n-gram slots run out (the builder stops there: bvv241-max has
     73,768 candidates for 73,727 slots, so its last 41 bigrams get no id)."""
-    layout, lists_file, shared_file = RELEASED[name]
     vocab_size, _, top_k = LAYOUTS[layout]
     with open(os.path.join(DATA, lists_file), encoding="utf-8") as f:
         per_language = ast.literal_eval(f.read())  # a Python literal (tuples, int keys): not JSON, never eval
@@ -217,7 +222,7 @@ def released_ngrams(name):
     if shared_file:
         with open(os.path.join(DATA, shared_file), encoding="utf-8") as f:
             chosen.update(s for s in (line.strip() for line in f) if len(s) > 1)
-    return sorted(chosen, key=lambda s: (-len(s), s))[:len(ngram_slots(vocab_size))]
+    return tuple(sorted(chosen, key=lambda s: (-len(s), s))[:len(ngram_slots(vocab_size))])
 
 
 # -----------------------------------------------------------------------------
