@@ -60,6 +60,7 @@ SEED = 1337
 SQUAD_N, SQUAD_MAX_ANSWER, SQUAD_SAMPLE_SEED = 256, 8, 0  # 256 random answerable items, answer <= 8 chars
 OPUS_N = 128         # first 128 sentence pairs of the validation (dev) file, per direction
 MAX_NEW_CAP = 100    # SQuAD / translation: min(len(answer chars), 100) new tokens
+BPB_NEEDS = "task bpb needs --val_data DIR (a prepared data/<name> with val.bin and meta.json)"
 
 # task -> how it is scored. "choice": one right option among several (paper: sampled letters scored
 # by first character; loglik: log-likelihood of each option). "yesno": BoolQ. "squad", "translate":
@@ -609,7 +610,7 @@ def evaluate(model, tok, task_names, protocol=PROTOCOL, data_dir=None, limit=Non
         kind = TASKS[name]["kind"]
         if kind == "bpb":
             if not val_data:
-                raise ValueError("task bpb needs --val_data DIR (a prepared data/<name> with val.bin and meta.json)")
+                raise ValueError(BPB_NEEDS)
             res, samples = eval_bpb(model, tok, val_data, limit, dtype=dtype, progress=progress)
         else:
             items = load_task(name, data_dir, limit)
@@ -706,7 +707,7 @@ def table(record):
                      f"{fmt(r, 'acc_norm') if 'acc_norm' in r else '':<16} {trunc:>9}")
     lines.append("score: mean ± 1.96·std/√n over " + (f"{record['choices']['runs']} runs (ddof 0, the released script's)"
                                                      if record["protocol"] == "paper" else "items (ddof 1)")
-                 + "; bpb's n counts tokens")
+                 + ("; bpb's n counts tokens" if "bpb" in record["tasks"] else ""))
     if any(r.get("truncated") for r in record["tasks"].values()):
         lines.append(f"trunc: items whose prompt was longer than the model's context ({record['block_size']} "
                      f"tokens minus the new ones) and lost its beginning; they are scored on what was left")
@@ -818,10 +819,9 @@ def main(argv=None):
         notes = []
         if "bpb" in tasks and not args.val_data:
             if "bpb" in [s.strip() for s in args.tasks.split(",")]:
-                raise ValueError("task bpb needs --val_data DIR (a prepared data/<name> with val.bin and meta.json)")
+                raise ValueError(BPB_NEEDS)
             tasks.remove("bpb")
-            notes.append("bpb (bits per byte on held-out text) not run: it needs --val_data DIR, "
-                         "a prepared data/<name> with val.bin and meta.json")
+            notes.append(f"bpb (bits per byte on held-out text) not run: {BPB_NEEDS}")
         if args.runs < 1 or (args.limit is not None and args.limit < 1):
             raise ValueError("--runs and --limit must be >= 1")
         if args.data_dir and not os.path.isdir(args.data_dir):

@@ -390,8 +390,23 @@ def test_result_files_are_named_after_the_run_and_never_overwrite_another(tok, t
     E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "all", "--limit", "1", "--runs", "1",
             "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "bpb (bits per byte on held-out text) not run: it needs --val_data DIR" in out
+    assert "bpb (bits per byte on held-out text) not run: task bpb needs --val_data DIR" in out
     assert set(json.load(open(tmp_path / "run_a" / "eval_ckpt_paper.json"))["tasks"]) == set(E.TASKS) - {"bpb"}
+
+
+def test_result_records_the_frozen_substrate(tok, tmp_path):
+    """A frozen-table model's results name its table: glyph_embed's substrate key (table_info["key"])
+    and the fingerprint of the table's bytes, both read back from the checkpoint."""
+    from model import GPTConfig
+    table = (torch.randint(0, 2, (65536, 16), generator=torch.Generator().manual_seed(0)).float() * 2 - 1)
+    m = GPT(GPTConfig(vocab_size=65536, block_size=64, n_layer=1, n_head=2, d_model=32, embedding="random"), table)
+    m.table_info = {"kind": "random", "dim": 16, "key": "0123456789abcdef"}
+    ckpt, out = str(tmp_path / "glyph.pt"), str(tmp_path / "r.json")
+    save_checkpoint(model_checkpoint(m, tok), ckpt)
+    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "arc_easy", "--limit", "1", "--protocol", "loglik",
+            "--out", out, "--device", "cpu"])
+    sub = json.load(open(out))["substrate"]
+    assert sub["table_key"] == "0123456789abcdef" and sub["table_fingerprint"] == m.table_fingerprint is not None
 
 
 def test_help_shows_every_default(capsys):
