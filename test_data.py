@@ -696,3 +696,20 @@ def test_apt_fetch_refreshes_lists_and_says_what_failed(mode, tmp_path, monkeypa
         assert "`apt-get download fortunes-xx` failed" in msg and "Unable to locate package" in msg
     if mode != "offline":
         assert "network" not in msg and "reach" not in msg
+
+
+def test_write_split_in_worker_processes_is_identical(tmp_path, tok):
+    """Several chunks encoded by 2 processes give the same bytes as 1 process (order kept), and a
+    tokenizer error in a worker reaches the caller."""
+    from data.common import CHUNK_CHARS, write_split
+    words = ["glyph", "Знание", "сила", "床前明月光", "river", "Ω≈ç√", "1234", "\n\n"]
+    docs = [" ".join(words[(i * j) % len(words)] for j in range(1500)) for i in range(50)]
+    assert sum(map(len, docs)) > 3 * CHUNK_CHARS
+    sizes = [write_split(str(tmp_path / f"{w}.bin"), docs, tok, workers=w) for w in (1, 2)]
+    assert sizes[0] == sizes[1] and sizes[0][1] == sum(len(d.encode("utf-8")) for d in docs)
+    assert (tmp_path / "1.bin").read_bytes() == (tmp_path / "2.bin").read_bytes()
+    ids = np.fromfile(tmp_path / "2.bin", dtype=np.uint16 if tok.vocab_size <= 65536 else np.uint32)
+    assert (ids == tok.eos_id).sum() == len(docs)
+    with pytest.raises(ValueError, match="surrogate|expected str"):
+        write_split(str(tmp_path / "bad.bin"), docs + ["\ud800"], tok, workers=2)
+    assert not os.path.exists(tmp_path / "bad.bin")

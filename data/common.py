@@ -17,7 +17,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-ENCODE_CHUNK = 256  # documents per task of a worker process: enough to make a task's overhead small
+CHUNK_CHARS = 1 << 17  # characters of documents per task of a worker process: a task's overhead stays small
 _TOK = None  # the tokenizer of the running write_split; forked workers inherit it (built once, before the fork)
 
 
@@ -36,24 +36,26 @@ def encode_chunk(docs):
     return np.array(ids, dtype=dtype_for(_TOK.vocab_size)).tobytes(), len(ids), sum(len(d.encode("utf-8")) for d in docs)
 
 
-def chunks(docs, n):
-    batch = []
+def chunks(docs, max_chars=CHUNK_CHARS):
+    """Lists of whole documents of about max_chars characters each (a longer document is one chunk)."""
+    batch, n = [], 0
     for doc in docs:
         batch.append(doc)
-        if len(batch) == n:
+        n += len(doc)
+        if n >= max_chars:
             yield batch
-            batch = []
+            batch, n = [], 0
     if batch:
         yield batch
 
 
 def encoded_chunks(docs, tok, workers):
-    """encode_chunk of each ENCODE_CHUNK documents, in order. With workers > 1 the chunks are encoded by
+    """encode_chunk of each chunk of documents, in order. With workers > 1 the chunks are encoded by
     that many forked processes, at most two per process in flight, so a long stream of documents is
     never read far ahead of what has been written (bounded memory)."""
     global _TOK
     _TOK = tok
-    batches = chunks(docs, ENCODE_CHUNK)
+    batches = chunks(docs)
     head = list(itertools.islice(batches, 2))
     if workers <= 1 or len(head) < 2:  # one chunk: starting processes would cost more than it saves
         yield from map(encode_chunk, itertools.chain(head, batches))

@@ -1,0 +1,94 @@
+"""
+Encoding throughput of data/common.write_split (where every prepare script spends its time), with 1
+and with --workers processes side by side in one run on the same documents, next to the way it was
+done before (encode_batch's threads around tiktoken, the rank -> id mapping, regex scans and numpy
+conversion on the main thread); checks that all three write the same bytes.
+
+    python data/bench_encode.py --text_dir /tmp/corpus/txt --mb 6 [--workers 2] [--tokenizer T]
+
+--text_dir holds en/, ru/, zh/ folders of UTF-8 text files (the layout of bench_tokenizer.py; the
+README's "Tokenizer" section says how to get them offline); about mb/3 MB is taken from each language
+and cut at blank lines into documents of about 4 kB. Wall-clock MB/s (UTF-8 bytes of text per second),
+best of --repeats, so run it on an otherwise idle machine.
+"""
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from data.common import chunks, dtype_for, get_tokenizer, write_split  # noqa: E402
+
+
+def load_docs(text_dir, mb, doc_bytes=4000):
+    per_lang, docs = int(mb * 1e6 / 3), []
+    for lang in ("en", "ru", "zh"):
+        files = sorted(glob.glob(os.path.join(text_dir, lang, "*")))
+        if not files:
+            raise SystemExit(f"{os.path.join(text_dir, lang)}: no text files (see the README's Tokenizer section)")
+        size, cur = 0, []
+        for path in files:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for para in f.read().split("\n\n"):
+                    cur.append(para)
+                    if sum(len(p.encode("utf-8")) for p in cur) >= doc_bytes:
+                        docs.append("\n\n".join(cur))
+                        size += len(docs[-1].encode("utf-8"))
+                        cur = []
+                    if size >= per_lang:
+                        break
+            if size >= per_lang:
+                break
+    return docs
+
+
+def write_split_threads(path, docs, tok):
+    """The write_split of before: encode_batch (threads) per chunk, ids -> numpy on the main thread."""
+    with open(path, "wb") as f:
+        for batch in chunks(docs):
+            for ids in tok.encode_batch(batch):
+                f.write(np.asarray(ids + [tok.eos_id], dtype=np.int64).astype(dtype_for(tok.vocab_size)).tobytes())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--text_dir", required=True)
+    p.add_argument("--mb", type=float, default=6)
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--tokenizer", default=None)
+    args = p.parse_args()
+    tok = get_tokenizer(args.tokenizer)
+    docs = load_docs(args.text_dir, args.mb)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    tok.encode("warm-up")  # build the engine outside the timings
+    print(f"{tok.name}: {len(docs):,} documents, {n_bytes / 1e6:.2f} MB, {os.cpu_count()} cores")
+    runs = {"write_split, 1 process": lambda path: write_split(path, docs, tok, workers=1),
+            f"write_split, {args.workers} processes": lambda path: write_split(path, docs, tok, workers=args.workers),
+            "before: encode_batch threads, ids on the main thread": lambda path: write_split_threads(path, docs, tok)}
+    with tempfile.TemporaryDirectory() as tmp:
+        speed, outputs = {}, {}
+        for name, run in runs.items():
+            best = float("inf")
+            for r in range(args.repeats):
+                path = os.path.join(tmp, f"{len(outputs)}.bin")
+                t = time.perf_counter()
+                run(path)
+                best = min(best, time.perf_counter() - t)
+            speed[name] = n_bytes / best / 1e6
+            with open(path, "rb") as f:
+                outputs[name] = f.read()
+    if len(set(outputs.values())) != 1:
+        raise SystemExit("the three ways wrote different bytes")
+    base = speed["write_split, 1 process"]
+    print(f"{'':56s} {'MB/s':>7s} {'vs 1 process':>13s}")
+    for name, mbs in speed.items():
+        print(f"{name:56s} {mbs:7.2f} {mbs / base:12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
