@@ -1,16 +1,16 @@
 """
-Reproduce the papers' experiments end to end, at the scale of a 2-core CPU (../shared/SPEC.md).
+Reproduce the papers' experiments end to end, at the scale of a 2-core CPU (docs/design.md).
 One command per experiment; every run is seeded, and a re-run skips what is already done.
 
 $ python reproduce.py frozen_vs_trainable   # 1. paper 1: frozen glyph table vs trainable vs 16-bit code, 3 seeds
 $ python reproduce.py grow_vs_mono          # 2. paper 2: 3 stages of 2 layers vs a 6-layer monolith, same tokens
 $ python reproduce.py merge                 # 3. paper 2: en+ru and en+zh experts, merged by logit average
 $ python reproduce.py unique                # 4. ours: the injective glyph table vs the faithful one, 3 seeds
-$ python reproduce.py all                   # the four, in this order (README: 42 min side by side, below)
+$ python reproduce.py all                   # the four, in this order (docs/results.md: 42 min side by side, below)
 $ python reproduce.py all --scale toy       # the same pipeline in seconds (test_reproduce.py runs it)
 $ python reproduce.py scaling               # GPU-hour estimates of the papers' full-size runs
 Two invocations may run side by side (a run being trained by one is waited for by the other), e.g. on
-2 cores, one thread each (how the README's numbers were made):
+2 cores, one thread each (how docs/results.md's numbers were made):
 $ python reproduce.py frozen_vs_trainable --threads 1 &
 $ python reproduce.py grow_vs_mono --threads 1 && python reproduce.py merge --threads 1 && python reproduce.py unique --threads 1
 
@@ -25,12 +25,13 @@ At --scale cpu the PNGs are also copied to assets/ (committed, shown in the READ
 
 Training is train.train (and grow.grow / merge.build_merge); benchmarks are eval.evaluate under both
 protocols on the benchmark files in tests_data/eval: only those small fixtures exist offline, so the
-accuracies are a pipeline check on a handful of items, not a measurement (the README says so).
+accuracies are a pipeline check on a handful of items, not a measurement (docs/results.md says so).
+This file runs the experiments and writes their JSON; reproduce_report.py turns those numbers into
+seed statistics, verdicts, markdown tables and plots.
 """
 import argparse
 import importlib.util
 import json
-import math
 import os
 import shutil
 import sys
@@ -45,6 +46,7 @@ sys.path.insert(0, REPO)
 import eval as E  # noqa: E402
 import grow as G  # noqa: E402
 import merge as M  # noqa: E402
+import reproduce_report as R  # noqa: E402
 import train as T  # noqa: E402
 from model import load_model, save_checkpoint  # noqa: E402
 from unicode_tokenizer import get_tokenizer  # noqa: E402
@@ -53,11 +55,13 @@ EXPERIMENTS = ("frozen_vs_trainable", "grow_vs_mono", "merge", "unique")
 
 # -----------------------------------------------------------------------------
 # the two scales. "cpu" was sized from measured throughput so that the four experiments fit in
-# about an hour on a shared 2-core CPU (README: Results); "toy" only checks that the pipeline runs.
+# about an hour on a shared 2-core CPU (docs/results.md); "toy" only checks that the pipeline runs.
+# data_max_bytes: the prepare scripts take whole documents and need two (train, val): 300 kB holds
+# the first two works of Shakespeare.
 SCALES = {
-    "toy": dict(d_model=32, n_layer=1, n_head=2, block_size=32, batch_size=4, max_iters=3, eval_interval=3,
+    "toy": dict(d_model=32, n_layer=1, n_head=2, block_size=32, batch_size=4, max_iters=3, eval_interval=1,
                 eval_iters=1, learning_rate=2e-3, min_lr=2e-4, warmup_iters=1, seeds=[1],
-                expert_iters=3, grow_layers=[1, 1, 1], eval_limit=1, eval_runs=1, data_max_bytes=60_000,
+                expert_iters=3, grow_layers=[1, 1, 1], eval_limit=1, eval_runs=1, data_max_bytes=300_000,
                 eval_tasks=["mmlu", "squad_v2"], translation_tasks=[]),
     "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=180, eval_interval=30,
                 eval_iters=8, learning_rate=2e-3, min_lr=2e-4, warmup_iters=18, seeds=[1, 2, 3],
@@ -66,10 +70,10 @@ SCALES = {
                 translation_tasks=["opus_en_ru", "opus_ru_en", "opus_en_zh", "opus_zh_en"]),
 }
 
-# the training mixture of paper 1 (SPEC §4): English text + ~10% instruction-format QA. Wikipedia is
+# the training mixture of paper 1 (docs/design.md §4): English text + ~10% instruction-format QA. Wikipedia is
 # not reachable offline, so the English corpus is Shakespeare (the repo's default corpus).
 EN_MIX = {"shakespeare": 0.9, "sft_qa": 0.1}
-# the two experts of paper 2 (SPEC §6): English + Russian and English + Chinese, each with the QA part
+# the two experts of paper 2 (docs/design.md §6): English + Russian and English + Chinese, each with the QA part
 EXPERT_MIX = {"ru": {"shakespeare": 0.45, "russian_offline": 0.45, "sft_qa": 0.1},
               "zh": {"shakespeare": 0.45, "chinese_offline": 0.45, "sft_qa": 0.1}}
 PREPARE_ARGS = {"shakespeare": [], "sft_qa": ["--sources", "synthetic"], "russian_offline": [], "chinese_offline": []}
@@ -242,8 +246,9 @@ def run_train(ctx, name, cfg, tasks=None):
     if not os.path.exists(done):
         wait_for_other_invocation(out_dir, done)
     if os.path.exists(done):
-        log(f"{name}: done before, skipped ({done})")
-        return read_json(done)
+        res = read_json(done)
+        log(f"{name}: done before, skipped ({done}): {R.loss_text(res['final']['val_loss'], res['final']['val_bpb'])}")
+        return res
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     resume = os.path.exists(ckpt_path)
     log(f"{name}: training ({'resuming' if resume else 'from scratch'}), embedding={cfg['embedding']}, "
@@ -258,7 +263,7 @@ def run_train(ctx, name, cfg, tasks=None):
     rows = read_log(os.path.join(out_dir, "log.jsonl"))
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first includes start-up
     res = dict(name=name, embedding=cfg["embedding"], table_dim=cfg["table_dim"], seed=cfg["seed"],
-               table_fingerprint=model.table_fingerprint, torch_threads=torch.get_num_threads(),
+               **table_identity(model), torch_threads=torch.get_num_threads(),
                datasets=cfg["datasets"], iters=cfg["max_iters"], tokens=cfg["max_iters"] * tpi,
                params=model.param_counts(), flops_per_token=T.flops_per_token(model, cfg["block_size"]),
                curve=curve(rows, tpi), final=curve(rows, tpi)[-1], benchmarks=bench,
@@ -266,130 +271,20 @@ def run_train(ctx, name, cfg, tasks=None):
                tokens_per_s=round(float(np.median(speeds)), 1) if speeds else None)
     write_json(done, res)
     os.remove(os.path.join(out_dir, "running.pid"))
+    log(f"{name}: {R.loss_text(res['final']['val_loss'], res['final']['val_bpb'])} (validation, training mixture) "
+        f"after {res['tokens']:,} tokens, {train_s:.0f} s")
     return res
 
 
-# -----------------------------------------------------------------------------
-# seed statistics and the plain-words comparison
-
-def spread(values):
-    """mean, sample std (ddof 1; 0 for one value), min, max."""
-    v = np.asarray(values, dtype=float)
-    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, min=float(v.min()),
-                max=float(v.max()), n=len(v), values=[float(x) for x in v])
-
-
-def summarise_arm(results):
-    """Seed statistics of one arm: final bpb (mixture and per dataset) and every benchmark figure."""
-    out = dict(val_bpb=spread([r["final"]["val_bpb"] for r in results]),
-               val_loss=spread([r["final"]["val_loss"] for r in results]),
-               val={n: spread([r["final"]["val"][n] for r in results]) for n in results[0]["final"]["val"]},
-               benchmarks={}, params=results[0]["params"], train_seconds=spread([r["train_seconds"] for r in results]))
-    for protocol, tasks in results[0]["benchmarks"].items():
-        for t, r0 in tasks.items():
-            out["benchmarks"][f"{protocol}/{t}"] = dict(spread([r["benchmarks"][protocol][t]["mean"] for r in results]),
-                                                      metric=r0["metric"], items=r0["n"])
-    return out
-
-
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # Student t, 97.5%, df 1..10
-
-
-def verdict(a, b, label_a, label_b):
-    """Is arm a's final val bpb different from arm b's beyond the seed noise? The runs are paired by
-    seed (same seed = same initial weights of the shared parts, same batches, same validation
-    batches), so the test is on the per-seed differences: their mean against t(97.5%, n-1) x its
-    standard error. With one seed there is no noise estimate and no verdict."""
-    va, vb = a["val_bpb"]["values"], b["val_bpb"]["values"]
-    diffs = np.array(va) - np.array(vb)
-    diff = float(diffs.mean())
-    per_seed = ", ".join(f"{d:+.3f}" for d in diffs)
-    if len(diffs) < 2 or len(va) != len(vb):
-        return dict(diff=diff, se=None, diffs=diffs.tolist(),
-                    text=f"{label_a} - {label_b} = {diff:+.4f} bits/byte (one seed: no spread, no verdict)")
-    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
-    t = T975[len(diffs) - 2] if len(diffs) - 1 <= len(T975) else 1.96
-    if abs(diff) <= t * se:
-        word = "no measurable difference"
-    else:
-        word = f"{label_a} {'better (lower bits/byte)' if diff < 0 else 'worse (higher bits/byte)'}"
-    return dict(diff=diff, se=se, diffs=diffs.tolist(), t=t,
-                text=f"{word}: {label_a} - {label_b} = {diff:+.4f} bits/byte (per seed {per_seed}; "
-                     f"95% interval ±{t * se:.4f}, paired t over {len(diffs)} seeds)")
-
-
-def fmt_spread(s, digits=4):
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s["n"] > 1 else f"{s['mean']:.{digits}f}"
-
-
-def arms_table(summaries):
-    """Markdown: one row per arm with the seed mean ± std of the final validation figures; then the
-    benchmarks (fixture items) with one column per arm."""
-    first = next(iter(summaries.values()))
-    names = list(first["val"])
-    head = ["arm", "trainable params", "val loss (mix)", "val bpb (mix)"] + [f"{n} bpb" for n in names] + ["train s / seed"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm, s in summaries.items():
-        cells = [ARM_LABELS.get(arm, arm), f"{s['params']['trainable'] / 1e6:.2f}M", fmt_spread(s["val_loss"]),
-                 fmt_spread(s["val_bpb"])] + [fmt_spread(s["val"][n]) for n in names] + [f"{s['train_seconds']['mean']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    bench = {arm: s["benchmarks"] for arm, s in summaries.items()}
-    return "\n".join(lines) + "\n\n" + bench_table(bench, [ARM_LABELS.get(a, a) for a in summaries])
-
-
-def bench_table(bench, labels):
-    """Markdown: rows = protocol/task (items), columns = models; cells = mean (± seed std) in %."""
-    keys = list(next(iter(bench.values())))
-    lines = ["| benchmark (fixture items) | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    for k in keys:
-        b0 = next(iter(bench.values()))[k]
-        cells = [fmt_spread(b[k], 1) if "std" in b[k] else f"{b[k]['mean']:.1f}" for b in bench.values()]
-        lines.append(f"| {k} ({b0.get('items', b0.get('n'))}, {b0['metric']}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def table_identity(model):
+    """Which frozen table a result was measured with: glyph_embed's substrate key when the model
+    records one, and the table's fingerprint (None for a trainable embedding)."""
+    return dict(table_fingerprint=model.table_fingerprint,
+                substrate_key=(getattr(model, "table_info", None) or {}).get("substrate_key"))
 
 
 # -----------------------------------------------------------------------------
-# plots (matplotlib is optional)
-
-def pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        log("matplotlib is not installed: no plots (pip install matplotlib)")
-        return None
-
-
-def plot_arms(path, runs_by_arm, title):
-    """Validation bits per byte against tokens: seed mean, and the min-max band over seeds."""
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for arm, runs in runs_by_arm.items():
-        x = np.array([p["tokens"] for p in runs[0]["curve"]])
-        for ax, key in zip(axes, (None, "sft_qa")):
-            ys = np.array([[p["val_bpb"] if key is None else p["val"][key] for p in r["curve"]] for r in runs])
-            line, = ax.plot(x, ys.mean(0), label=f"{ARM_LABELS.get(arm, arm)} ({len(runs)} seeds)")
-            ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
-    for ax in axes:  # the untrained step-0 point (~10 bits/byte) would flatten everything else
-        top = max(l.get_ydata()[1:].max() for l in ax.get_lines())
-        ax.set_ylim(top=top + 0.05 * (top - ax.get_ylim()[0]))
-    axes[0].set_title("validation, training mixture")
-    axes[1].set_title("validation, QA part (sft_qa)")
-    for ax in axes:
-        ax.set_xlabel("training tokens")
-        ax.set_ylabel("bits per byte")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
+# an experiment's outputs: JSON, markdown, plots (reproduce_report.py turns numbers into tables and plots)
 
 def publish(ctx, paths):
     """Copy the final plots to assets/ (committed; the README shows them), at the cpu scale only."""
@@ -408,6 +303,8 @@ def finish(ctx, exp, result, md, plots):
     with open(base + ".md", "w") as f:
         f.write(md + "\n")
     publish(ctx, plots)
+    if plots and not any(plots):
+        log("matplotlib is not installed: no plots (pip install matplotlib)")
     print(md)
     log(f"{exp}: wrote {base}.json, {base}.md" + "".join(f", {p}" for p in plots if p))
     return result
@@ -423,14 +320,14 @@ def compare_arms(ctx, exp, arms, reference, title):
     jobs = [(f"{arm}_s{seed}", arm_config(S, ctx, arm, seed)) for seed in S["seeds"] for arm in arms]
     done = run_jobs(ctx, jobs)
     runs = {arm: [done[f"{arm}_s{seed}"] for seed in S["seeds"]] for arm in arms}
-    summaries = {arm: summarise_arm(rs) for arm, rs in runs.items()}
-    verdicts = {arm: verdict(summaries[arm], summaries[reference], ARM_LABELS[arm], ARM_LABELS[reference])
+    summaries = {arm: R.summarise_arm(rs) for arm, rs in runs.items()}
+    verdicts = {arm: R.verdict(summaries[arm], summaries[reference], ARM_LABELS[arm], ARM_LABELS[reference])
                 for arm in arms if arm != reference}
     result = dict(experiment=exp, scale=ctx["scale"], settings=S, datasets=EN_MIX, arms=summaries,
                   verdicts=verdicts, runs={arm: rs for arm, rs in runs.items()},
                   eval_data=f"fixtures in {os.path.relpath(EVAL_DIR, REPO)} (a few items per task)")
-    md = f"### {title}\n\n{arms_table(summaries)}\n\n" + "\n".join(f"- {v['text']}" for v in verdicts.values())
-    plot = plot_arms(os.path.join(ctx["out"], f"{exp}.png"), runs, title)
+    md = f"### {title}\n\n{R.arms_table(summaries, ARM_LABELS)}\n\n" + "\n".join(f"- {v['text']}" for v in verdicts.values())
+    plot = R.plot_arms(os.path.join(ctx["out"], f"{exp}.png"), runs, ARM_LABELS, title)
     return finish(ctx, exp, result, md, [plot])
 
 
@@ -505,6 +402,7 @@ def grow_vs_mono(ctx):
                                    seconds=rep["seconds"]))
         final_model = stage_models(gcfg, grow_dir)[-1][1]
         grown = dict(stages=stage_rows, curve=points, total_flops=flops, wall_seconds=round(seconds, 1),
+                     **table_identity(final_model),
                      tokens=total_iters * tpi, benchmarks=benchmark(final_model, ctx["tok"], S, S["eval_tasks"]),
                      val_bpb=reports[-1]["val_bpb"])
         write_json(done, grown)
@@ -530,34 +428,9 @@ def grow_vs_mono(ctx):
     m = result["monolithic"]
     lines.append(f"| monolithic | - | 1-{depth} | {m['trainable'] / 1e6:.2f}M | {m['frozen'] / 1e6:.2f}M | {m['tokens']:,} | "
                  f"{m['total_flops']:.3e} | {m['val_bpb']:.4f} | {m['wall_seconds']:.0f} |")
-    md = f"### Grown ({n_stages} stages of {growth[0]} layers) vs monolithic {depth}-layer model\n\n" + "\n".join(lines)
-    plot = plot_grow(os.path.join(ctx["out"], f"{exp}.png"), grown, result["monolithic"], growth)
+    md = f"### Grown ({R.growth_text(growth)}) vs monolithic {depth}-layer model\n\n" + "\n".join(lines)
+    plot = R.plot_grow(os.path.join(ctx["out"], f"{exp}.png"), grown, result["monolithic"], growth)
     return finish(ctx, exp, result, md, [plot])
-
-
-def plot_grow(path, grown, mono, growth):
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for s in sorted({p["stage"] for p in grown["curve"]}):
-        pts = [p for p in grown["curve"] if p["stage"] == s]
-        ax.plot([p["flops"] for p in pts], [p["val_bpb"] for p in pts], "-o", ms=3, color="C0",
-                label=f"grown, {len(growth)} stages of {growth[0]} layers" if s == 1 else None)
-        ax.axvline(pts[-1]["flops"], color="C0", alpha=0.15)
-    ax.plot([p["flops"] for p in mono["curve"]], [p["val_bpb"] for p in mono["curve"]], "-o", ms=3, color="C1",
-            label=f"monolithic, {sum(growth)} layers")
-    top = max(p["val_bpb"] for p in grown["curve"] + mono["curve"] if p["tokens"] > 0)
-    ax.set_ylim(top=top + 0.05 * (top - ax.get_ylim()[0]))  # step 0 (untrained, ~10 bits/byte) off the top
-    ax.set_xlabel("training FLOPs (matmuls; frozen lower blocks: forward only)")
-    ax.set_ylabel("validation bits per byte")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Layer-wise growth vs monolithic training, same tokens", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # -----------------------------------------------------------------------------
@@ -593,6 +466,7 @@ def merge(ctx):
         bench = {label: (experts[label.split()[0]]["benchmarks"] if label.endswith("expert") else
                          benchmark(m, ctx["tok"], S, tasks)) for label, m in models.items()}
         result = dict(experiment=exp, scale=ctx["scale"], settings=S, expert_datasets=EXPERT_MIX,
+                      **table_identity(merged),
                       domains=domain_bpb, benchmarks=bench, merged_params=merged.param_counts(),
                       experts={n: dict(params=e["params"], tokens=e["tokens"], train_seconds=e["train_seconds"],
                                        val=e["final"]["val"]) for n, e in experts.items()},
@@ -605,30 +479,9 @@ def merge(ctx):
         lines.append("| " + " | ".join([label] + [f"{domain_bpb[label][d]['bpb']:.4f}" for d in domains]) + " |")
     flat = {label: {f"{p}/{t}": r for p, tasks_ in bench[label].items() for t, r in tasks_.items()} for label in labels}
     md = ("### Merge: en+ru and en+zh experts vs their logit average\n\n" + "\n".join(lines) + "\n\n" +
-          bench_table(flat, labels))
-    plot = plot_merge(os.path.join(ctx["out"], f"{exp}.png"), domain_bpb, domains)
+          R.bench_table(flat, labels))
+    plot = R.plot_merge(os.path.join(ctx["out"], f"{exp}.png"), domain_bpb, domains)
     return finish(ctx, exp, result, md, [plot])
-
-
-def plot_merge(path, domain_bpb, domains):
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    labels = list(domain_bpb)
-    w = 0.8 / len(labels)
-    for k, label in enumerate(labels):
-        xs = np.arange(len(domains)) + (k - (len(labels) - 1) / 2) * w
-        ax.bar(xs, [domain_bpb[label][d]["bpb"] for d in domains], w, label=label)
-    ax.set_xticks(np.arange(len(domains)), domains)
-    ax.set_ylabel("validation bits per byte (lower is better)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Experts and their logit-average merge, per domain", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # -----------------------------------------------------------------------------
