@@ -9,8 +9,8 @@ side in one run, with a check that every id is identical; then the time of one l
 The reference for bvv241-2-3 is tests_data/bvv241-2-3/tokenizer.json (the released layout); for any
 other name, `tokenizers` loads the tokenizer.json that our tokenizer writes with .save().
 
---text_dir holds en/, ru/, zh/ folders of UTF-8 text files (README "Tokenizer" says how to get them
-offline); about mb/3 MB is taken from each language and split into documents at blank lines.
+--text_dir holds en/, ru/, zh/ folders of UTF-8 text files (docs/data.md, "The offline corpora",
+says how to get them offline); about mb/3 MB is taken from each language and split into documents at blank lines.
 Single thread: every document encoded one by one with .encode() by both libraries; timed in CPU
 seconds of this process (best of --repeats; robust when other jobs share the machine) and once in
 wall-clock seconds.
@@ -32,7 +32,7 @@ def load_text(text_dir, mb):
     for lang in ("en", "ru", "zh"):
         files = sorted(glob.glob(os.path.join(text_dir, lang, "*")))
         if not files:
-            raise SystemExit(f"bench: no files in {os.path.join(text_dir, lang)} (see README: Tokenizer)")
+            raise SystemExit(f"bench: no files in {os.path.join(text_dir, lang)} (see docs/data.md: The offline corpora)")
         size = 0
         for f in files:
             with open(f, encoding="utf-8", errors="replace") as fh:

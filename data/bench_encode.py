@@ -6,8 +6,8 @@ conversion on the main thread); checks that all three write the same bytes.
 
     python data/bench_encode.py --text_dir /tmp/corpus/txt --mb 6 [--workers 2] [--tokenizer T]
 
---text_dir holds en/, ru/, zh/ folders of UTF-8 text files (the layout of bench_tokenizer.py; the
-README's "Tokenizer" section says how to get them offline); about mb/3 MB is taken from each language
+--text_dir holds en/, ru/, zh/ folders of UTF-8 text files (the layout of bench_tokenizer.py; docs/data.md,
+"The offline corpora", says how to get them offline); about mb/3 MB is taken from each language
 and cut at blank lines into documents of about 4 kB. Wall-clock MB/s (UTF-8 bytes of text per second),
 best of --repeats, so run it on an otherwise idle machine.
 """
@@ -29,7 +29,7 @@ def load_docs(text_dir, mb, doc_bytes=4000):
     for lang in ("en", "ru", "zh"):
         files = sorted(glob.glob(os.path.join(text_dir, lang, "*")))
         if not files:
-            raise SystemExit(f"{os.path.join(text_dir, lang)}: no text files (see the README's Tokenizer section)")
+            raise SystemExit(f"{os.path.join(text_dir, lang)}: no text files (see docs/data.md: The offline corpora)")
         size, cur = 0, []
         for path in files:
             with open(path, encoding="utf-8", errors="replace") as f:
