@@ -593,6 +593,10 @@ def test_sft_qa_split_by_question_and_synthetic_decontaminated(tmp_path, tok):
     assert not leaked & {k for k, _ in items}
     assert stats["sources"]["synthetic"]["in_eval"] == sum(k in leaked for k, _ in generated) > 0
     assert stats["eval_questions"] == meta["eval_questions"] + 2
+    # eval.py's benchmark files in its data dir count too (here: the eval engineer's fixtures)
+    shutil.copytree(EVAL_FIX, os.path.join(os.environ["GLYPHGPT_CACHE"], "eval", "data"), dirs_exist_ok=True)
+    _, with_benchmarks = build(["synthetic"], Files(str(local)), n_synthetic=300)
+    assert with_benchmarks["eval_questions"] > stats["eval_questions"]
 
 
 # ---------------------------------------------------------------------------- the common command line

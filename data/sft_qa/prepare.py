@@ -437,11 +437,28 @@ def synthetic_items(n, seed=0):
 
 # ---------------------------------------------------------------------------- the mixture
 
+def benchmark_questions(data_dir):
+    """The questions of the benchmark files eval.py reads (data/benchmarks.py) that are on disk in
+    its data dir (they are there once eval.py has run, or once they were put there by hand)."""
+    from data.benchmarks import arc_records, boolq_records, mmlu_records, read_text, squad_records
+    questions = []
+    if glob.glob(os.path.join(data_dir, "mmlu", "test", "*_test.csv")):
+        questions += [r["question"] for r in mmlu_records(data_dir)]
+    for name, records in (("arc/ARC-Easy/ARC-Easy-Dev.jsonl", arc_records),
+                          ("arc/ARC-Challenge/ARC-Challenge-Dev.jsonl", arc_records),
+                          ("commonsense_qa/dev_rand_split.jsonl", arc_records),
+                          ("boolq/dev.jsonl", boolq_records), ("squad_v2/dev-v2.0.json", squad_records)):
+        path = os.path.join(data_dir, name)
+        if os.path.isfile(path):
+            questions += [r["question"] for r in records(read_text(path), path)]
+    return questions
+
+
 def eval_keys(files, sources, check_mmlu=True):
-    """Normalised questions of every evaluation split we can read: those of the chosen real sources
-    (downloaded when needed), and those of any other source (and MMLU) already on disk, so that a
-    synthetic-only run is checked too."""
-    keys = set()
+    """Normalised questions of every evaluation split we can read: the benchmark files of eval.py on
+    disk, those of the chosen real sources (downloaded when needed), and those of any other source (and
+    MMLU) already on disk, so that a synthetic-only run is checked too."""
+    keys = {norm(q) for q in benchmark_questions(cache_dir("eval", "data"))}
     for s in REAL:
         if s in sources or files.has_eval(s):
             keys.update(norm(q) for q in load_source(files, s, "eval"))
