@@ -123,6 +123,10 @@ def test_released_answer_through_the_model_path(tok):
     answers, trunc = E.sample_answers(forced_gpt("b"), tok, "arc_easy", [it["prompt"] for it in items], 2, 3, 1.0,
                                       50, 0)
     assert answers == [["BB"] * 3] * len(items) and trunc == 0
+    # prompts longer than the context lose their beginning: the answer is read after the kept part
+    answers, trunc = E.sample_answers(forced_gpt("b", block_size=24), tok, "arc_easy", [it["prompt"] for it in items],
+                                      2, 3, 1.0, 50, 0)
+    assert answers == [["BB"] * 3] * len(items) and trunc == len(items)
 
 
 def test_scoring_rules():
