@@ -33,7 +33,8 @@ def encode_chunk(docs):
     for d in docs:
         ids += _TOK.encode(d)
         ids.append(_TOK.eos_id)
-    return np.array(ids, dtype=dtype_for(_TOK.vocab_size)).tobytes(), len(ids), sum(len(d.encode("utf-8")) for d in docs)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    return np.array(ids, dtype=dtype_for(_TOK.vocab_size)).tobytes(), len(ids), n_bytes
 
 
 def chunks(docs, max_chars=CHUNK_CHARS):

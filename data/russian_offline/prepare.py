@@ -3,7 +3,8 @@ Russian text that this machine can get without internet: the Debian package fort
 3.5 MB of Russian aphorisms and jokes in fortune(6) format, GPL-2), fetched with `apt-get download`
 and unpacked with `dpkg-deb -x` (no installation, no dependencies).
 
-    python data/russian_offline/prepare.py [--tokenizer bvv241-2-3] [--max_bytes N] [--deb PATH]
+    python data/russian_offline/prepare.py [--tokenizer T] [--max_bytes N] [--val_fraction F] [--out_dir D]
+                                           [--deb PATH]
 
 One document per fortune (the "%" lines separate them), colour codes removed, exact duplicates
 dropped; train/val by data.common.split_docs.

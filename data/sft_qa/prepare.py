@@ -4,7 +4,7 @@ byte for byte in the evaluation prompt formats of prompts.py (docs/design.md §7
 "Answer:" (no space, see prompts.ANSWER_SEP), one item per document.
 
     python data/sft_qa/prepare.py [--sources all|synthetic|arc_easy,squad_v2,...] [--local_dir D]
-                                  [--tokenizer bvv241-2-3] [--max_bytes N]
+                                  [--tokenizer T] [--max_bytes N] [--val_fraction F] [--out_dir D]
 
 Only TRAIN splits are used: ARC-Easy/Challenge, CommonsenseQA, SQuAD v2 (answerable items), BoolQ,
 NQ-Open, TriviaQA (unfiltered, no context) and HotpotQA (supporting paragraphs as context), each from its original distribution (TriviaQA from

@@ -4,13 +4,14 @@ that the Wikimedia Foundation publishes on the Hugging Face hub (dataset wikimed
 20231101; columns id, url, title, text), with plain `requests` (no `datasets` package). Each shard
 is downloaded only when needed, resumably, and checked against the size and sha256 the hub lists.
 
-    python data/wikipedia/prepare.py --langs en,ru --max_bytes 2e9 [--sample 0.1] [--tokenizer bvv241-2-3]
+    python data/wikipedia/prepare.py --langs en,ru --max_bytes 2e9 [--sample 0.1] [--tokenizer T]
 
 --max_bytes is the budget of UTF-8 bytes of article text (whole articles), shared equally by the
-languages; --sample keeps a fixed pseudo-random fraction of articles (chosen by hashing the article id, so the same articles whatever the
-budget), which spreads a small budget over the whole encyclopedia instead of its first shard.
+languages; --sample keeps a fixed pseudo-random fraction of articles (chosen by hashing the article
+id, so the same articles whatever the budget), which spreads a small budget over the whole
+encyclopedia instead of its first shard.
 One document = one article: its title, a blank line, then its `text` field as published (the
-dump's text starts with the body); documents are separated by one eos token (`</s>`, id 57346 for bvv241; see data/common.py).
+dump's text starts with the body); documents are separated by one eos token (`</s>`; see data/common.py).
 Needs pyarrow.
 """
 import os
