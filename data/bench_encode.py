@@ -9,7 +9,8 @@ conversion on the main thread); checks that all three write the same bytes.
 --text_dir holds en/, ru/, zh/ folders of UTF-8 text files (the layout of bench_tokenizer.py; docs/data.md,
 "The offline corpora", says how to get them offline); about mb/3 MB is taken from each language
 and cut at blank lines into documents of about 4 kB. Wall-clock MB/s (UTF-8 bytes of text per second),
-best of --repeats, so run it on an otherwise idle machine.
+best of --repeats, so run it on an otherwise idle machine; the CPU seconds of the main process
+show how much of the work is left on it (what caps the speed-up on more cores).
 """
 import argparse
 import glob
@@ -71,23 +72,23 @@ def main():
             f"write_split, {args.workers} processes": lambda path: write_split(path, docs, tok, workers=args.workers),
             "before: encode_batch threads, ids on the main thread": lambda path: write_split_threads(path, docs, tok)}
     with tempfile.TemporaryDirectory() as tmp:
-        speed, outputs = {}, {}
+        speed, main_cpu, outputs = {}, {}, {}
         for name, run in runs.items():
-            best = float("inf")
+            best = cpu = float("inf")
             for r in range(args.repeats):
                 path = os.path.join(tmp, f"{len(outputs)}.bin")
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 run(path)
-                best = min(best, time.perf_counter() - t)
-            speed[name] = n_bytes / best / 1e6
+                best, cpu = min(best, time.perf_counter() - t), min(cpu, time.process_time() - c)
+            speed[name], main_cpu[name] = n_bytes / best / 1e6, cpu
             with open(path, "rb") as f:
                 outputs[name] = f.read()
     if len(set(outputs.values())) != 1:
         raise SystemExit("the three ways wrote different bytes")
     base = speed["write_split, 1 process"]
-    print(f"{'':56s} {'MB/s':>7s} {'vs 1 process':>13s}")
+    print(f"{'':54s} {'MB/s':>6s} {'vs 1 process':>13s} {'main-process CPU s':>19s}")
     for name, mbs in speed.items():
-        print(f"{name:56s} {mbs:7.2f} {mbs / base:12.2f}x")
+        print(f"{name:54s} {mbs:6.2f} {mbs / base:12.2f}x {main_cpu[name]:19.2f}")
 
 
 if __name__ == "__main__":
