@@ -472,7 +472,9 @@ def build(sources, files, n_synthetic=6000, mmlu_fraction=0.5, check_mmlu=True, 
     we can read (an item whose normalised question is there is dropped), deduplicated and shuffled
     deterministically. Returns (items, stats)."""
     banned = eval_keys(files, sources, check_mmlu)
-    print(f"decontamination: {len(banned):,} evaluation questions")
+    print(f"decontamination: against {len(banned):,} evaluation questions" if banned else
+          "decontamination: no evaluation split on disk to check against (eval.py puts its benchmark files in "
+          f"{cache_dir('eval', 'data')}; --local_dir can hold the QA sets' dev/test files)")
     stats, seen, out = {}, set(), []
     for s in sources:
         items = synthetic_items(n_synthetic, seed) if s == "synthetic" else load_source(files, s, "train", mmlu_fraction)
