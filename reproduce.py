@@ -277,10 +277,11 @@ def run_train(ctx, name, cfg, tasks=None):
 
 
 def table_identity(model):
-    """Which frozen table a result was measured with: glyph_embed's substrate key when the model
-    records one, and the table's fingerprint (None for a trainable embedding)."""
-    return dict(table_fingerprint=model.table_fingerprint,
-                substrate_key=(getattr(model, "table_info", None) or {}).get("substrate_key"))
+    """Which frozen table a result was measured with: its substrate key (glyph_embed.substrate_key:
+    what the table was built from; None for a trainable embedding or a table saved before keys
+    existed) and the fingerprint of its bytes."""
+    return dict(substrate_key=(getattr(model, "table_info", None) or {}).get("key"),
+                table_fingerprint=model.table_fingerprint)
 
 
 # -----------------------------------------------------------------------------
