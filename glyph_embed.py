@@ -16,12 +16,10 @@ Usage:
     python glyph_embed.py --tokenizer bvv241-2-3 --dim 1024 --out table.pt --report --sheet s.png
 """
 import contextlib
-import gzip
 import hashlib
 import json
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -32,121 +30,146 @@ import torch
 from data.download import cache_dir, download, sha256_file
 
 # -----------------------------------------------------------------------------
-# font: GNU Unifont .hex (one line per code point: "XXXX:" + 32 or 64 hex digits = 16 rows of 8/16 px)
+# font: GNU Unifont 15.0.01 OpenType, drawn by Pillow exactly as the released builder draws it
 
-# Pinned release: the GNU mirror first, the upstream (unifoundry) font-builds copy second; one sha256.
-UNIFONT_VERSION = "15.1.05"
-UNIFONT_URLS = [
-    f"https://ftpmirror.gnu.org/unifont/unifont-{UNIFONT_VERSION}/unifont-{UNIFONT_VERSION}.hex.gz",
-    f"https://unifoundry.com/pub/unifont/unifont-{UNIFONT_VERSION}/font-builds/unifont-{UNIFONT_VERSION}.hex.gz",
-]
-UNIFONT_SHA256 = "e2b2e2c3c85a26e76afec499d27be66f2ebb356be6634cc2f3339e6a41026eeb"
-DEBIAN_UNIFONT = "/usr/share/unifont/unifont.hex"
-_HEX_LINE = re.compile(rb"^([0-9A-Fa-f]{4,6}):([0-9A-Fa-f]{32}|[0-9A-Fa-f]{64})$")
+# One pinned font everywhere: Debian bookworm's fonts-unifont 1:15.0.01-2 (unifont.otf). Upstream's
+# unifont-15.0.01.otf is tried first but accepted only if it is this same file (same sha256);
+# otherwise the Debian package itself is fetched and the .otf taken out of it.
+UNIFONT_VERSION = "15.0.01"
+UNIFONT_SHA256 = "db1960227adcb14640063e7384fdcd2867aaf819d9ca4866bca289d4db9a9f67"  # Debian's unifont.otf
+UNIFONT_OTF_URL = f"https://ftpmirror.gnu.org/unifont/unifont-{UNIFONT_VERSION}/unifont-{UNIFONT_VERSION}.otf"
+UNIFONT_DEB_URL = "https://deb.debian.org/debian/pool/main/u/unifont/fonts-unifont_15.0.01-2_all.deb"
+UNIFONT_DEB_SHA256 = "cd46245f1b228d1277ed2b453ce893fde1cf4bf4ec317e82b0079395bdc9c2b5"
+UNIFONT_DEB_MEMBER = "./usr/share/fonts/opentype/unifont/unifont.otf"
+DEBIAN_UNIFONT = "/usr/share/fonts/opentype/unifont/unifont.otf"
 
 
-def download_unifont(urls=None, sha256=UNIFONT_SHA256, dest=None):
-    """Download the pinned Unifont .hex.gz (data/download.py: progress bar, resume, sha256 check,
-    atomic rename), trying the mirrors in turn."""
-    urls = [urls] if isinstance(urls, str) else (urls or UNIFONT_URLS)
-    dest = dest or os.path.join(cache_dir(), os.path.basename(urls[0]))
+def otf_from_deb(deb, member=UNIFONT_DEB_MEMBER):
+    """The bytes of one file inside a .deb (an ar archive holding data.tar.*), without dpkg."""
+    import io
+    import tarfile
+    with open(deb, "rb") as f:
+        data = f.read()
+    pos = 8  # "!<arch>\n", then 60-byte member headers, members padded to even length
+    while pos + 60 <= len(data):
+        name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58])
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])) as tar:
+                return tar.extractfile(member).read()
+        pos += 60 + size + (size & 1)
+    raise ValueError(f"{deb}: no data.tar member (not a Debian package?)")
+
+
+def download_unifont(dest=None):
+    """The pinned Unifont 15.0.01 .otf into our cache (sha256 checked), from the GNU mirror or the
+    Debian package (data/download.py: resume, sha256 check, atomic rename)."""
+    dest = dest or os.path.join(cache_dir(), f"unifont-{UNIFONT_VERSION}.otf")
     errors = []
-    for url in urls:
-        try:
-            return download(url, dest, sha256=sha256, what="GNU Unifont")
-        except SystemExit as e:  # download() reports one line per failure: try the next mirror
-            errors.append(str(e))
-    raise SystemExit(f"error: could not download GNU Unifont: {'; '.join(errors)}. Install the Debian package "
-                     f"'unifont', or pass a .hex/.hex.gz path (--font / $GLYPHGPT_UNIFONT)")
+    try:
+        return download(UNIFONT_OTF_URL, dest, sha256=UNIFONT_SHA256, what="GNU Unifont")
+    except SystemExit as e:  # offline, or upstream's build is not byte-identical to Debian's
+        errors.append(str(e))
+    try:
+        deb = download(UNIFONT_DEB_URL, dest + ".deb", sha256=UNIFONT_DEB_SHA256, what="GNU Unifont")
+        otf = otf_from_deb(deb)
+        if hashlib.sha256(otf).hexdigest() != UNIFONT_SHA256:
+            raise SystemExit(f"{deb}: unifont.otf inside has the wrong sha256")
+        with open(dest + ".tmp", "wb") as f:
+            f.write(otf)
+        os.replace(dest + ".tmp", dest)
+        os.remove(deb)
+        return dest
+    except (SystemExit, ValueError, KeyError) as e:
+        errors.append(str(e))
+    raise SystemExit(f"error: could not download GNU Unifont {UNIFONT_VERSION}: {'; '.join(errors)}. Install the "
+                     f"Debian package 'fonts-unifont', or pass an .otf path (--font / $GLYPHGPT_UNIFONT)")
 
 
 def find_font(path=None):
-    """Explicit path, $GLYPHGPT_UNIFONT, the Debian file, our cache, else download."""
-    candidates = [path, os.environ.get("GLYPHGPT_UNIFONT"), DEBIAN_UNIFONT,
-                  os.path.join(cache_dir(), os.path.basename(UNIFONT_URLS[0]))]
-    for i, p in enumerate(candidates):
-        if p and os.path.exists(p):
+    """An explicit path or $GLYPHGPT_UNIFONT (any font: the user asked for it), else the pinned
+    Unifont 15.0.01: the Debian file if it is that file, our cache, else download."""
+    explicit = path or os.environ.get("GLYPHGPT_UNIFONT")
+    if explicit:
+        if not os.path.exists(explicit):
+            raise FileNotFoundError(f"font file not found: {explicit}")
+        return explicit
+    cached = os.path.join(cache_dir(), f"unifont-{UNIFONT_VERSION}.otf")
+    for p in (DEBIAN_UNIFONT, cached):
+        if os.path.exists(p) and sha256_file(p) == UNIFONT_SHA256:
             return p
-        if p and i < 2:  # an explicit choice that does not exist is an error, not a fallback
-            raise FileNotFoundError(f"Unifont file not found: {p}")
+        if os.path.exists(p):
+            print(f"note: {p} is not GNU Unifont {UNIFONT_VERSION} (sha256 {sha256_file(p)[:16]}), not used",
+                  file=sys.stderr)
     return download_unifont()
 
 
 class Font:
-    """Unifont glyphs as numpy arrays: glyphs[k] = 16x16 uint8 (8-px glyphs left-aligned) of code point
-    cps[k] (sorted), widths[k] = 8 | 16."""
+    """A font file drawn by Pillow at the size of the cell, one placed character at a time."""
 
     def __init__(self, path):
+        from PIL import ImageFont
         self.path, self.sha256 = path, sha256_file(path)
-        opener = gzip.open if path.endswith(".gz") else open
+        self.pinned = self.sha256 == UNIFONT_SHA256
+        if not self.pinned:
+            print(f"note: glyphs drawn with {path} (sha256 {self.sha256[:16]}), not the pinned GNU Unifont "
+                  f"{UNIFONT_VERSION}: the table's substrate key says so", file=sys.stderr)
         try:
-            with opener(path, "rb") as f:
-                data = f.read()
-        except (EOFError, OSError) as e:
-            raise ValueError(f"{path}: cannot read Unifont hex file ({e}); truncated download?") from None
-        lines = data.splitlines()
-        if not lines:
-            raise ValueError(f"{path}: empty file, expected GNU Unifont .hex lines like '0041:0000...'")
-        cps, hexes = [], []
-        for n, line in enumerate(lines, 1):
-            m = _HEX_LINE.match(line.strip())
-            if m is None:
-                if not line.strip():
-                    continue
-                raise ValueError(f"{path}: line {n} is not Unifont hex ('XXXX:' + 32 or 64 hex digits); "
-                                 f"got {line[:40]!r} (truncated or not a .hex file?)")
-            cps.append(int(m.group(1), 16))
-            hexes.append(m.group(2))
-        if not data.endswith(b"\n"):
-            raise ValueError(f"{path}: file does not end with a newline: truncated Unifont hex file?")
-        cps = np.array(cps, dtype=np.int64)
-        wide = np.array([len(h) == 64 for h in hexes])
-        glyphs = np.zeros((len(cps), 16, 16), dtype=np.uint8)
-        for is_wide, w in ((False, 8), (True, 16)):
-            sel = np.nonzero(wide == is_wide)[0]
-            if len(sel) == 0:
-                continue
-            raw = np.frombuffer(bytes.fromhex("".join(hexes[i].decode() for i in sel)), dtype=np.uint8)
-            glyphs[sel, :, :w] = np.unpackbits(raw.reshape(len(sel), 16, w // 8), axis=2)  # MSB = leftmost
-        # sorted code points (the last line wins for a repeated one) -> glyph rows, found by searchsorted
-        order = np.argsort(cps, kind="stable")
-        last = np.r_[cps[order][1:] != cps[order][:-1], True]
-        keep = order[last]
-        self.cps, self.glyphs, self.widths = cps[keep], glyphs[keep], np.where(wide[keep], 16, 8)
-        # The released build drew text with Pillow, which draws nothing for line breaks and
-        # control characters (so space and newline collide); Unifont .hex has boxes for them.
-        ctrl = (self.cps < 0x20) | ((self.cps >= 0x7F) & (self.cps < 0xA0))
-        self.glyphs[ctrl] = 0
+            ImageFont.truetype(path, 32)
+        except OSError as e:
+            raise ValueError(f"{path}: Pillow cannot read it as a font ({e}); expected GNU Unifont .otf") from None
+        self._pillow, self._cells = {}, {}
 
-    def lookup(self, cps):
-        """(glyphs [k, 16, 16], widths [k]) of code points; absent ones blank with width 0."""
+    def pillow(self, size):
+        """Pillow's basic layout (FreeType alone), pinned: with libraqm installed Pillow would shape
+        text with HarfBuzz instead, which gives a lone combining mark an advance of 16 instead of 0
+        and refuses line-break characters. The released builder's boxes (docs/design.md section 2)
+        are the basic layout's."""
+        from PIL import ImageFont
+        if size not in self._pillow:
+            self._pillow[size] = ImageFont.truetype(self.path, size, layout_engine=ImageFont.Layout.BASIC)
+        return self._pillow[size]
+
+    def draw_char(self, ch, cell):
+        """The builder's drawing of one character in its cell, on a 3-cell-wide canvas so that ink
+        spilling into the neighbouring cells (zero-advance combining marks) is kept: [cell, 3 cell]
+        bool, True = ink. Pillow's box (l, t, r, b) is not the ink box (docs/design.md section 2)."""
+        from PIL import Image, ImageDraw
+        font = self.pillow(cell)
+        img = Image.new("L", (3 * cell, cell), color=255)
+        try:  # what the builder does when Pillow refuses a character (line breaks): nothing drawn
+            l, t, r, b = font.getbbox(ch)
+            ImageDraw.Draw(img).text((cell + (cell - (r - l)) // 2, (cell - (b - t)) // 2 - t), ch, fill=0, font=font)
+        except Exception:
+            pass
+        a = np.asarray(img)
+        if ((a != 0) & (a != 255)).any():
+            raise ValueError(f"{self.path}: U+{ord(ch):04X} is drawn with grey pixels; a bitmap font "
+                             f"(Unifont) is needed for exact 1-bit glyphs")
+        return a == 0
+
+    def char_cells(self, cps, cell=32):
+        """(own [k, cell, cell], left [k, ...], right [k, ...]) uint8 1 = ink: what each code point
+        draws into its own cell and into the cells left / right of it. Drawn once per font and
+        cell size, cached on disk (verified by digest)."""
+        have = self._cells.get(cell)
+        if have is None:
+            have = cache_load(os.path.join(cache_dir(), "glyph", f"chars_{self.sha256[:16]}_c{cell}_basic.npz"))
+            have = have or {"cps": np.zeros(0, np.int64), "cells": np.zeros((0, 3, cell * cell // 8), np.uint8)}
         cps = np.asarray(cps, dtype=np.int64)
-        i = np.clip(np.searchsorted(self.cps, cps), 0, len(self.cps) - 1)
-        ok = self.cps[i] == cps
-        return self.glyphs[i] * ok[:, None, None], self.widths[i] * ok
-
-    def cells(self, cps, cell=32):
-        """[len(cps), cell, cell] uint8 1=ink: advance box centred horizontally, ink box centred vertically."""
-        s = cell // 16
-        g, w = self.lookup(cps)                                      # missing glyph -> blank
-        inked = g.any(axis=2)                                        # [k, 16] font rows with ink
-        has = inked.any(axis=1)
-        first = np.where(has, inked.argmax(axis=1), 0)
-        last = np.where(has, 15 - inked[:, ::-1].argmax(axis=1), -1)
-        ink_h = (last - first + 1) * s
-        top = (cell - ink_h) // 2
-        big = g.repeat(s, axis=1).repeat(s, axis=2)                  # [k, 16s, 16s] font pixels s x s
-        # vertical: cell row y shows big row y - top + first*s (whole-row gather, blank outside the ink box)
-        ry = np.arange(cell)[None, :] - top[:, None] + first[:, None] * s
-        inside = (ry >= first[:, None] * s) & (ry < (last[:, None] + 1) * s)
-        rows = big[np.arange(len(g))[:, None], np.clip(ry, 0, 16 * s - 1)] * inside[:, :, None]
-        # horizontal: the advance box (w*s px, w = 8 or 16) centred in the cell
-        out = np.zeros((len(g), cell, cell), dtype=np.uint8)
-        for wv in (8, 16):
-            sel = w == wv
-            x0 = (cell - wv * s) // 2
-            out[sel, :, x0:x0 + wv * s] = rows[sel, :, :wv * s]
-        return out
+        missing = np.setdiff1d(cps, have["cps"])
+        if len(missing):
+            with timed("draw"):
+                drawn = np.stack([self.draw_char(chr(c), cell).reshape(cell, 3, cell).transpose(1, 0, 2)
+                                  for c in missing.tolist()])
+            allc = np.concatenate([have["cps"], missing])
+            cells = np.concatenate([have["cells"], np.packbits(drawn.reshape(len(missing), 3, -1), axis=2)])
+            order = np.argsort(allc)
+            have = {"cps": allc[order], "cells": cells[order]}
+            cache_save(os.path.join(cache_dir(), "glyph", f"chars_{self.sha256[:16]}_c{cell}_basic.npz"), have)
+        self._cells[cell] = have
+        i = np.searchsorted(have["cps"], cps)
+        c = np.unpackbits(have["cells"][i], axis=2).reshape(len(cps), 3, cell, cell)
+        return c[:, 1], c[:, 0], c[:, 2]
 
 
 _FONTS = {}
@@ -157,6 +180,42 @@ def load_font(path=None):
     if p not in _FONTS:
         _FONTS[p] = Font(p)
     return _FONTS[p]
+
+# -----------------------------------------------------------------------------
+# cache entries verified by a digest of their content, recorded when written
+
+def content_digest(arrays):
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def cache_save(path, arrays):
+    """numpy arrays -> path (.npz), with the sha256 of their content; atomic."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, _digest=np.array(content_digest(arrays)), **arrays)
+    os.replace(tmp, path)
+
+
+def cache_load(path):
+    """The arrays of a cache entry, or None (absent; or damaged: then one line says so, to be rebuilt)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != "_digest"}
+            if str(z["_digest"]) == content_digest(arrays):
+                return arrays
+        why = "content does not match its recorded digest"
+    except Exception as e:  # truncated, not a zip, missing digest ...
+        why = f"unreadable ({type(e).__name__})"
+    print(f"warning: cache entry {path}: {why}; rebuilding it", file=sys.stderr)
+    return None
 
 # -----------------------------------------------------------------------------
 # the fixed distortion of the released builder, as index maps computed once per strip width
@@ -251,12 +310,11 @@ def plan(n, cell, easy, recipe, constants):
     return _PLANS[key]
 
 
-def render_group(cell_ix, table, cell, easy, recipe, constants):
-    """cell_ix [N, n] rows of `table` (cells, last row blank) -> bitmaps [N, cell, cell] 1 = ink."""
-    N, n = cell_ix.shape
+def render_group(strip, cell, easy, recipe, constants):
+    """strip [N, n, cell, cell] cells of N strings of n characters -> bitmaps [N, cell, cell] 1 = ink."""
+    N, n = strip.shape[:2]
     k, off, mask, blur, keep = plan(n, cell, easy, recipe, constants)
-    ix = np.concatenate([cell_ix, np.full((N, 1), len(table) - 1, np.int64)], axis=1)
-    cells = table[ix].reshape(N, -1)                     # [N, (n+1)*cell*cell] whole-cell copies
+    cells = np.concatenate([strip.reshape(N, -1), np.zeros((N, cell * cell), np.uint8)], axis=1)  # + blank
     pick = (k * (cell * cell) + off).ravel()
     if n == 1 and np.array_equal(pick, np.arange(cell * cell)):
         ink = cells[:, :cell * cell].reshape(N, cell, cell)  # identity (one undistorted character)
@@ -290,18 +348,30 @@ def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241
     cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     uniq, inv = np.unique(cps, return_inverse=True)
-    table = np.concatenate([font.cells(uniq, cell), np.zeros((1, cell, cell), np.uint8)])  # + blank
+    own, left, right = font.char_cells(uniq, cell)
+    # ink outside a character's own cell (combining marks reach left): kept for those few only
+    spills = np.nonzero(left.any(axis=(1, 2)) | right.any(axis=(1, 2)))[0]
+    spill_row = np.full(len(uniq) + 1, len(spills), np.int64)
+    spill_row[spills] = np.arange(len(spills))
+    blank = np.zeros((1, cell, cell), np.uint8)
+    left, right = np.concatenate([left[spills], blank]), np.concatenate([right[spills], blank])
+    own = np.concatenate([own, blank])
     hard = np.concatenate([[0], np.cumsum(~((cps <= 0x24F) | ((cps >= 0x370) & (cps <= 0x58F))))])
     easy = (hard[starts + lens] - hard[starts]) == 0
     out = np.zeros((len(texts), cell, cell), dtype=np.uint8)
     for n in np.unique(lens[lens > 0]):
         for e in (False, True):
             sel = np.nonzero((lens == n) & (easy == e))[0]
-            chunk = max(1, (1 << 22) // (cell * cell * (n if e else 1)))   # bounded memory per step
+            chunk = max(1, (1 << 22) // (cell * cell * n))   # bounded memory per step
             for c in range(0, len(sel), chunk):
                 s = sel[c:c + chunk]
                 ix = inv[starts[s][:, None] + np.arange(n)]
-                out[s] = render_group(ix, table, cell, bool(e) and recipe == "faithful", recipe, constants)
+                strip = own[ix]                              # [N, n, cell, cell]
+                sr = spill_row[ix]
+                if n > 1 and (sr < len(spills)).any():       # neighbours' spilt ink, clipped at the ends
+                    strip[:, :-1] |= left[sr[:, 1:]]
+                    strip[:, 1:] |= right[sr[:, :-1]]
+                out[s] = render_group(strip, cell, bool(e) and recipe == "faithful", recipe, constants)
     return out  # an empty string stays blank (the builder never sees one)
 
 
@@ -314,7 +384,8 @@ def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
 # tables
 
 def table_fingerprint(t):
-    """16 hex chars of sha256 of the float32 bytes."""
+    """16 hex chars of sha256 of the float32 bytes: the integrity of one stored copy (a file, a
+    checkpoint), not the table's identity across machines (that is the substrate key)."""
     a = np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
     return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()[:16]  # no 2nd copy of a big table
 
@@ -357,40 +428,100 @@ def token_strings_of(tokenizer):
     return strings, tokenizer.fingerprint, getattr(tokenizer, "name", "?")
 
 
-def pca(X, chunk=16384):
+# A table's identity is its substrate key (what it was built from, down to a digest of the integer
+# bitmaps), never the hash of its float bytes: the last bits of an eigendecomposition depend on the
+# LAPACK/BLAS in use. Two tables with the same key are the same substrate when they agree within
+# SUBSTRATE_TOL everywhere (check_same_substrate).
+SUBSTRATE_TOL = 1e-6
+NULL_VARIANCE = 1e-9  # components with eigenvalue <= this x the largest are numerically zero: zeroed
+PCA_CONVENTION = "cov-f64;eigh;null<=1e-9*max->zero;sign:max|loading|>0;proj-f64->f32;l2"
+
+
+def pca(X, chunk=16384, eigh="torch"):
     """X [V, D] uint8 0/1 -> (mean [D] f64, W [D, D] f64 columns = axes by decreasing variance, eigvals).
     X^T X is a matrix of integer counts (< 2^24), exact in float32 whatever the BLAS summation order,
-    so the covariance (then float64) and the eigendecomposition are deterministic."""
+    so the covariance is bit-identical everywhere. The eigenvectors are not (LAPACK): null-space
+    axes are arbitrary, so they are zeroed; the others agree to float noise, signs fixed below."""
     V, D = X.shape
     G = torch.zeros(D, D, dtype=torch.float64)
     for i in range(0, V, chunk):
         x = torch.from_numpy(X[i:i + chunk]).to(torch.float32)
         G += (x.T @ x).to(torch.float64)
-    mu = torch.from_numpy(X.sum(axis=0, dtype=np.int64)).to(torch.float64) / V
-    C = (G - V * torch.outer(mu, mu)) / max(V - 1, 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # single-threaded eigh: as fast here, deterministic, and immune to the
-    try:                      # 30x slow-down of threaded LAPACK when other processes share the cores
-        evals, evecs = torch.linalg.eigh(C)                          # ascending
-    finally:
-        torch.set_num_threads(threads)
-    evals, W = evals.flip(0), evecs.flip(1)
-    # sign convention: the largest-|loading| entry of every component is positive
-    pick = W.abs().argmax(dim=0)
+    counts = torch.from_numpy(X.sum(axis=0, dtype=np.int64)).to(torch.float64)
+    mu = counts / V
+    C = (G - torch.outer(counts, counts) / V) / max(V - 1, 1)
+    if eigh == "numpy":
+        evals, evecs = (torch.from_numpy(a) for a in np.linalg.eigh(C.numpy()))
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # single-threaded eigh: as fast here, and immune to the 30x slow-down
+        try:                      # of threaded LAPACK when other processes share the cores
+            evals, evecs = torch.linalg.eigh(C)                      # ascending
+        finally:
+            torch.set_num_threads(threads)
+    evals, W = evals.flip(0), evecs.flip(1).clone()
+    W[:, evals <= NULL_VARIANCE * evals[0]] = 0.0
+    # sign convention: the largest-|loading| entry of every component is positive (|loading| compared
+    # at 1e-9, so that near-ties pick the same entry whatever the LAPACK)
+    pick = torch.round(W.abs() * 1e9).argmax(dim=0)
     sign = torch.sign(W[pick, torch.arange(D)])
     W = W * torch.where(sign == 0, 1.0, sign)
     return mu.numpy(), W.numpy(), evals.numpy()
 
 
-def project(X, mu, W, dim, chunk=16384):
-    """Rows of (X - mu) @ W[:, :dim], L2-normalised, float32."""
-    Wd = torch.from_numpy(np.ascontiguousarray(W[:, :dim])).to(torch.float32)
-    off = torch.from_numpy(mu).to(torch.float32) @ Wd
+def project(X, mu, W, dim, chunk=8192):
+    """Rows of (X - mu) @ W[:, :dim], L2-normalised: computed in float64, rounded once to float32."""
+    Wd = torch.from_numpy(np.ascontiguousarray(W[:, :dim]))
+    off = torch.from_numpy(mu) @ Wd
     out = torch.empty(X.shape[0], dim, dtype=torch.float32)
     for i in range(0, X.shape[0], chunk):
-        y = torch.from_numpy(X[i:i + chunk]).to(torch.float32) @ Wd - off
-        out[i:i + chunk] = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        y = torch.from_numpy(X[i:i + chunk]).to(torch.float64) @ Wd - off
+        out[i:i + chunk] = (y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(torch.float32)
     return out
+
+
+KEY_FIELDS = ("kind", "tokenizer_fingerprint", "recipe", "constants", "font_sha256", "cell", "dim",
+              "bitmaps_sha256", "pca", "unique_eps")
+
+
+def substrate_key(info):
+    """16 hex chars naming what a table is: a sha256 of its KEY_FIELDS."""
+    fields = {k: info.get(k) for k in KEY_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def max_abs_difference(a, b, chunk=8192):
+    """max |a - b| over two [V, w] tables, in float64, a block of rows at a time (no V x w copy)."""
+    m = 0.0
+    for i in range(0, a.shape[0], chunk):
+        d = (a[i:i + chunk].double() - b[i:i + chunk].double()).abs().max().item() if a.numel() else 0.0
+        m = max(m, d) if d == d else float("nan")
+        if m != m:
+            break
+    return m
+
+
+def check_same_substrate(a_info, a_table, b_info, b_table, where):
+    """Refuse (ValueError, one line) two frozen tables that are not the same substrate: different
+    keys, or the same key but values further apart than SUBSTRATE_TOL. Returns max |difference|.
+    A missing key (a table of an older version) falls back to the numerical check alone."""
+    a_info, b_info = a_info or {}, b_info or {}
+    ka, kb = a_info.get("key"), b_info.get("key")
+    if ka and kb and ka != kb:
+        diff = [f"{k} {a_info.get(k)!r} vs {b_info.get(k)!r}" for k in KEY_FIELDS if a_info.get(k) != b_info.get(k)]
+        raise ValueError(f"{where}: different frozen tables: substrate key {ka} vs {kb}"
+                         f"{' (' + '; '.join(diff) + ')' if diff else ''}")
+    if a_table is None or b_table is None:
+        if a_table is None and b_table is None:
+            return 0.0
+        raise ValueError(f"{where}: one side has a frozen table, the other a trainable embedding")
+    if tuple(a_table.shape) != tuple(b_table.shape):
+        raise ValueError(f"{where}: frozen tables of shapes {tuple(a_table.shape)} and {tuple(b_table.shape)}")
+    d = max_abs_difference(a_table, b_table)
+    if not d <= SUBSTRATE_TOL:
+        raise ValueError(f"{where}: frozen tables (key {ka or kb}) differ by up to {d:.3g}, more than the "
+                         f"tolerance {SUBSTRATE_TOL:g} for one substrate")
+    return d
 
 
 TIMINGS = {}  # stage -> (wall s, process CPU s) of the last build, for bench_glyph.py and the CLI
@@ -411,28 +542,23 @@ def _atomic_save(obj, path):
 
 
 def glyph_basis(strings, tok_fp, cell=32, recipe="faithful", constants="bvv241-2-3", font=None,
-                use_cache=True):
-    """Bitmaps (packed) + full PCA of a vocabulary, cached on disk (each dim is then one matmul)."""
+                use_cache=True, eigh="torch"):
+    """Bitmaps (packed) + full PCA of a vocabulary, cached on disk (each dim is then one matmul).
+    The cache entry is verified against the digest recorded with it, and rebuilt when wrong."""
     font = font or load_font()
-    key = f"basis_{tok_fp}_{recipe}_{constants}_{cell}_{font.sha256[:16]}"
-    path = os.path.join(cache_dir(), "glyph", key + ".pt")
-    if use_cache and os.path.exists(path):
-        try:
-            b = torch.load(path, weights_only=True)
-            b = {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in b.items()}
-            if b["packed"].shape[0] == len(strings) and b["font_sha256"] == font.sha256:
-                return b
-        except Exception:
-            pass
-        print(f"warning: ignoring unreadable or stale cache file {path}; rebuilding", file=sys.stderr)
+    path = os.path.join(cache_dir(), "glyph", f"basis_{tok_fp}_{recipe}_{constants}_{cell}_{font.sha256[:16]}.npz")
+    b = cache_load(path) if use_cache else None
+    if b is not None and b["packed"].shape[0] == len(strings) and np.isfinite(b["W"]).all():
+        return b
     with timed("render"):
         X = render_batch(strings, cell, recipe, font, constants).reshape(len(strings), -1)
     with timed("pca"):
-        mu, W, ev = pca(X)
-    b = {"packed": np.packbits(X, axis=1), "mu": mu, "W": W, "eigvals": ev, "font_sha256": font.sha256}
+        mu, W, ev = pca(X, eigh=eigh)
+    if not (np.isfinite(W).all() and np.isfinite(mu).all()):
+        raise ValueError(f"PCA of the {len(strings)} glyph bitmaps is not finite (eigh={eigh})")
+    b = {"packed": np.packbits(X, axis=1), "mu": mu, "W": W, "eigvals": ev}
     if use_cache:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _atomic_save({k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in b.items()}, path)
+        cache_save(path, b)
     return b
 
 
@@ -472,25 +598,30 @@ def collision_groups(table):
 
 
 def build_table(strings, tok_fp, kind="glyph", dim=1024, cell=32, constants="bvv241-2-3", font=None,
-                use_cache=True):
+                use_cache=True, eigh="torch"):
+    """(table, the fields of its substrate key)."""
     V = len(strings)
     if kind == "binary16":
-        return binary16_table(V), {"recipe": "binary16", "font_sha256": None}
+        t = binary16_table(V)
+        return t, {"recipe": "binary16", "bitmaps_sha256": content_digest({"t": t.numpy()})}
     if kind == "random":
-        return random_table(V, dim), {"recipe": "random-pm1-seed1337", "font_sha256": None}
+        t = random_table(V, dim)
+        return t, {"recipe": "random-pm1-seed1337", "bitmaps_sha256": content_digest({"t": t.numpy()})}
     if kind not in ("glyph", "glyph_unique"):
         raise ValueError(f"kind must be one of glyph, glyph_unique, binary16, random; got {kind!r}")
     if not 1 <= dim <= cell * cell:
         raise ValueError(f"dim={dim} is not possible with {cell}x{cell} glyph cells (1..{cell * cell}); "
                          f"use cell=64 for up to 4096")
-    b = glyph_basis(strings, tok_fp, cell, "faithful", constants, font, use_cache)
+    b = glyph_basis(strings, tok_fp, cell, "faithful", constants, font, use_cache, eigh)
     X = np.unpackbits(b["packed"], axis=1)[:, :cell * cell]
     with timed("project"):
         t = project(X, b["mu"], b["W"], dim)
     extra = {}
     if kind == "glyph_unique":
         t, extra = make_unique(t)
-    return t, {"recipe": f"faithful-{constants}-cell{cell}", "font_sha256": b["font_sha256"], **extra}
+    return t, {"recipe": "faithful-pillow-basic-layout", "constants": list(RECIPES[constants]) + [constants], "font_sha256": font.sha256,
+               "font_pinned": font.pinned, "cell": cell, "bitmaps_sha256": hashlib.sha256(b["packed"]).hexdigest(),
+               "pca": PCA_CONVENTION, **extra}
 
 
 def make_unique(t, eps=None, seed=0):
@@ -559,8 +690,9 @@ def expand(table, d_model):
 
 
 def frozen_table(tokenizer, kind="glyph", dim=1024, cell=None, constants="bvv241-2-3", font_path=None,
-                 use_cache=True):
-    """(table [V, w] float32, info) for a tokenizer (or a list of token strings); built once, cached."""
+                 use_cache=True, eigh="torch"):
+    """(table [V, w] float32, info) for a tokenizer (or a list of token strings); built once, cached.
+    info["key"] is the table's substrate key (KEY_FIELDS), info["fingerprint"] the hash of its bytes."""
     strings, tok_fp, _ = token_strings_of(tokenizer)
     if kind == "binary16":
         dim = 16
@@ -569,28 +701,33 @@ def frozen_table(tokenizer, kind="glyph", dim=1024, cell=None, constants="bvv241
     if kind in ("glyph", "glyph_unique"):
         font = load_font(font_path)
     fsha = font.sha256[:16] if font else "nofont"
-    key = f"{tok_fp}_{kind}_{constants}_c{cell}_d{dim}_{fsha}"
-    path = os.path.join(cache_dir(), "glyph", key + ".pt")
+    path = os.path.join(cache_dir(), "glyph", f"{tok_fp}_{kind}_{constants}_c{cell}_d{dim}_{fsha}.pt")
     if use_cache and os.path.exists(path):
         try:
             return load_table(path, tok_fp)
         except ValueError as e:  # a damaged cache entry is rebuilt, never used
-            print(f"warning: {e}; rebuilding", file=sys.stderr)
-    table, extra = build_table(strings, tok_fp, kind, dim, cell, constants, font, use_cache)
-    info = {"kind": kind, "dim": table.shape[1], "tokenizer_fingerprint": tok_fp, **extra,
-            "fingerprint": table_fingerprint(table)}
+            print(f"warning: {e}; rebuilding it", file=sys.stderr)
+    table, extra = build_table(strings, tok_fp, kind, dim, cell, constants, font, use_cache, eigh)
+    if not torch.isfinite(table).all():
+        raise ValueError(f"the {kind} table built for tokenizer {tok_fp} has non-finite values: not used")
+    info = {"kind": kind, "dim": table.shape[1], "tokenizer_fingerprint": tok_fp, **extra}
+    info["key"] = substrate_key(info)
+    info["fingerprint"] = table_fingerprint(table)
     if use_cache:
         save_table(table, info, path)
     return table, info
 
 
 def save_table(table, info, path):
+    if not torch.isfinite(table).all():
+        raise ValueError(f"{path}: refusing to save a table with non-finite values")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     _atomic_save({"table": table, "info": info}, path)
 
 
 def load_table(path, tokenizer_or_fp=None):
-    """Load a saved table; checks its own fingerprint and (if given) the tokenizer's fingerprint."""
+    """Load a saved table; checks its bytes against the recorded fingerprint (the file is intact),
+    that it is finite, and (if given) the tokenizer's fingerprint."""
     try:
         d = torch.load(path, weights_only=True)
         table, info = d["table"], d["info"]
@@ -599,6 +736,8 @@ def load_table(path, tokenizer_or_fp=None):
     if table_fingerprint(table) != info.get("fingerprint"):
         raise ValueError(f"{path}: table fingerprint {table_fingerprint(table)} != recorded "
                          f"{info.get('fingerprint')} (corrupted file)")
+    if not torch.isfinite(table).all():
+        raise ValueError(f"{path}: table has non-finite values")
     if tokenizer_or_fp is not None:
         check_tokenizer(info, tokenizer_or_fp, path)
     return table, info
