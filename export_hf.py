@@ -186,7 +186,8 @@ def model_card(cfg, results, license_, name):
                      f"({cfg['embedding']}), fingerprint `{info.get('fingerprint')}`; it is stored in model.safetensors "
                      f"(`table`) and was never trained.")
     lines.append(f"Tokenizer: `{cfg['tokenizer_name']}` (fingerprint `{cfg['tokenizer_fingerprint']}`), in tokenizer.json.")
-    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+    lines += ["", "Use (PATH: this folder, or its Hub repository id; the modeling code ships with the weights):", "",
+              "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)",
               "tok = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)",
               'out = model.generate(**tok("Question: What is 2+2?\\nAnswer:", return_tensors="pt"), max_new_tokens=20)',
@@ -210,6 +211,7 @@ def model_card(cfg, results, license_, name):
 def check_logits(folder, model, tok):
     """Load the folder with transformers and compare its logits with glyphgpt's on PROBE."""
     transformers, = need("transformers")
+    transformers.utils.logging.disable_progress_bar()
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     ids = tok.encode(PROBE)[:model.config.block_size]
     x = torch.tensor([ids])

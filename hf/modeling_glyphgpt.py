@@ -1,5 +1,5 @@
 """
-A glyphgpt model (https://github.com/, the glyphgpt repository's model.py and merge.py) for Hugging Face
+A glyphgpt model (the GPT of glyphgpt's model.py, or a merge of them as in its merge.py) for Hugging Face
 `transformers`, loaded with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True).
 
 It computes exactly what glyphgpt computes: the same operations in the same order (glyphgpt's
