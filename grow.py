@@ -1,5 +1,5 @@
 """
-Grow a deep model layer by layer on the frozen substrate (../shared/SPEC.md §5, "Growing
+Grow a deep model layer by layer on the frozen substrate (docs/design.md §5, "Growing
 Transformers"): train k blocks, freeze them, stack k new blocks ON TOP, train only the new blocks,
 the (reused, never re-initialised) output head and the final LayerNorm, repeat. Optionally, from a
 given stage on, the earlier blocks get LoRA adapters that train with the new blocks and are merged
@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 import train as T
 from configurator import ConfigError, configure, defaults_from
+from glyph_embed import check_same_substrate
 from model import GPT, Block, GPTConfig, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -344,10 +345,13 @@ def load_base(cfg, tok):
         if getattr(c, key) != cfg[key]:
             fail(f"grow_from={path}: {key}={getattr(c, key)!r}, the config says {key}={cfg[key]!r}")
     if c.embedding != "trainable":  # the config's frozen table (built or loaded as train.py does)
-        want = T.build_model({**cfg, "n_layer": 1}, tok).table_fingerprint
-        if model.table_fingerprint != want:
-            fail(f"grow_from={path}: frozen table fingerprint {model.table_fingerprint} differs from the "
-                 f"config's table {want} (embedding={cfg['embedding']}, table_dim={cfg['table_dim']})")
+        want = T.build_model({**cfg, "n_layer": 1}, tok)
+        try:  # one substrate: same key, equal within glyph_embed.SUBSTRATE_TOL
+            check_same_substrate(model.table_info, model.frozen_table, want.table_info, want.frozen_table,
+                                 f"grow_from={path}: its frozen table vs the config's (embedding={cfg['embedding']}, "
+                                 f"table_dim={cfg['table_dim']})")
+        except ValueError as e:
+            fail(str(e))
     return model
 
 

@@ -1,5 +1,5 @@
 """
-Merge independently trained experts by averaging their logits (../shared/SPEC.md §6).
+Merge independently trained experts by averaging their logits (docs/design.md §6).
 
 Two or more complete models that share the tokenizer and the frozen embedding table run on the same
 input; at every position the merged model's logits are the weighted average of the experts' logits
@@ -31,6 +31,7 @@ are dropped, and in memory the experts share that one table tensor.
 import math
 import os
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 
@@ -39,14 +40,16 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from configurator import ConfigError, configure, defaults_from
-from model import count_params, model_from_checkpoint, read_checkpoint, sample_next, save_checkpoint
+from glyph_embed import check_same_substrate
+from model import GPT, count_params, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # command-line defaults (positional arguments: config files end in .py, anything else is an expert)
 experts = []  # expert checkpoint paths (train.py / grow.py checkpoints, kind "gpt")
 weights = ""  # comma-separated, one per expert, e.g. "0.3,0.7"; normalised to sum 1; "" = equal
 mode = "logits"  # logits (the paper's) | logprobs (same distribution as logits) | probs (a mixture; not the paper's)
-out = "merged.pt"  # the merge file to write
+out = "merged.pt"  # the merge file to write (never one of the experts)
+overwrite = False  # replace --out if it exists (refused otherwise)
 # validation: per-domain loss / bits per byte of every expert and of the merge, on the same batches
 datasets = ""  # comma-separated prepared datasets (data/<name> or paths), "" = skip
 data_root = ""  # "" = the data/ folder next to this file
@@ -116,10 +119,10 @@ class MergedGPT(nn.Module):
         vocab = {e.config.vocab_size for e in experts}
         if len(vocab) != 1:
             raise ValueError(f"experts have different vocabulary sizes {sorted(vocab)}: they must share one tokenizer")
+        for i, e in enumerate(experts[1:], 1):  # one substrate: same key, equal within SUBSTRATE_TOL
+            check_same_substrate(experts[0].table_info, experts[0].frozen_table, e.table_info, e.frozen_table,
+                                 f"experts 0 and {i}: logit averaging needs one shared frozen table")
         fps = [e.table_fingerprint for e in experts]
-        if len(set(fps)) != 1:
-            raise ValueError(f"experts have different frozen tables (fingerprints {', '.join(map(str, fps))}): "
-                             f"logit averaging needs one shared table")
         self.experts = nn.ModuleList(experts)
         self.weights = normalise_weights(weights, len(experts))  # python floats: no host syncs, no tensors
         self.mode = mode
@@ -211,32 +214,15 @@ class MergedGPT(nn.Module):
         return None, total / (t != -1).sum().clamp(min=1)
 
     # -------------------------------------------------------------------------
-    # generation: one key-value cache per expert, all advanced by the same tokens
+    # generation: GPT.generate's loop, with one key-value cache per expert, all advanced by the same tokens
 
     def new_kv_cache(self, batch_size):
         return [e.new_kv_cache(batch_size) for e in self.experts]
 
-    def _next_logits(self, idx, caches):
-        return self.combine([x[:, -1] for x in self.hidden_states(idx, caches)])
+    def next_logits(self, idx, kv_caches):
+        return self.combine([x[:, -1] for x in self.hidden_states(idx, kv_caches)])
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """As GPT.generate: temperature 0 is greedy; when the (smallest) context fills up, every
-        expert's cache is rebuilt from the most recent block_size // 2 tokens."""
-        block = self.config.block_size
-        caches = self.new_kv_cache(idx.size(0))
-        logits = self._next_logits(idx[:, -block:], caches)
-        for i in range(max_new_tokens):
-            idx_next = sample_next(logits, temperature, top_k, generator)
-            idx = torch.cat((idx, idx_next), dim=1)
-            if i == max_new_tokens - 1:
-                break
-            if caches[0].pos >= block:
-                caches = self.new_kv_cache(idx.size(0))
-                logits = self._next_logits(idx[:, -(block // 2):], caches)
-            else:
-                logits = self._next_logits(idx_next, caches)
-        return idx
+    generate = GPT.generate  # the context that fills up is the smallest expert's (config.block_size)
 
 
 # -----------------------------------------------------------------------------
@@ -255,12 +241,17 @@ def read_expert(path):
 
 
 def check_compatible(paths, ckpts):
-    """Same tokenizer and same frozen table, by fingerprint; one-line errors naming both sides."""
+    """Same tokenizer (fingerprint) and same frozen table (substrate key, values within
+    glyph_embed.SUBSTRATE_TOL); one-line errors naming both sides."""
     def tok(c):
         return c.get("tokenizer_fingerprint")
 
     def table(c):
         return (c.get("table_info") or {}).get("fingerprint")
+
+    def weights(c):
+        trainable = (c.get("model_args") or {}).get("embedding") == "trainable"
+        return None if trainable else c["model"].get("transformer.wte.weight")
 
     for p, c in zip(paths, ckpts):
         if not tok(c):
@@ -271,9 +262,9 @@ def check_compatible(paths, ckpts):
             raise ValueError(f"tokenizer mismatch: {p0} uses {c0.get('tokenizer_name')!r} (fingerprint {tok(c0)}), "
                              f"{p} uses {c.get('tokenizer_name')!r} (fingerprint {tok(c)}); "
                              f"experts must share one tokenizer")
-        if table(c) != table(c0):
-            raise ValueError(f"frozen table mismatch: {p0} has table fingerprint {table(c0)}, {p} has {table(c)} "
-                             f"(None = trainable embedding); experts must share one frozen table")
+        check_same_substrate(c0.get("table_info"), weights(c0), c.get("table_info"), weights(c),
+                             f"frozen table mismatch: {p0} (table {table(c0)}) vs {p} (table {table(c)}, "
+                             f"None = trainable embedding); experts must share one frozen table")
         if c["model_args"]["vocab_size"] != c0["model_args"]["vocab_size"]:
             raise ValueError(f"vocab_size mismatch: {p0} has {c0['model_args']['vocab_size']}, "
                              f"{p} has {c['model_args']['vocab_size']}")
@@ -336,15 +327,36 @@ def build_merge(paths, weights=None, mode="logits"):
 # -----------------------------------------------------------------------------
 # per-domain validation: train.py's own validation (the same fixed batches for every model)
 
+def check_out(out, paths, overwrite):
+    """The merge file never replaces an expert (whatever path, symlink or hard link names it), nor
+    any other file unless overwrite is set."""
+    for p in paths:
+        if os.path.exists(p) and os.path.exists(out) and \
+                (os.path.realpath(out) == os.path.realpath(p) or os.path.samefile(out, p)):
+            raise ValueError(f"out={out} is the expert {p}: the merge would replace it; choose another --out")
+    if os.path.isdir(out):
+        raise ValueError(f"out={out} is a directory: give the merge file's path, e.g. --out={os.path.join(out, 'merged.pt')}")
+    if os.path.exists(out) and not overwrite:
+        raise ValueError(f"out={out} exists: pass --overwrite=True to replace it, or choose another --out")
+
+
 def evaluate_domains(models, names, cfg, tok, device):
-    """-> {model label: {dataset: {"loss", "bpb"}}} on train.py's fixed validation batches."""
+    """-> {model label: {dataset: {"loss", "bpb"}}} on train.py's fixed validation batches; a line
+    per model as it goes (a model takes seconds to minutes)."""
     import train
     tcfg = {**train.DEFAULTS, "datasets": {n: 1.0 for n in names}, "data_root": cfg["data_root"],
             "batch_size": cfg["batch_size"], "block_size": cfg["block_size"], "eval_iters": cfg["eval_iters"],
             "seed": cfg["seed"]}
     data = train.MixtureData(tcfg, tok, device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
-    return {label: train.evaluate(m, data, tcfg, ctx)["val"] for label, m in models.items()}
+    print(f"validation: {cfg['eval_iters']} batches x {cfg['batch_size']} x {cfg['block_size']} tokens per dataset, "
+          f"{len(names)} dataset(s), {len(models)} models", flush=True)
+    results = {}
+    for i, (label, m) in enumerate(models.items(), 1):
+        t0 = time.time()
+        results[label] = train.evaluate(m, data, tcfg, ctx)["val"]
+        print(f"  {i}/{len(models)} {label}: {time.time() - t0:.1f} s", flush=True)
+    return results
 
 
 def format_table(results, names):
@@ -370,6 +382,7 @@ def main(argv):
     dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     names = [n for n in cfg["datasets"].split(",") if n]
     # -- everything that can fail on bad input happens before the merge file is written --
+    check_out(cfg["out"], paths, cfg["overwrite"])
     merged, ck = build_merge(paths, cfg["weights"] or None, cfg["mode"])
     tok = None
     if names:
@@ -392,7 +405,6 @@ def main(argv):
             models[f"expert {p}"] = e
     models[f"merge ({cfg['mode']}, weights {','.join(f'{w:.3g}' for w in merged.weights)})"] = merged
     results = evaluate_domains(models, names, cfg, tok, dev)
-    print(f"validation: {cfg['eval_iters']} batches x {cfg['batch_size']} x {cfg['block_size']} tokens per dataset")
     print(format_table(results, names))
     return results
 

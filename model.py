@@ -328,24 +328,32 @@ class GPT(nn.Module):
     def new_kv_cache(self, batch_size):
         return KVCache(self, batch_size)
 
+    def next_logits(self, idx, kv_cache):
+        """Logits [B, V] of the token after idx [B, T], advancing kv_cache by idx's T tokens."""
+        return self.lm_head(self.hidden_states(idx, kv_cache)[:, -1])
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
         """Sample max_new_tokens after idx [B, T]. temperature 0 means greedy. When the context
         fills up, the cache is rebuilt from the most recent block_size // 2 tokens (rotary
-        positions are relative, so the model sees an ordinary shorter context)."""
+        positions are relative, so the model sees an ordinary shorter context).
+        The loop needs only config.block_size, new_kv_cache() and next_logits(): merge.MergedGPT
+        has them too and generates with this same method."""
         block = self.config.block_size
         cache = self.new_kv_cache(idx.size(0))
-        logits = self.lm_head(self.hidden_states(idx[:, -block:], cache)[:, -1])
+        context = idx[:, -block:]
+        logits, in_cache = self.next_logits(context, cache), context.size(1)
         for i in range(max_new_tokens):
             idx_next = sample_next(logits, temperature, top_k, generator)
             idx = torch.cat((idx, idx_next), dim=1)
             if i == max_new_tokens - 1:
                 break
-            if cache.pos >= block:
+            if in_cache >= block:
                 cache = self.new_kv_cache(idx.size(0))
-                logits = self.lm_head(self.hidden_states(idx[:, -(block // 2):], cache)[:, -1])
+                context = idx[:, -(block // 2):]
+                logits, in_cache = self.next_logits(context, cache), context.size(1)
             else:
-                logits = self.lm_head(self.hidden_states(idx_next, cache)[:, -1])
+                logits, in_cache = self.next_logits(idx_next, cache), in_cache + 1
         return idx
 
 

@@ -207,13 +207,23 @@ def data_root(tok, tmp_path_factory):
     return str(root)
 
 
-def test_sample_eval_and_train_validation_accept_the_merge(expert_files, data_root, tok, tmp_path):
+def test_sample_eval_and_train_validation_accept_the_merge(experts, expert_files, data_root, tok, tmp_path):
     out = str(tmp_path / "m.pt")
     results = M.main([*expert_files, f"--out={out}", f"--data_root={data_root}", "--datasets=tiny",
                       "--eval_iters=2", "--batch_size=2", "--block_size=16"])
     assert len(results) == 3  # two experts and the merge, by train.py's validation
-    per = list(results.values())
-    assert all(r["tiny"]["bpb"] > 0 for r in per)
+    # the merge's row is the merged model's cross-entropy on train.py's validation batches (same seed)
+    import math
+    import train as T
+    data = T.MixtureData({**T.DEFAULTS, "datasets": {"tiny": 1.0}, "data_root": data_root, "batch_size": 2,
+                          "block_size": 16}, tok, "cpu")
+    merged = M.MergedGPT(experts)
+    with torch.no_grad():
+        losses = [merged(*data.batch("val", j, 0))[1].item() for j in range(2)]
+    label = next(k for k in results if k.startswith("merge"))
+    assert results[label]["tiny"]["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
+    assert results[label]["tiny"]["bpb"] == pytest.approx(sum(losses) / 2 / math.log(2) / data.bytes_per_token(0), rel=1e-5)
+    assert len({round(r["tiny"]["loss"], 4) for r in results.values()}) == 3  # experts and merge really differ
     import sample
     texts = sample.sample({**sample.DEFAULTS, "ckpt": out, "start": "the king", "num_samples": 1,
                            "max_new_tokens": 4, "temperature": 0.0, "device": "cpu"})
@@ -221,7 +231,8 @@ def test_sample_eval_and_train_validation_accept_the_merge(expert_files, data_ro
     import eval as E
     model, ck = E.open_model(out, "cpu")
     res = E.evaluate(model, E.open_tokenizer(ck), ["bpb"], val_data=os.path.join(data_root, "tiny"))
-    assert res["bpb"]["mean"] > 0 and res["bpb"]["loss"] > 0
+    in_memory = E.evaluate(merged, tok, ["bpb"], val_data=os.path.join(data_root, "tiny"))
+    assert res["bpb"]["mean"] == pytest.approx(in_memory["bpb"]["mean"], rel=1e-6)  # the file is that merge
 
 
 # -----------------------------------------------------------------------------
@@ -270,6 +281,43 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(expert_files, tmp_pa
     assert not os.path.exists(out)
 
 
+def sha256(path):
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_out_never_replaces_an_expert_by_any_name(expert_files, tmp_path):
+    e0, e1 = expert_files
+    before = sha256(e0)
+    link, hard = tmp_path / "link.pt", tmp_path / "hard.pt"
+    link.symlink_to(e0)
+    os.link(e0, hard)
+    names = [e0, os.path.relpath(e0), os.path.join(os.path.dirname(e0), "..", os.path.basename(os.path.dirname(e0)),
+                                                     os.path.basename(e0)), str(link), str(hard)]
+    for out in names:  # in-process: every way of naming the same file
+        with pytest.raises(ValueError, match=f"out={out} is the expert "):
+            M.main([e0, e1, f"--out={out}", "--overwrite=True"])
+    # at the command line, as a user meets it: one line, exit status 1, the expert byte-identical
+    r = subprocess.run([sys.executable, "merge.py", e0, e1, f"--out={link}", "--overwrite=True"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == f"merge.py: error: out={link} is the expert {e0}: " \
+                                                      f"the merge would replace it; choose another --out"
+    assert sha256(e0) == before and os.path.samefile(e0, hard) and os.path.islink(link)
+
+
+def test_out_replaces_an_existing_file_only_when_asked(expert_files, tmp_path):
+    out = tmp_path / "old.pt"
+    out.write_bytes(b"an earlier merge")
+    with pytest.raises(ValueError, match=f"out={out} exists: pass --overwrite=True to replace it"):
+        M.main([*expert_files, f"--out={out}"])
+    assert out.read_bytes() == b"an earlier merge"
+    with pytest.raises(ValueError, match=f"out={tmp_path} is a directory"):
+        M.main([*expert_files, f"--out={tmp_path}", "--overwrite=True"])
+    M.main([*expert_files, f"--out={out}", "--overwrite=True"])
+    assert load_model(str(out))[1]["kind"] == "merge"
+
+
 def test_command_line_error_is_one_line(expert_files, tmp_path):
     r = subprocess.run([sys.executable, "merge.py", expert_files[0], f"--out={tmp_path / 'o.pt'}"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -287,3 +335,27 @@ def test_gpu_bf16_merge_matches_float32(experts):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             got = merged(x)[0].float()
     assert (got - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_one_substrate_within_float_noise_is_merged_another_is_refused(tok):
+    """Experts whose tables differ by float noise (another LAPACK) merge; a table whose bitmaps
+    differ in one token is another substrate (glyph_embed.check_same_substrate)."""
+    import glyph_embed as ge
+    strings = [chr(0x41 + i % 900) + ("" if i < 900 else chr(0x61 + i % 26)) for i in range(VS)]
+    table, info = ge.frozen_table(strings, "glyph", 16, use_cache=False)
+    other, other_info = ge.frozen_table(strings[:-1] + ["zz"], "glyph", 16, use_cache=False)
+    noisy = table + 1e-7 * torch.randn(table.shape, generator=torch.Generator().manual_seed(0))
+    experts = []
+    for seed, (t, i) in enumerate([(table, info), (noisy, info), (other, other_info)]):
+        e = make_expert(seed, t, 1, 32, 2, 32, embedding="glyph")
+        e.table_info = dict(i, fingerprint=table_fingerprint(t))
+        experts.append(e)
+    ckpts = [model_checkpoint(e, tok) for e in experts]
+    M.check_compatible(["a.pt", "b.pt"], ckpts[:2])
+    merged = M.MergedGPT(experts[:2])
+    assert merged.experts[1].frozen_table is merged.experts[0].frozen_table  # shared, one copy
+    with pytest.raises(ValueError, match=f"frozen table mismatch: a.pt .* vs c.pt .*substrate key "
+                                         f"{info['key']} vs {other_info['key']}"):
+        M.check_compatible(["a.pt", "c.pt"], [ckpts[0], ckpts[2]])
+    with pytest.raises(ValueError, match="experts 0 and 1: .*different frozen tables"):
+        M.MergedGPT([experts[0], experts[2]])
