@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train as T
+from configurator import Config
 from model import GPT, GPTConfig, read_checkpoint
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -104,9 +105,11 @@ def test_resume_is_exact(data_root, tmp_path):
 
 
 def test_ddp_two_gloo_ranks_equal_one_process_with_double_accumulation(data_root, tmp_path):
+    # dropout on: the masks are seeded per global micro-step, so they agree too
     common = [f"--{k}={v}" for k, v in {**TINY, "data_root": data_root, "max_iters": 3, "eval_interval": 3,
-                                          "gradient_accumulation_steps": 2}.items()]
-    T.train(cfg_for(data_root, tmp_path / "one", max_iters=3, eval_interval=3, gradient_accumulation_steps=2))
+                                          "gradient_accumulation_steps": 2, "dropout": 0.1}.items()]
+    T.train(cfg_for(data_root, tmp_path / "one", max_iters=3, eval_interval=3, gradient_accumulation_steps=2,
+                    dropout=0.1))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         os.path.join(REPO, "train.py"), *common, f"--out_dir={tmp_path / 'two'}"],
@@ -121,6 +124,14 @@ def test_ddp_two_gloo_ranks_equal_one_process_with_double_accumulation(data_root
     sa = read_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
     sb = read_checkpoint(str(tmp_path / "two" / "ckpt.pt"))["model"]
     assert all(torch.allclose(sa[k], sb[k], atol=1e-5) for k in sa)
+    # a batch the ranks cannot share: one line, from rank 0 only
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(REPO, "train.py"), *common, "--gradient_accumulation_steps=3",
+                        f"--out_dir={tmp_path / 'three'}"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and not (tmp_path / "three").exists()
+    assert r.stderr.count("is not divisible by the 2 DDP ranks") == 1, r.stderr[-2000:]
+    assert "train.py: error: gradient_accumulation_steps=3 is not divisible by the 2 DDP ranks: use a multiple " \
+           "of 2\n" in r.stderr and "Traceback" not in r.stderr
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -161,19 +172,6 @@ def test_bad_inputs_fail_with_one_line_and_leave_out_dir_alone(data_root, tmp_pa
     bad_run(data_root, precious_out, "made with tokenizer 'gpt2'", datasets={str(mismatch): 1.0})
 
 
-def test_cli_bad_input_exits_nonzero_with_one_line(data_root, tmp_path, precious_out):
-    env = {**os.environ, "WORLD_SIZE": "2"}  # as torchrun would set it: checked before any process group
-    r = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--data_root={data_root}",
-                        "--datasets={'tiny': 1.0}", f"--out_dir={precious_out}", "--gradient_accumulation_steps=3"],
-                       capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == ["train.py: error: gradient_accumulation_steps=3 is not divisible "
-                                             "by the 2 DDP ranks: use a multiple of 2"]
-    r = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--max_iter=3"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "did you mean max_iters" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-
-
 def test_flops_count_of_a_frozen_prefix():
     conf = GPTConfig(vocab_size=512, block_size=16, n_layer=3, n_head=2, d_model=32, embedding="glyph")
     model = GPT(conf, torch.randn(512, 32))
@@ -189,3 +187,215 @@ def test_flops_count_of_a_frozen_prefix():
     per_block = sum(p.numel() for p in model.transformer.h[0].parameters() if p.dim() >= 2)
     # each frozen lower block: forward only (2/weight, 4*T*d attention) instead of 4/weight and 12*T*d
     assert nanogpt_count() - T.flops_per_token(model, 16) == 2 * (2 * per_block + 8 * 16 * 32)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def cli(data_root, *args, timeout=120, **popen):
+    """train.py as a user runs it, on the tiny config; -> CompletedProcess (text)."""
+    tiny = [f"--{k}={v}" for k, v in TINY.items()] + [f"--data_root={data_root}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *tiny, *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, **popen)
+
+
+def error_line(r):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
+    return lines[0]
+
+
+def digest(out):
+    return {f: (out / f).read_bytes() for f in sorted(os.listdir(out))}
+
+
+@pytest.fixture(scope="module")
+def run4(data_root, tmp_path_factory):
+    """A finished 4-iteration run (checkpoint at 2 and 4), made once; tests copy it."""
+    out = tmp_path_factory.mktemp("run4") / "out"
+    r = cli(data_root, f"--out_dir={out}", "--max_iters=4", "--eval_interval=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"saved {out / 'ckpt.pt'} (iteration 2)" in r.stdout and f"saved {out / 'ckpt.pt'} (iteration 4)" in r.stdout
+    return out
+
+
+@pytest.fixture()
+def run_copy(run4, tmp_path):
+    import shutil
+    return shutil.copytree(run4, tmp_path / "out")
+
+
+def test_help_lists_every_key_with_default_and_meaning():
+    import sample as S
+    from configurator import key_docs
+    r = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: train.py")
+    for key, default in T.DEFAULTS.items():
+        assert f"--{key}=" in r.stdout, key
+    assert "--max_iters=2000" in r.stdout and "total training iterations" in r.stdout
+    assert "--lr_decay_iters=0" in r.stdout and "0 = max_iters" in r.stdout
+    for script, defaults in (("train.py", T.DEFAULTS), ("sample.py", S.DEFAULTS)):  # one line of meaning per key
+        docs = key_docs(os.path.join(REPO, script))
+        assert all(docs.get(k) for k in defaults), [k for k in defaults if not docs.get(k)]
+    r = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), "-h"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "--top_k=200" in r.stdout and "keep only the top_k" in r.stdout
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(data_root, run_copy):
+    before = (run_copy / "ckpt.pt").read_bytes()
+    r = cli(data_root, f"--out_dir={run_copy}", "--init_from=resume", "--learning_rate=1e8", "--min_lr=1e8",
+            "--warmup_iters=0", "--decay_lr=False", "--max_iters=12", "--eval_interval=6")
+    line = error_line(r)
+    assert "resuming from iteration 4 of" in r.stdout
+    assert "non-finite at iteration" in line and f"{run_copy / 'ckpt.pt'} (iteration 4) is kept" in line
+    assert (run_copy / "ckpt.pt").read_bytes() == before
+
+
+def test_fresh_run_into_a_run_is_refused_unless_overwrite(data_root, run_copy):
+    before = digest(run_copy)
+    line = error_line(cli(data_root, f"--out_dir={run_copy}", "--max_iters=2"))
+    assert "holds a run" in line and "--init_from=resume" in line and "--overwrite=True" in line
+    assert digest(run_copy) == before
+    # asked to start over, but killed (here: diverged) before its first save: the old run is whole
+    line = error_line(cli(data_root, f"--out_dir={run_copy}", "--overwrite=True", "--max_iters=6",
+                          "--eval_interval=3", "--learning_rate=1e8", "--warmup_iters=0", "--decay_lr=False"))
+    assert "non-finite" in line and "nothing was saved" in line
+    assert digest(run_copy) == before
+    # its first checkpoint replaces checkpoint and log
+    r = cli(data_root, f"--out_dir={run_copy}", "--overwrite=True", "--max_iters=1", "--eval_interval=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_checkpoint(str(run_copy / "ckpt.pt"))["iter_num"] == 1
+    assert [rec["iter"] for rec in read_log(run_copy)] == [0, 1]
+
+
+def test_resume_remembers_the_run_and_refuses_other_settings(data_root, run_copy):
+    before = digest(run_copy)
+    line = error_line(cli(data_root, f"--out_dir={run_copy}", "--init_from=resume", "--n_layer=2", "--d_model=64",
+                          "--embedding=trainable", "--batch_size=8", "--max_iters=6"))
+    for given, had in (("n_layer=2", "1"), ("d_model=64", "32"), ("embedding='trainable'", "'glyph'"),
+                       ("batch_size=8", "4")):
+        assert f"{given} (the run has {had})" in line
+    assert "max_iters" in line and digest(run_copy) == before
+    # a kill left a partial checkpoint and a torn log line behind; resume with nothing but the out_dir
+    (run_copy / ".ckpt.pt.999999.partial").write_bytes(b"x" * 1000)
+    with open(run_copy / "log.jsonl", "a") as f:
+        f.write('{"iter": 5, "lo')
+    r = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--out_dir={run_copy}", "--init_from",
+                        "resume", "--max_iters", "6", "--eval_interval=6"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from iteration 4 of" in r.stdout and "dropped its torn last line 6" in r.stdout
+    assert not (run_copy / ".ckpt.pt.999999.partial").exists()
+    assert [rec["iter"] for rec in read_log(run_copy)] == list(range(7))
+    ck = read_checkpoint(str(run_copy / "ckpt.pt"))
+    assert ck["iter_num"] == 6 and ck["config"]["batch_size"] == 4 and ck["config"]["max_iters"] == 6
+    assert ck["model_args"]["n_layer"] == ck["config"]["n_layer"] == 1
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(data_root, run_copy):
+    import resource
+    import signal
+    before = (run_copy / "ckpt.pt").read_bytes()
+
+    def small_files():  # writes past 1 MB fail with EFBIG, as on a full disk (a smaller checkpoint fits)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    line = error_line(cli(data_root, f"--out_dir={run_copy}", "--init_from=resume", "--max_iters=5",
+                          "--eval_interval=5", preexec_fn=small_files))
+    assert f"could not save {run_copy / 'ckpt.pt'}" in line and "previous" in line and "intact" in line
+    assert (run_copy / "ckpt.pt").read_bytes() == before
+    assert not [f for f in os.listdir(run_copy) if f.endswith(".partial")]
+
+
+def test_ctrl_c_says_where_the_last_checkpoint_is(data_root, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *[f"--{k}={v}" for k, v in TINY.items()],
+                          f"--data_root={data_root}", f"--out_dir={out}", "--max_iters=100000", "--eval_interval=2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "ckpt.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert f"the last checkpoint is {out / 'ckpt.pt'}: resume with python train.py --out_dir={out} " \
+           f"--init_from=resume" in err
+
+
+def test_bad_values_give_one_line_before_out_dir_is_created(data_root, tmp_path):
+    out = tmp_path / "new"
+    for arg, match in [("--eval_interval=0", "eval_interval=0: expected a positive whole number"),
+                       ("--log_interval=0", "log_interval=0: expected a positive"),
+                       ("--n_layer=0", "n_layer=0: expected a positive"),
+                       ("--batch_size=0", "batch_size=0: expected a positive"),
+                       ("--dtype=foo", "dtype='foo': expected one of auto, float32, bfloat16, float16"),
+                       ("--device=cuda", "device='cuda', but torch sees no CUDA GPU here"),
+                       ("--device=tpu", "device='tpu': expected auto, cpu, cuda or cuda:N")]:
+        if "cuda" in arg and torch.cuda.is_available():
+            continue
+        with pytest.raises(ValueError, match=match):
+            T.main([f"--data_root={data_root}", "--datasets={'tiny': 1.0}", f"--out_dir={out}", arg])
+        assert not out.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="out_dir=.*afile is a file, not a folder"):
+        T.main([f"--out_dir={afile}", "--max_iters=1"])
+    with pytest.raises(ValueError, match="out_dir=.*afile/sub: cannot create it"):
+        T.main([f"--out_dir={afile / 'sub'}", f"--data_root={data_root}", "--datasets={'tiny': 1.0}",
+                *[f"--{k}={v}" for k, v in TINY.items() if k != "datasets"], "--max_iters=1"])
+    # the same through the command line: one line, no traceback
+    assert error_line(cli(data_root, f"--out_dir={out}", "--eval_interval=0")) == \
+        "train.py: error: eval_interval=0: expected a positive whole number"
+
+
+def test_meta_json_without_val_bytes_is_named(data_root, tmp_path):
+    import shutil
+    d = shutil.copytree(os.path.join(data_root, "tiny"), tmp_path / "nobytes")
+    meta = json.loads((d / "meta.json").read_text())
+    del meta["val_bytes"]
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"nobytes/meta.json has no 'val_bytes': re-run"):
+        T.train(cfg_for(data_root, tmp_path / "o", datasets={str(d): 1.0}))
+
+
+def test_resume_hints_when_out_dir_holds_no_ckpt(data_root, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"iter": 0}\n')  # killed before the first save
+    with pytest.raises(ValueError, match="stopped before its first checkpoint .*eval_interval=250.*--overwrite=True"):
+        T.main([f"--out_dir={out}", "--init_from=resume"])
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    for i in (1, 2, 3):
+        (grown / f"stage_{i}.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"holds stage_1.pt, stage_2.pt, stage_3.pt: name one of them, e.g. .*stage_3.pt"):
+        T.main([f"--out_dir={grown}", "--init_from=resume"])
+    import sample as S
+    with pytest.raises(FileNotFoundError, match=r"ckpt.pt: no such checkpoint file; .* e.g. .*stage_3.pt"):
+        S.sample({**S.DEFAULTS, "out_dir": str(grown)})
+
+
+def test_checkpoint_messages(data_root, run4, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(3000))
+    r = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--ckpt={junk}"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "not a readable checkpoint" in r.stderr
+    ck = read_checkpoint(str(run4 / "ckpt.pt"))
+    assert ck["scaler"] == {}  # float32: no loss scale; a float16 run saves and resumes its GradScaler
+    odd = tmp_path / "odd.pt"
+    torch.save({**ck, "kind": "foo"}, str(odd))
+    with pytest.raises(ValueError, match="odd.pt is a 'foo' checkpoint: train.py continues only 'gpt'"):
+        T.train(cfg_for(data_root, tmp_path / "o", init_from=str(odd)))
+
+
+def test_schedule_follows_max_iters_unless_set():
+    cfg = Config({**T.DEFAULTS, "max_iters": 100, "warmup_iters": 10, "learning_rate": 1e-3, "min_lr": 1e-4})
+    assert T.get_lr(100, cfg) == pytest.approx(1e-4) and T.get_lr(55, cfg) == pytest.approx(5.5e-4)
+    assert T.get_lr(100, Config({**cfg, "lr_decay_iters": 200})) > 5e-4
+    for name in ("train_shakespeare_glyph.py", "train_shakespeare_trainable.py", "merge_demo_en.py", "merge_demo_ru.py"):
+        assert "lr_decay_iters" not in open(os.path.join(REPO, "config", name)).read()

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from configurator import Config, ConfigError, defaults_from, key_docs, parse
-from model import (EMBEDDINGS, GPT, GPTConfig, missing_checkpoint_hint, model_checkpoint, model_from_checkpoint,
+from model import (GPT, GPTConfig, missing_checkpoint_hint, model_checkpoint, model_from_checkpoint,
                    read_checkpoint, remove_stale_partials, save_checkpoint)
 
 # -----------------------------------------------------------------------------
@@ -95,10 +95,12 @@ peak_flops = 0.0  # accelerator peak for MFU in FLOP/s; 0 = look the GPU up in P
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_from(globals())
 
-# what a resumed run may change; everything else is the run's own (read from its checkpoint)
-MID_RUN_KEYS = ("max_iters", "lr_decay_iters", "eval_interval", "log_interval", "eval_iters", "eval_only",
-                "always_save_checkpoint", "init_from", "overwrite", "out_dir", "data_root", "progress",
-                "wandb_log", "wandb_project", "wandb_run_name", "device", "dtype", "compile", "peak_flops")
+# what a resumed run may change: its length and learning-rate schedule (e.g. a lower rate after a loss
+# spike), how often it evaluates and logs, paths and hardware. The rest is the run's own (its checkpoint's).
+MID_RUN_KEYS = ("max_iters", "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "decay_lr", "grad_clip",
+                "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint", "init_from",
+                "overwrite", "out_dir", "data_root", "progress", "wandb_log", "wandb_project", "wandb_run_name",
+                "device", "dtype", "compile", "peak_flops")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -115,6 +117,7 @@ def fail(msg):
 
 def check_config(cfg):
     """One line for the first bad value, before anything is read or written."""
+    from model import EMBEDDINGS  # (imported here: a module-level tuple would become a config key)
     for key in ("n_layer", "n_head", "d_model", "block_size", "batch_size", "gradient_accumulation_steps",
                 "eval_interval", "log_interval", "eval_iters"):
         if cfg[key] < 1:
@@ -147,8 +150,8 @@ def check_resume_overrides(saved, cfg, path):
     if changed:
         fail(f"{path} is resumed with its own settings, but " +
              ", ".join(f"{k}={cfg[k]!r} (the run has {saved[k]!r})" for k in changed) +
-             f": only {', '.join(MID_RUN_KEYS[:6])}, out_dir, device ... may change mid-run; "
-             f"start a new run (another out_dir) for the rest")
+             f": a resumed run may change only {', '.join(MID_RUN_KEYS)}; start a new run (another out_dir) "
+             f"for the rest")
 
 
 def no_checkpoint_message(path, eval_interval):
@@ -432,7 +435,6 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
     # -- everything that can fail on bad input happens before anything is written to out_dir --
     from unicode_tokenizer import get_tokenizer
     tok = get_tokenizer(cfg.tokenizer)
-    data = MixtureData(cfg, tok, device)
     ckpt, source = None, ckpt_path if cfg.init_from == "resume" else cfg.init_from
     if cfg.init_from == "resume":
         if not os.path.exists(ckpt_path):
@@ -454,6 +456,7 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
         model.load_state_dict(ckpt["model"])
     if ckpt is not None and cfg.init_from != "resume":  # the weights decide the architecture
         cfg.update({k: getattr(model.config, k) for k in ("n_layer", "n_head", "d_model", "bias", "embedding", "rope_base")})
+    data = MixtureData(cfg, tok, device)
     if model.config.vocab_size != tok.vocab_size:
         fail(f"model vocab_size {model.config.vocab_size} != tokenizer {tok.name!r} vocab_size {tok.vocab_size}")
     if cfg.block_size > model.config.block_size:

@@ -18,7 +18,6 @@ batch_size = 8
 max_iters = 200
 learning_rate = 3e-3
 warmup_iters = 20
-lr_decay_iters = 200
 min_lr = 3e-4
 
 eval_interval = 200

@@ -19,7 +19,6 @@ gradient_accumulation_steps = 1
 max_iters = 500
 learning_rate = 2e-3
 warmup_iters = 30
-lr_decay_iters = 500
 min_lr = 2e-4
 weight_decay = 0.1
 
