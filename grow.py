@@ -348,8 +348,8 @@ def load_base(cfg, tok):
         want = T.build_model({**cfg, "n_layer": 1}, tok)
         try:  # one substrate: same key, equal within glyph_embed.SUBSTRATE_TOL
             check_same_substrate(model.table_info, model.frozen_table, want.table_info, want.frozen_table,
-                                 f"grow_from={path}: its frozen table vs the config's (embedding={cfg['embedding']}, "
-                                 f"table_dim={cfg['table_dim']})")
+                                 f"grow_from={path}: its frozen table differs from the config's table "
+                                 f"(embedding={cfg['embedding']}, table_dim={cfg['table_dim']})")
         except ValueError as e:
             fail(str(e))
     return model

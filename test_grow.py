@@ -244,7 +244,7 @@ def test_bad_input_one_line_errors_and_nothing_overwritten(straight, data_root, 
     torch.save(ck, tmp_path / "other_tok.pt")
     with pytest.raises(ValueError, match="other_tok.pt: trained with tokenizer"):
         G.grow(cfg_for(data_root, tmp_path / "b", grow_from=str(tmp_path / "other_tok.pt"), growth=[1]))
-    with pytest.raises(ValueError, match="frozen table fingerprint .* differs from the config's table"):
+    with pytest.raises(ValueError, match="its frozen table differs from the config's table .*substrate key"):
         G.grow(cfg_for(data_root, tmp_path / "b", grow_from=str(out / "stage_1.pt"), growth=[1], table_dim=32))
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
     assert shas == {p: file_sha(out / p) for p in shas}
