@@ -8,7 +8,7 @@ conversion on the main thread); checks that all three write the same bytes.
 
 --text_dir holds en/, ru/, zh/ folders of UTF-8 text files (the layout of bench_tokenizer.py; docs/data.md,
 "The offline corpora", says how to get them offline); about mb/3 MB is taken from each language
-and cut at blank lines into documents of about 4 kB. Wall-clock MB/s (UTF-8 bytes of text per second),
+and cut at line ends into documents of about 4 kB. Wall-clock MB/s (UTF-8 bytes of text per second),
 best of --repeats, so run it on an otherwise idle machine; the CPU seconds of the main process
 show how much of the work is left on it (what caps the speed-up on more cores).
 """
@@ -32,15 +32,16 @@ def load_docs(text_dir, mb, doc_bytes=4000):
         files = sorted(glob.glob(os.path.join(text_dir, lang, "*")))
         if not files:
             raise SystemExit(f"{os.path.join(text_dir, lang)}: no text files (see docs/data.md: The offline corpora)")
-        size, cur = 0, []
+        size, cur, cur_bytes = 0, [], 0
         for path in files:
             with open(path, encoding="utf-8", errors="replace") as f:
-                for para in f.read().split("\n\n"):
-                    cur.append(para)
-                    if sum(len(p.encode("utf-8")) for p in cur) >= doc_bytes:
-                        docs.append("\n\n".join(cur))
-                        size += len(docs[-1].encode("utf-8"))
-                        cur = []
+                for line in f:
+                    cur.append(line)
+                    cur_bytes += len(line.encode("utf-8"))
+                    if cur_bytes >= doc_bytes:
+                        docs.append("".join(cur))
+                        size += cur_bytes
+                        cur, cur_bytes = [], 0
                     if size >= per_lang:
                         break
             if size >= per_lang:
