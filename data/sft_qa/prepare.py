@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import prompts  # noqa: E402
 from data.common import base_parser, get_tokenizer, take_bytes, write_dataset  # noqa: E402
 from data.corpus import unit_hash  # noqa: E402
-from data.benchmarks import SOURCES as BENCHMARKS, arc_records, boolq_records, jsonl_rows, mmlu_tar_questions, squad_records  # noqa: E402
+from data.benchmarks import (SOURCES as BENCHMARKS, arc_records, boolq_records, jsonl_rows,  # noqa: E402
+                             mmlu_records, mmlu_tar_questions, read_text, squad_records)
 from data.download import cache_dir, download, hf_fetch, hf_list  # noqa: E402
 
 # The two archives eval.py also reads (data/benchmarks.py), in the same cache path: downloaded once for both.
@@ -440,7 +441,6 @@ def synthetic_items(n, seed=0):
 def benchmark_questions(data_dir):
     """The questions of the benchmark files eval.py reads (data/benchmarks.py) that are on disk in
     its data dir (they are there once eval.py has run, or once they were put there by hand)."""
-    from data.benchmarks import arc_records, boolq_records, mmlu_records, read_text, squad_records
     questions = []
     if glob.glob(os.path.join(data_dir, "mmlu", "test", "*_test.csv")):
         questions += [r["question"] for r in mmlu_records(data_dir)]
