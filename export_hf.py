@@ -41,6 +41,7 @@ MODELING_FILES = ("configuration_glyphgpt.py", "modeling_glyphgpt.py")
 FORMAT = 1  # version of the folder layout below, recorded in config.json
 SPECIAL = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
 CARRIED = ("iter_num", "best_val_loss", "metrics", "substrate")  # checkpoint entries kept in config.json
+EXPERT_CARRIED = ("source", "iter_num", "datasets", "metrics")  # and those of a merge file's experts
 PROBE = "Question: Which form of energy does a solar panel change into electricity?\nAnswer: light"
 TOLERANCE = 1e-5  # max abs logit difference, float32
 
@@ -51,7 +52,8 @@ def need(*modules):
     try:
         return [importlib.import_module(m) for m in modules]
     except ImportError as e:
-        raise SystemExit(f"export_hf.py needs {e.name}: pip install transformers==5.24.0 safetensors==0.8.0 "
+        package = (e.name or "transformers").split(".")[0]
+        raise SystemExit(f"export_hf.py needs {package}: pip install transformers==5.24.0 safetensors==0.8.0 "
                          f"(or pip install -r requirements-test.txt)") from None
 
 
@@ -129,6 +131,9 @@ def hf_config(ckpt, experts, weights, mode, tok):
     ids = {s: tok.encode(s)[0] if len(tok.encode(s)) == 1 else None for s in SPECIAL.values()}
     glyphgpt = {k: plain_json(ckpt[k], f"checkpoint entry {k!r}") for k in CARRIED if ckpt.get(k) is not None}
     glyphgpt.update(format=FORMAT, kind=ckpt["kind"])
+    if ckpt["kind"] == "merge":  # where each expert came from, as the merge file records it
+        glyphgpt["experts"] = [plain_json({k: ent.get(k) for k in EXPERT_CARRIED}, f"expert {i}")
+                               for i, ent in enumerate(ckpt["experts"])]
     return dict(
         architectures=["GlyphGPTForCausalLM"], model_type="glyphgpt",
         auto_map={"AutoConfig": "configuration_glyphgpt.GlyphGPTConfig",
@@ -341,12 +346,16 @@ def import_folder(folder, out, force=False):
     ckpts = [dict(kind="gpt", model_args=dict(args), model=from_hf_names(tensors, k, frozen), **common)
              for k, args in enumerate(cfg["experts"])]
     carried = {k: g[k] for k in CARRIED if k in g}
+    for c, ent in zip(ckpts, g.get("experts") or []):  # read back by merge.merge_checkpoint
+        c.update(iter_num=ent.get("iter_num"), metrics=ent.get("metrics"), config=dict(datasets=ent.get("datasets")))
     try:
         models = [model_from_checkpoint(c, "cpu", f"{folder} (expert {k})") for k, c in enumerate(ckpts)]
         if g["kind"] == "merge":
             import merge
             merged = merge.MergedGPT(models, cfg["merge_weights"], cfg["merge_mode"])
             ckpt = dict(merge.merge_checkpoint(merged, ckpts), **carried)
+            for ent, src in zip(ckpt["experts"], g.get("experts") or []):
+                ent["source"] = src.get("source")
         else:
             ckpt = dict(ckpts[0], **carried)
     except (ValueError, KeyError) as e:

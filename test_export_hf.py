@@ -3,6 +3,8 @@ model -> back to checkpoints. Tiny models written here (2 layers x 32, a random 
 table, the 65,536-id bvv241-2-3 tokenizer); nothing is downloaded."""
 import json
 import os
+import subprocess
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -21,7 +23,8 @@ from unicode_tokenizer import get_tokenizer
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
-FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests_data", "eval")
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "tests_data", "eval")
 TOL = 1e-5
 
 
@@ -33,12 +36,14 @@ def tok():
 def tiny_gpt(table, seed, n_layer=2, d_model=32, n_head=2, block_size=128):
     """A random GPT whose every weight (biases and LayerNorms too) is non-trivial."""
     torch.manual_seed(seed)
-    m = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, d_model=d_model, embedding="random"), table)
+    embedding = "trainable" if table is None else "random"
+    m = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, d_model=d_model, embedding=embedding), table)
     with torch.no_grad():
         for p in m.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    m.table_info = {"kind": "random", "dim": table.shape[1], "recipe": "test: normalised N(0, 1)"}
+    if table is not None:
+        m.table_info = {"kind": "random", "dim": table.shape[1], "recipe": "test: normalised N(0, 1)"}
     return m.eval()
 
 
@@ -49,7 +54,8 @@ def save(m, tok, path, **extra):
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, tok):
-    """plain, grown (LoRA merged into the lower block) and merged (two experts of different shapes)."""
+    """plain, grown (LoRA merged into the lower block), merged (two experts of different shapes, in
+    two modes) and trainable (an ordinary trainable embedding instead of the frozen table)."""
     d = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
     table = torch.nn.functional.normalize(torch.randn(65536, 16), dim=1)
@@ -65,6 +71,7 @@ def ckpts(tmp_path_factory, tok):
     grow.merge_lora(grown)
     assert not grow.has_lora(grown)
     out["grown"] = save(grown, tok, d / "grown.pt")
+    out["trainable"] = save(tiny_gpt(None, 4), tok, d / "trainable.pt")
     other = tiny_gpt(table, 3, n_layer=1, d_model=16, n_head=1, block_size=96)
     expert_b = save(other, tok, d / "b.pt")
     for mode in ("logits", "probs"):
@@ -86,7 +93,7 @@ def hf_model(folder):
 
 # ---------------------------------------------------------------------------- logits and generation
 
-@pytest.mark.parametrize("kind", ["plain", "grown", "merged_logits", "merged_probs"])
+@pytest.mark.parametrize("kind", ["plain", "grown", "merged_logits", "merged_probs", "trainable"])
 def test_transformers_logits_equal_ours(kind, ckpts, exported):
     folder, checked = exported[kind]
     assert checked <= TOL  # the exporter's own check on its probe text
@@ -145,7 +152,7 @@ def test_lm_eval_hf_model_matches_eval_py_on_arc_easy(ckpts, exported, tok):
 
 # ---------------------------------------------------------------------------- import, round trip
 
-@pytest.mark.parametrize("kind", ["plain", "merged_logits"])
+@pytest.mark.parametrize("kind", ["plain", "merged_logits", "trainable"])
 def test_round_trip_is_bit_identical(kind, ckpts, exported, tmp_path):
     back = str(tmp_path / "back.pt")
     export_hf.main([exported[kind][0], f"--to={back}"])
@@ -156,11 +163,14 @@ def test_round_trip_is_bit_identical(kind, ckpts, exported, tmp_path):
     for k in sa:
         assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
     assert cb["kind"] == ca["kind"] and cb["tokenizer_fingerprint"] == ca["tokenizer_fingerprint"]
-    assert cb["table_info"]["fingerprint"] == ca["table_info"]["fingerprint"] == b.table_fingerprint
     assert cb["table_info"] == ca["table_info"]
+    if kind != "trainable":
+        assert cb["table_info"]["fingerprint"] == ca["table_info"]["fingerprint"] == b.table_fingerprint
     if kind == "merged_logits":
         assert (b.mode, b.weights) == (a.mode, a.weights)
-    else:
+        for ea, eb in zip(ca["experts"], cb["experts"]):
+            assert all(ea[k] == eb[k] for k in ("model_args", "source", "iter_num", "datasets", "metrics"))
+    if kind == "plain":
         assert cb["iter_num"] == 7 and cb["metrics"] == ca["metrics"]
         # the imported checkpoint is an ordinary one: it can be merged again
         merged, _ = merge.build_merge([back, ckpts["plain"]])
@@ -224,3 +234,17 @@ def test_import_refuses_foreign_or_tampered_folders(exported, tmp_path):
     with pytest.raises(SystemExit, match="fingerprint"):
         export_hf.import_folder(str(tampered), str(tmp_path / "y.pt"))
     assert not os.path.exists(tmp_path / "x.pt") and not os.path.exists(tmp_path / "y.pt")
+
+
+def test_clear_one_line_errors(tmp_path):
+    with pytest.raises(SystemExit, match="nope.pt: no such checkpoint file or folder"):
+        export_hf.main([str(tmp_path / "nope.pt"), f"--to={tmp_path / 'x'}"])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="junk.pt: cannot load as a glyphgpt checkpoint"):
+        export_hf.main([str(tmp_path / "junk.pt"), f"--to={tmp_path / 'x'}"])
+    # a missing optional package: one line saying what to install (the import really fails here)
+    code = "import sys; sys.modules['safetensors'] = None; import export_hf; export_hf.need('safetensors.torch')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "export_hf.py needs safetensors: pip install transformers==5.24.0 safetensors==0.8.0 "
+        "(or pip install -r requirements-test.txt)"]
