@@ -126,9 +126,15 @@ def plain_json(value, where):
         raise SystemExit(f"export_hf.py: {where} cannot be written to config.json: {e}") from None
 
 
+def special_ids(tok):
+    """{'<s>': id or None, ...}: the special tokens this tokenizer has as single ids."""
+    ids = {s: tok.encode(s) for s in SPECIAL.values()}
+    return {s: v[0] if len(v) == 1 else None for s, v in ids.items()}
+
+
 def hf_config(ckpt, experts, weights, mode, tok):
     frozen = experts[0].frozen_table is not None
-    ids = {s: tok.encode(s)[0] if len(tok.encode(s)) == 1 else None for s in SPECIAL.values()}
+    ids = special_ids(tok)
     glyphgpt = {k: plain_json(ckpt[k], f"checkpoint entry {k!r}") for k in CARRIED if ckpt.get(k) is not None}
     glyphgpt.update(format=FORMAT, kind=ckpt["kind"])
     if ckpt["kind"] == "merge":  # where each expert came from, as the merge file records it
@@ -263,6 +269,8 @@ def export(ckpt_path, dest, force=False, evals=(), license_="other"):
     cfg = hf_config(ckpt, experts, weights, mode, tok)
     card = model_card(cfg, eval_results(evals), license_, os.path.basename(os.path.abspath(dest.rstrip("/"))))
     block = cfg["max_position_embeddings"]
+    ids = special_ids(tok)  # naming a token the vocabulary lacks would make transformers add one
+    special = {k: s for k, s in SPECIAL.items() if ids[s] is not None}
 
     def fill(tmp):
         st.save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
@@ -270,8 +278,8 @@ def export(ckpt_path, dest, force=False, evals=(), license_="other"):
         dump(os.path.join(tmp, "tokenizer.json"), tok_json)
         dump(os.path.join(tmp, "tokenizer_config.json"),
              dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=block, clean_up_tokenization_spaces=False,
-                  add_bos_token=False, add_eos_token=False, **SPECIAL))
-        dump(os.path.join(tmp, "special_tokens_map.json"), SPECIAL)
+                  add_bos_token=False, add_eos_token=False, **special))
+        dump(os.path.join(tmp, "special_tokens_map.json"), special)
         dump(os.path.join(tmp, "generation_config.json"),  # sample.py's defaults
              dict(bos_token_id=cfg["bos_token_id"], eos_token_id=cfg["eos_token_id"], pad_token_id=cfg["pad_token_id"],
                   do_sample=True, temperature=0.8, top_k=200))
