@@ -31,7 +31,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -40,7 +39,7 @@ from torch.nn import functional as F
 import train as T
 from configurator import ConfigError, configure, defaults_from
 from glyph_embed import check_same_substrate
-from model import GPT, Block, GPTConfig, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
+from model import GPT, Block, check_tokenizer, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # grow.py's own config keys; train.py's keys apply as well (data, batch, optimizer, model width)
@@ -196,7 +195,9 @@ def schedule_of(cfg, stages, base_fp):
 def stage_config(cfg, st, out_dir, resume):
     """train.py's config for one stage: its depth, length, learning rate, own data seed and folder.
     The seed differs per stage so each stage trains on fresh batches (train.py's batches are a
-    function of (seed, iteration)); validation for the stage reports uses the base seed."""
+    function of (seed, iteration)). train.py draws its validation batches from the seed as well, so
+    each stage is scored on batches of its own until train.py's validation set stops depending on
+    the seed."""
     return {**cfg, "n_layer": st["depth"], "max_iters": st["iters"], "lr_decay_iters": st["iters"],
             "learning_rate": st["lr"], "min_lr": st["min_lr"], "seed": cfg["seed"] + st["stage"] - 1,
             "out_dir": os.path.join(out_dir, f"stage_{st['stage']}"),
@@ -259,24 +260,29 @@ def prepare_stage(model, st, cfg, first_from_scratch=False):
     return model
 
 
-def model_config(cfg, vocab_size, n_layer):
-    return GPTConfig(vocab_size=vocab_size, block_size=cfg["block_size"], n_layer=n_layer, n_head=cfg["n_head"],
-                     d_model=cfg["d_model"], dropout=cfg["dropout"], bias=cfg["bias"],
-                     embedding=cfg["embedding"], rope_base=cfg["rope_base"])
+def table_width(cfg):
+    """Columns of the config's frozen table: binary16 codes are 16 wide whatever table_dim says
+    (glyph_embed.binary16_table); the other tables are table_dim wide, 0 = d_model."""
+    return 16 if cfg["embedding"] == "binary16" else (cfg["table_dim"] or cfg["d_model"])
 
 
-def planned_counts(cfg, stages, vocab_size, base_config=None):
-    """Parameter counts of every stage, from models built on the meta device (no memory, no table):
-    the same prepare_stage() as the real run. -> list of param_counts() dicts."""
+def meta_model(cfg, vocab_size, n_layer):
+    """The config's model at depth n_layer on the meta device (no memory, no table to build): for
+    counting parameters and FLOPs before anything runs (here and in reproduce.py's cost estimates)."""
+    conf = T.model_config(cfg, vocab_size, n_layer=n_layer)
+    with torch.device("meta"):
+        return GPT(conf, None if conf.embedding == "trainable" else torch.empty(vocab_size, table_width(cfg)))
+
+
+def planned_counts(cfg, stages, vocab_size, from_nothing=True):
+    """Parameter counts of every stage, from models built on the meta device, with the same
+    prepare_stage() as the real run. from_nothing: stage 1 trains the first blocks (no grow_from).
+    -> list of param_counts() dicts."""
     out = []
     for st in stages:
-        conf = dataclasses.replace(base_config, n_layer=st["depth"]) if base_config else \
-            model_config(cfg, vocab_size, st["depth"])
-        width = cfg["table_dim"] or conf.d_model
+        m = meta_model(cfg, vocab_size, st["depth"])
         with torch.device("meta"):
-            table = None if conf.embedding == "trainable" else torch.empty(conf.vocab_size, width)
-            m = GPT(conf, table)
-            prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1 and base_config is None)
+            prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1 and from_nothing)
         out.append(m.param_counts())
     return out
 
@@ -320,14 +326,11 @@ def merge_and_check(model, X):
     return diff
 
 
-def autocast_ctx(device, dtype):
-    """The same precision as train.py's loop uses on this device."""
-    if device.startswith("cuda"):
-        if dtype == "auto":
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        if dtype != "float32":
-            return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
-    return nullcontext()
+def probe_tokens(model, cfg):
+    """One fixed row of token ids for merge_and_check (any input shows a change in the logits)."""
+    g = torch.Generator().manual_seed(cfg["seed"])
+    ids = torch.randint(0, model.config.vocab_size, (1, cfg["block_size"]), generator=g)
+    return ids.to(model.lm_head.weight.device)
 
 
 def load_base(cfg, tok):
@@ -336,9 +339,7 @@ def load_base(cfg, tok):
     ckpt = read_checkpoint(path, "cpu")
     if ckpt["kind"] != "gpt":
         fail(f"grow_from={path}: a {ckpt['kind']!r} checkpoint; only single models (kind 'gpt') can grow")
-    if ckpt.get("tokenizer_fingerprint") != tok.fingerprint:
-        fail(f"grow_from={path}: trained with tokenizer {ckpt.get('tokenizer_name')!r} "
-             f"({ckpt.get('tokenizer_fingerprint')}), the config uses {tok.name!r} ({tok.fingerprint})")
+    check_tokenizer(ckpt, tok, f"grow_from={path}")
     model = model_from_checkpoint(ckpt, "cpu", path)  # verifies the stored table against its fingerprint
     c = model.config
     for key in ("embedding", "d_model", "n_head", "bias", "rope_base"):
@@ -394,10 +395,8 @@ def grow(cfg):
     schedule = schedule_of(cfg, stages, base.table_fingerprint if base is not None else None)
     out_dir = cfg["out_dir"]
     n_done = check_out_dir(out_dir, schedule, len(stages))
-    _, rank, _, world, device = T.setup_distributed(cfg)
+    _, rank, _, _, device = T.setup_distributed(cfg)
     master = rank == 0
-    data = T.MixtureData(cfg, tok, device)  # validation batches of the base seed: the same for every stage
-    ctx = autocast_ctx(device, cfg["dtype"])
 
     # -- checked; from here on we write to out_dir (never over an existing stage_{i}.pt) --
     if master:
@@ -433,11 +432,12 @@ def grow(cfg):
                           new_blocks=st["new"], lora=st["lora"], schedule=schedule)
         # a LoRA stage's working checkpoint holds adapter weights: mark it so nothing loads it as a plain GPT
         extra = dict(grow=stage_info, **(dict(kind="grow_lora_stage") if st["lora"] else {}))
-        T.train(stage_config(cfg, st, out_dir, resume), model=model, ckpt_path=work, ckpt_extra=extra)
+        # ev: train.py's last evaluation of the stage's model (printed as its "step N: val loss"), the
+        # stage's one validation figure; merging LoRA adapters afterwards changes no logit beyond 1e-4
+        ev = T.train(stage_config(cfg, st, out_dir, resume), model=model, ckpt_path=work, ckpt_extra=extra)
         seconds = time.time() - t0
         check_lower_untouched(model, digests, st)  # before merging: the adapters' bases too
-        merge_diff = merge_and_check(model, data.batch("val", 0, 0)[0][:1]) if st["lora"] else None
-        ev = T.evaluate(model, data, cfg, ctx, rank, world)
+        merge_diff = merge_and_check(model, probe_tokens(model, cfg)) if st["lora"] else None
         rep = dict(stage=i, layers=f"{st['new'][0] + 1}-{st['depth']}", depth=st["depth"], lora=st["lora"],
                    trainable=counts["trainable"], frozen=counts["frozen"], iters=st["iters"], tokens=st["tokens"],
                    val_loss=ev["val_loss"], val_bpb=ev["val_bpb"], seconds=round(seconds, 1),
@@ -449,8 +449,7 @@ def grow(cfg):
             T.write_log(os.path.join(out_dir, "grow_log.jsonl"), rep)
             if os.path.exists(work):
                 os.remove(work)  # the optimizer state is not needed any more
-            print(f"== stage {i} done: val loss {rep['val_loss']:.4f}, {rep['val_bpb']:.4f} bits/byte, "
-                  f"{seconds:.0f}s -> {os.path.join(out_dir, f'stage_{i}.pt')}")
+            print(f"== stage {i} done: {seconds:.0f}s -> {os.path.join(out_dir, f'stage_{i}.pt')}")
         reports.append(rep)
     if master:
         print_report(reports)
@@ -473,7 +472,7 @@ def print_report(reports):
 
 
 def print_plan(cfg, stages, vocab_size, base):
-    counts = planned_counts(cfg, stages, vocab_size, base.config if base is not None else None)
+    counts = planned_counts(cfg, stages, vocab_size, from_nothing=base is None)
     print("stage | new layers | depth | LoRA | trainable | frozen | iters | tokens | lr")
     for st, c in zip(stages, counts):
         print(f"{st['stage']} | {st['new'][0] + 1}-{st['depth']} | {st['depth']} | {'yes' if st['lora'] else 'no'} | "

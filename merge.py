@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from configurator import ConfigError, configure, defaults_from
 from glyph_embed import check_same_substrate
-from model import GPT, count_params, model_from_checkpoint, read_checkpoint, save_checkpoint
+from model import GPT, check_tokenizer, count_params, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # command-line defaults (positional arguments: config files end in .py, anything else is an expert)
@@ -388,9 +388,7 @@ def main(argv):
     if names:
         from unicode_tokenizer import get_tokenizer
         tok = get_tokenizer(ck["tokenizer_name"])
-        if tok.fingerprint != ck["tokenizer_fingerprint"]:
-            raise ValueError(f"tokenizer {ck['tokenizer_name']!r} here has fingerprint {tok.fingerprint}, the experts "
-                             f"were trained with {ck['tokenizer_fingerprint']}")
+        check_tokenizer(ck, tok, "the experts")
         cfg["block_size"] = cfg["block_size"] or merged.config.block_size
         if cfg["block_size"] > merged.config.block_size:
             raise ValueError(f"block_size={cfg['block_size']} exceeds the merge's context {merged.config.block_size}")

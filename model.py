@@ -504,6 +504,13 @@ def read_checkpoint(path, device="cpu"):
     return ckpt
 
 
+def check_tokenizer(ckpt, tok, where):
+    """A checkpoint is used only with the tokenizer it was trained with: ValueError (one line) else."""
+    if ckpt.get("tokenizer_fingerprint") != tok.fingerprint:
+        raise ValueError(f"{where} was trained with tokenizer {ckpt.get('tokenizer_name')!r} "
+                         f"({ckpt.get('tokenizer_fingerprint')}), this run uses {tok.name!r} ({tok.fingerprint})")
+
+
 def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
     """Rebuild a GPT from a checkpoint dict, verifying the stored table against its fingerprint."""
     known = {f.name for f in fields(GPTConfig)}

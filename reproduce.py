@@ -516,16 +516,6 @@ SCALING = [  # (what, command, config file, extra overrides, script)
 ]
 
 
-def meta_model(cfg, n_layer):
-    """The config's model on the meta device (no memory, no table building): for counting only."""
-    from model import GPT, GPTConfig
-    conf = GPTConfig(vocab_size=65536, block_size=cfg["block_size"], n_layer=n_layer, n_head=cfg["n_head"],
-                     d_model=cfg["d_model"], dropout=0.0, bias=cfg["bias"], embedding=cfg["embedding"])
-    width = 16 if cfg["embedding"] == "binary16" else (cfg["table_dim"] or cfg["d_model"])
-    with torch.device("meta"):
-        return GPT(conf, None if cfg["embedding"] == "trainable" else torch.empty(conf.vocab_size, width))
-
-
 def scaling_estimate(path, overrides, script):
     """-> dict(params, trainable, tokens, flops, gpu_hours at the assumed MFU) of one full-scale run."""
     from configurator import configure
@@ -536,14 +526,13 @@ def scaling_estimate(path, overrides, script):
     if script == "grow":
         stages, flops, tokens = G.make_plan(cfg), 0.0, 0
         for st in stages:
-            with torch.device("meta"):
-                m = meta_model(cfg, st["depth"])
-                G.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
+            m = G.meta_model(cfg, 65536, st["depth"])
+            G.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
             flops += st["tokens"] * T.flops_per_token(m, cfg["block_size"])
             tokens += st["tokens"]
-        counts = meta_model(cfg, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
+        counts = G.meta_model(cfg, 65536, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
     else:
-        m = meta_model(cfg, cfg["n_layer"])
+        m = G.meta_model(cfg, 65536, cfg["n_layer"])
         tokens = cfg["max_iters"] * tpi
         flops = tokens * T.flops_per_token(m, cfg["block_size"])
         counts = m.param_counts()

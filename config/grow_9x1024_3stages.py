@@ -1,4 +1,4 @@
-# The controlled growth study of "Growing Transformers" (../shared/SPEC.md §5), one GPU:
+# The controlled growth study of "Growing Transformers" (docs/design.md §5), one GPU:
 # d_model 1024, 32 heads, 65,536-id bvv241 vocabulary, frozen glyph table, 9 layers grown in three
 # stages of three (1-3 -> freeze -> 4-6 -> freeze -> 7-9). Trainable per stage: 3 blocks + head +
 # final norm = 105.0M (check without a GPU: python grow.py config/grow_9x1024_3stages.py --plan_only).
@@ -8,7 +8,7 @@
 # $ python train.py config/grow_monolithic_9x1024.py
 # Tokens per stage, learning rates and the new-block init are not published: our choices below.
 out_dir = "out-grow-9x1024"
-datasets = {"wiki_en_ru": 0.9, "sft_qa": 0.1}  # SPEC §4: about 10% of batches in SFT format
+datasets = {"wiki_en_ru": 0.9, "sft_qa": 0.1}  # docs/design.md §4: about 10% of batches in SFT format
 embedding = "glyph"
 table_dim = 1024
 
