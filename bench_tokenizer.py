@@ -13,7 +13,8 @@ other name, `tokenizers` loads the tokenizer.json that our tokenizer writes with
 says how to get them offline); about mb/3 MB is taken from each language and split into documents at blank lines.
 Single thread: every document encoded one by one with .encode() by both libraries; timed in CPU
 seconds of this process (best of --repeats; robust when other jobs share the machine) and once in
-wall-clock seconds.
+wall-clock seconds. Both start every timed run cold: a new engine for ours (the Python engine caches
+short runs), a freshly loaded tokenizer.json for tokenizers (its BPE caches short words).
 All cores: encode_batch() of both (our thread pool around tiktoken vs tokenizers' rayon pool).
 """
 import argparse
@@ -63,9 +64,10 @@ def split_docs(text, max_chars=20_000):
         yield "".join(doc)
 
 
-def best_of(fn, repeats, clock=time.perf_counter):
+def best_of(fn, repeats, clock=time.perf_counter, setup=lambda: None):
     best, out = float("inf"), None
     for _ in range(repeats):
+        setup()
         t0 = clock()
         out = fn()
         best = min(best, clock() - t0)
@@ -78,8 +80,7 @@ def main():
     p.add_argument("--tokenizer", default="bvv241-2-3", help="a name for unicode_tokenizer.get_tokenizer")
     p.add_argument("--text_dir", default="/tmp/corpus/txt")
     p.add_argument("--mb", type=float, default=10.0)
-    p.add_argument("--repeats", type=int, default=2, help="best of N runs for each timing (use 1 for bvv241-max: "
-                   "the Python engine caches short runs, so its later repeats would be faster)")
+    p.add_argument("--repeats", type=int, default=2, help="best of N runs for each timing")
     a = p.parse_args()
     from tokenizers import Tokenizer
     ours = get_tokenizer(a.tokenizer)
@@ -90,15 +91,23 @@ def main():
     hf = Tokenizer.from_file(ref_json)
     docs = load_text(a.text_dir, a.mb)
     nbytes = sum(len(d.encode("utf-8")) for d in docs)
-    ours.encode("warm up")  # builds the engine (tiktoken: about 0.2 s), not part of the throughput
+
+    def fresh():  # a new engine before every timed run of ours, outside the timing: the Python engine
+        ours._engine = None  # caches short runs, and a warm cache would flatter every repeat after the first
+        ours.encode("warm up")
+
+    def fresh_hf():  # the same for tokenizers (its BPE caches short words)
+        nonlocal hf
+        hf = Tokenizer.from_file(ref_json)
+
     print(f"{len(docs):,} documents, {nbytes / 1e6:.2f} MB (en/ru/zh), tokenizer {a.tokenizer} vs {ref_json} "
           f"(engine {ours.engine.kind}), {os.cpu_count()} cores, python {sys.version.split()[0]}")
 
     # single thread: CPU seconds of this process (robust when other jobs share the cores), then wall
-    t_ours, ids_ours = best_of(lambda: [ours.encode(d) for d in docs], a.repeats, time.process_time)
-    t_hf, ids_hf = best_of(lambda: [hf.encode(d).ids for d in docs], a.repeats, time.process_time)
-    w_ours, _ = best_of(lambda: [ours.encode(d) for d in docs], 1)
-    w_hf, _ = best_of(lambda: [hf.encode(d).ids for d in docs], 1)
+    t_ours, ids_ours = best_of(lambda: [ours.encode(d) for d in docs], a.repeats, time.process_time, fresh)
+    t_hf, ids_hf = best_of(lambda: [hf.encode(d).ids for d in docs], a.repeats, time.process_time, fresh_hf)
+    w_ours, _ = best_of(lambda: [ours.encode(d) for d in docs], 1, setup=fresh)
+    w_hf, _ = best_of(lambda: [hf.encode(d).ids for d in docs], 1, setup=fresh_hf)
     same = ids_ours == ids_hf
     ntok = sum(map(len, ids_ours))
     print(f"single thread (CPU time):  unicode_tokenizer {nbytes / t_ours / 1e6:6.2f} MB/s | tokenizers "
@@ -107,8 +116,9 @@ def main():
     print(f"single thread (wall time): unicode_tokenizer {nbytes / w_ours / 1e6:6.2f} MB/s | tokenizers "
           f"{nbytes / w_hf / 1e6:6.2f} MB/s | ratio {w_hf / w_ours:.2f}x")
 
-    tb_ours, b_ours = best_of(lambda: ours.encode_batch(docs), a.repeats)
-    tb_hf, b_hf = best_of(lambda: [e.ids for e in hf.encode_batch(docs, add_special_tokens=False)], a.repeats)
+    tb_ours, b_ours = best_of(lambda: ours.encode_batch(docs), a.repeats, setup=fresh)
+    tb_hf, b_hf = best_of(lambda: [e.ids for e in hf.encode_batch(docs, add_special_tokens=False)], a.repeats,
+                         setup=fresh_hf)
     same_b = b_ours == b_hf == ids_ours
     print(f"all cores (wall time):     unicode_tokenizer {nbytes / tb_ours / 1e6:6.2f} MB/s | tokenizers {nbytes / tb_hf / 1e6:6.2f} MB/s"
           f" | ratio {tb_hf / tb_ours:.2f}x | ids identical: {same_b}")
@@ -118,8 +128,8 @@ def main():
     text = "".join(docs)
     for n in (10_000, 30_000, 100_000):
         for what, doc in (("text", text[:n]), ("no whitespace", "".join(text.split())[:n])):
-            t_o, ids_o = best_of(lambda: ours.encode(doc), a.repeats, time.process_time)
-            t_h, ids_h = best_of(lambda: hf.encode(doc).ids, a.repeats, time.process_time)
+            t_o, ids_o = best_of(lambda: ours.encode(doc), a.repeats, time.process_time, fresh)
+            t_h, ids_h = best_of(lambda: hf.encode(doc).ids, a.repeats, time.process_time, fresh_hf)
             print(f"one document of {n:>7,} characters ({what:>13}): unicode_tokenizer {t_o:.3f} s | "
                   f"tokenizers {t_h:.3f} s (CPU) | ids identical: {ids_o == ids_h}")
             same = same and ids_o == ids_h
