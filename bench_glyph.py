@@ -3,11 +3,14 @@ Benchmark of glyph_embed.py: build time and peak memory of the frozen tables, an
 batched renderer over the literal per-token Pillow builder, measured side by side in this run.
 
     python bench_glyph.py                 # 65,536 x 1024 faithful (bvv241-2-3) + truncations + cache load
-    python bench_glyph.py --big           # also 131,072 x 4096 (64x64 cells, bvv241-max constants)
+    python bench_glyph.py --big           # also 131,072 x 4096 (bvv241-max, 64x64 cells, -max constants)
     python bench_glyph.py --tokenizer gpt2
+    git show <rev>:glyph_embed.py > /tmp/ge_ref.py && python bench_glyph.py --module /tmp/ge_ref.py
+                                          # the same cases with another version, for side-by-side figures
 
-Each case runs in a fresh subprocess (no cache: $GLYPHGPT_CACHE points to a temporary directory), so
-its peak RSS is its own.
+Each case runs in a fresh subprocess (no cache: $GLYPHGPT_CACHE points to a temporary directory), so its
+peak RSS is its own. The table case builds twice: cold, then again without the basis/table caches but
+with the per-character glyph cells already drawn (rebuild_s: what every later build of another table costs).
 """
 import argparse
 import json
@@ -20,41 +23,39 @@ import tempfile
 import time
 
 
-import glyph_embed as ge
+ge = None  # glyph_embed, or the version named by --module
 
 
-def vocab(name, size=None):
-    """Token strings of a tokenizer; --big pads bvv241-2-3 to 131,072 ids with seeded 2-5 letter n-grams
-    (a stand-in for the bvv241-max vocabulary, which is not available offline)."""
+def load_module(path):
+    global ge
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("glyph_embed", path or os.path.join(os.path.dirname(__file__), "glyph_embed.py"))
+    ge = importlib.util.module_from_spec(spec)
+    sys.modules["glyph_embed"] = ge
+    spec.loader.exec_module(ge)
+
+
+def vocab(name):
     from unicode_tokenizer import get_tokenizer
-    strings = ge.token_strings_of(get_tokenizer(name))[0]
-    if size and size > len(strings):
-        rng = random.Random(0)
-        letters = [chr(c) for c in list(range(0x61, 0x7B)) + list(range(0x430, 0x450)) + list(range(0x4E00, 0x4E80))]
-        seen = set(strings)
-        while len(strings) < size:
-            s = "".join(rng.choice(letters) for _ in range(rng.randint(2, 5)))
-            if s not in seen:
-                seen.add(s)
-                strings.append(s)
-    return strings
+    return ge.token_strings_of(get_tokenizer(name))[0]
 
 
 def case(args):
     """One measurement, in this (fresh) process; prints one JSON line."""
-    strings = vocab(args.tokenizer, args.size)
+    load_module(args.module)
+    strings = vocab(args.tokenizer)
     out = {"case": args.case, "V": len(strings)}
     t0 = time.time()
     font = ge.load_font()
     out["font_s"] = time.time() - t0
     if args.case == "render_ratio":
-        # the literal builder, one token at a time (test_glyph.reference_render) vs the batched path
-        from test_glyph import reference_render
+        # the released builder, one token at a time (test_glyph.builder_render) vs the batched path
+        from test_glyph import builder_font, builder_render
         sample = random.Random(0).sample(strings, 2000)
+        pil = builder_font(args.cell)
         t0 = time.time()
         for s in sample:
-            if s:
-                reference_render(s, font, cell=args.cell)
+            builder_render(s, pil, cell=args.cell)
         out["pillow_per_token_2000_s"] = time.time() - t0
         t0 = time.time()
         ge.render_batch(sample, args.cell, font=font)
@@ -72,7 +73,12 @@ def case(args):
         for k, (w, c) in ge.TIMINGS.items():
             out[f"{k}_s"], out[f"{k}_cpu_s"] = w, c
         out["shape"] = list(table.shape)
+        if args.dim <= 1024:  # (the big table: one build is enough)
+            t0 = time.time()
+            ge.frozen_table(strings, "glyph", args.dim, cell=args.cell, constants=args.constants, use_cache=False)
+            out["rebuild_s"] = time.time() - t0
         out["fingerprint"] = info["fingerprint"]
+        out["key"] = info.get("key")
         for d in (512, 256, 64, 32):
             if d < args.dim:
                 t0 = time.time()
@@ -90,22 +96,25 @@ def main():
     ap.add_argument("--tokenizer", default="bvv241-2-3")
     ap.add_argument("--big", action="store_true", help="also 131,072 x 4096 (several minutes, ~5 GB)")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--module", default=None, help="glyph_embed.py file to measure (default: this repo's)")
     ap.add_argument("--dim", type=int, default=1024, help=argparse.SUPPRESS)
     ap.add_argument("--cell", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--constants", default="bvv241-2-3", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         return case(args)
-    cases = [["--case", "table"], ["--case", "render_ratio"]]
+    load_module(args.module)
+    cases = [["--case", "table"]] + ([] if args.module else [["--case", "render_ratio"]])
     if args.big:
-        cases.append(["--case", "table", "--size", "131072", "--dim", "4096", "--cell", "64",
+        cases.append(["--tokenizer", "bvv241-max", "--case", "table", "--dim", "4096", "--cell", "64",
                       "--constants", "bvv241-max"])
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, tokenizer {args.tokenizer}")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, tokenizer {args.tokenizer}, "
+          f"module {args.module or 'glyph_embed.py'}")
+    mod = ["--module", args.module] if args.module else []
     for c in cases:
         with tempfile.TemporaryDirectory() as d:
             env = dict(os.environ, GLYPHGPT_CACHE=d)
-            r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer] + c, env=env,
+            r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer] + mod + c, env=env,
                                capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"case {c} failed: {r.stderr.strip().splitlines()[-1]}")
