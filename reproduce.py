@@ -509,9 +509,9 @@ SCALING = [  # (what, command, config file, extra overrides, script)
      "config/grow_monolithic_9x1024.py", [], "train"),
     ("6x4096 abs-bvv-style growth, LoRA 5-6 (paper 2)", "torchrun --standalone --nproc_per_node=8 grow.py config/grow_abs_4096.py",
      "config/grow_abs_4096.py", [], "grow"),
-    ("335M en+ru expert (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_ru_335m.py",
+    ("16x1024 en+ru expert, 131,072 ids (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_ru_335m.py",
      "config/paper_expert_ru_335m.py", [], "train"),
-    ("335M en+zh expert (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_zh_335m.py",
+    ("16x1024 en+zh expert, 131,072 ids (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_zh_335m.py",
      "config/paper_expert_zh_335m.py", [], "train"),
 ]
 
@@ -522,17 +522,18 @@ def scaling_estimate(path, overrides, script):
     defaults = G.DEFAULTS if script == "grow" else T.DEFAULTS
     cfg = configure(defaults, [os.path.join(REPO, path)] + overrides, verbose=False)
     mfu = 0.40 if cfg["d_model"] >= 4096 else 0.30
+    vocab = get_tokenizer(cfg["tokenizer"]).vocab_size  # 65,536 or 131,072 ids: the head is a large part
     tpi = cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
     if script == "grow":
         stages, flops, tokens = G.make_plan(cfg), 0.0, 0
         for st in stages:
-            m = G.meta_model(cfg, 65536, st["depth"])
+            m = G.meta_model(cfg, vocab, st["depth"])
             G.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
             flops += st["tokens"] * T.flops_per_token(m, cfg["block_size"])
             tokens += st["tokens"]
-        counts = G.meta_model(cfg, 65536, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
+        counts = G.meta_model(cfg, vocab, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
     else:
-        m = G.meta_model(cfg, 65536, cfg["n_layer"])
+        m = G.meta_model(cfg, vocab, cfg["n_layer"])
         tokens = cfg["max_iters"] * tpi
         flops = tokens * T.flops_per_token(m, cfg["block_size"])
         counts = m.param_counts()
