@@ -2,13 +2,19 @@
 Frozen glyph embedding tables (Bochkov 2025): every token id gets a vector computed once from the
 picture of its Unicode glyphs in GNU Unifont, never trained.
 
-Pipeline (../shared/SPEC.md section 2, the released bvv241 builder, step by step):
-  1. render each character of the token into a 32x32 cell (Unifont pixels doubled), side by side
+Pipeline (docs/design.md section 2, the released bvv241 builder, step by step):
+  1. draw each character with Pillow (Unifont 15.0.01 .otf at the cell size) where the builder
+     places it, from Pillow's getbbox, side by side; every distinct character is drawn once (with
+     the ink it spills into its neighbours' cells), cached per font, and strips are composed with numpy
   2. a fixed "augmentation" (rotation, shift, noise, blur, threshold): the builder re-seeds inside
      every call, so it is ONE transform per strip width; we compute it once per width and apply
      it to all tokens of that width at once with numpy
   3. squash the 32 x 32n strip back to one 32x32 cell (nearest neighbour columns)
-  4. binarize, 5. PCA over all rows (deterministic signs), L2-normalise each row.
+  4. binarize, 5. PCA over all rows (deterministic signs, null-space axes zeroed), L2-normalise each row.
+
+A table's identity is its substrate key (substrate_key: tokenizer, recipe, font sha256, cell, dim, a
+digest of the integer bitmaps), and two tables with one key are the same substrate when they agree
+within SUBSTRATE_TOL (check_same_substrate), whatever LAPACK computed them.
 
 Usage:
     from glyph_embed import frozen_table, render
@@ -405,7 +411,7 @@ def bytes_to_unicode():
 
 def token_strings_of(tokenizer):
     """(surface strings, fingerprint, name) of a tokenizer or of a plain list of strings.
-    Byte-level (tiktoken) tokens are rendered in their stored form, e.g. 'Ġpainted' (SPEC: bvv241-nemo),
+    Byte-level (tiktoken) tokens are rendered in their stored form, e.g. 'Ġpainted' (docs/design.md section 1: bvv241-nemo),
     so partial UTF-8 characters get distinct pictures instead of all becoming U+FFFD."""
     if isinstance(tokenizer, (list, tuple)):
         strings = list(tokenizer)
@@ -816,7 +822,8 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--cell", type=int, default=None, help="32 (<= 1024 dims) or 64 (<= 4096 dims)")
     ap.add_argument("--constants", default="bvv241-2-3", choices=sorted(RECIPES))
-    ap.add_argument("--font", default=None, help="Unifont .hex or .hex.gz (default: $GLYPHGPT_UNIFONT, Debian, cache, download)")
+    ap.add_argument("--font", default=None, help="another font file (.otf/.ttf; default: $GLYPHGPT_UNIFONT, else the pinned "
+                                                       "Unifont 15.0.01 from Debian, the cache or a download)")
     ap.add_argument("--out", default=None, help="write {'table', 'info'} here (torch.save)")
     ap.add_argument("--report", action="store_true", help="print the collision report")
     ap.add_argument("--sheet", default=None, help="write a PNG of sample glyph bitmaps here")
