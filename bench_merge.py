@@ -20,8 +20,7 @@ from contextlib import nullcontext
 import torch
 
 from configurator import ConfigError, configure, defaults_from
-from model import GPT, GPTConfig
-from merge import MergedGPT
+from model import GPT, GPTConfig, MergedGPT
 
 # -----------------------------------------------------------------------------
 preset = "cpu"  # cpu | gpu: the expert shapes and batch below, unless overridden

@@ -37,7 +37,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import train as T
-from configurator import ConfigError, configure, defaults_from
+from configurator import ConfigError, configure, defaults_from, key_docs
 from glyph_embed import check_same_substrate
 from model import GPT, Block, check_tokenizer, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
 
@@ -481,7 +481,7 @@ def print_plan(cfg, stages, vocab_size, base):
 
 
 def main(argv):
-    cfg = configure(DEFAULTS, argv)
+    cfg = configure(DEFAULTS, argv, docs=key_docs(T.__file__, __file__), prog="grow.py")
     try:
         grow(cfg)
     finally:

@@ -163,7 +163,7 @@ def greedy_without_cache(model, idx, n):
     return idx
 
 
-@pytest.mark.parametrize("mode", M.MODES)
+@pytest.mark.parametrize("mode", M.MergedGPT.MODES)
 def test_generate_with_kv_caches_matches_generation_without(small, mode):
     merged = M.MergedGPT(small, [0.5, 0.5], mode=mode)
     prompt = idx_batch(B=2, T=6, seed=3, vocab=VS)
@@ -272,7 +272,7 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(expert_files, tmp_pa
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
     merged = str(tmp_path / "merged.pt")
-    save_checkpoint({"kind": "merge", "format": M.FORMAT, "experts": []}, merged)
+    save_checkpoint({"kind": "merge", "format": M.MergedGPT.FORMAT, "experts": []}, merged)
     names = dict(e0=expert_files[0], e1=expert_files[1], junk=str(junk), missing=str(tmp_path / "nope.pt"), merged=merged)
     out = str(tmp_path / "out.pt")
     with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
@@ -316,6 +316,16 @@ def test_out_replaces_an_existing_file_only_when_asked(expert_files, tmp_path):
         M.main([*expert_files, f"--out={tmp_path}", "--overwrite=True"])
     M.main([*expert_files, f"--out={out}", "--overwrite=True"])
     assert load_model(str(out))[1]["kind"] == "merge"
+
+
+def test_options_take_either_flag_style_and_help_lists_every_key(capsys):
+    conf, paths = M.split_argv(["a.pt", "--out", "m.pt", "b.pt", "--overwrite", "--mode=probs", "c.py", "-h"])
+    assert paths == ["a.pt", "b.pt"] and conf == ["--out", "m.pt", "--overwrite", "--mode=probs", "c.py", "-h"]
+    with pytest.raises(SystemExit) as e:
+        M.main(["-h"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(f"--{k}=" in out for k in M.DEFAULTS)
+    assert "replace --out if it exists (refused otherwise)" in out
 
 
 def test_command_line_error_is_one_line(expert_files, tmp_path):
