@@ -700,9 +700,11 @@ def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
         if expected is None or got != expected:
             raise ValueError(f"{path}: frozen table fingerprint {got} does not match the recorded "
                              f"{expected} (the table was altered or the checkpoint is damaged)")
-    model = GPT(config, table=None if table is None else table.cpu())
     try:
+        model = GPT(config, table=None if table is None else table.cpu())
         model.load_state_dict(sd)
+    except ValueError as e:  # a table that does not fit model_args
+        raise ValueError(f"{path}: {e}") from None
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit the recorded model_args: "
                          f"{str(e).splitlines()[0][:200]}") from None

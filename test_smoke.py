@@ -245,3 +245,104 @@ def test_core_config_files_parse(path):
                               block_size=cfg["block_size"], embedding=emb),
                     None if emb == "trainable" else torch.empty(65536, cfg["table_dim"]))
         assert f"{m.param_counts()['matrices'] / 1e6:.1f}M" == "335.5M"
+
+
+def test_configurator_takes_key_space_value_and_prints_help(capsys):
+    from configurator import key_docs, parse
+    cfg = configure(DEFAULTS, ["--max_iters", "7", "--compile", "--out_dir", "o", "--weight_decay=0.5",
+                               "--compile", "false"], verbose=False)
+    assert cfg["max_iters"] == 7 and cfg["out_dir"] == "o" and cfg["weight_decay"] == 0.5 and cfg["compile"] is False
+    assert cfg.max_iters == 7  # attribute access, the way nanoGPT reads plain names
+    assert parse(DEFAULTS, ["--max_iters", "7"], verbose=False) == {"max_iters": 7}  # only what was set
+    for flag in ("--help", "-h"):
+        with pytest.raises(SystemExit) as e:
+            configure(DEFAULTS, ["--max_iters=3", flag], docs={"max_iters": "total iterations"}, prog="x.py")
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: x.py") and "--max_iters=5000" in out and "total iterations" in out
+        assert "--datasets={'shakespeare': 1.0}" in out and "--out_dir=out" in out
+    with open(os.path.join(REPO, "train.py")) as f:  # the docs are the comments of the defaults block
+        assert 'max_iters = 2000  # total training iterations' in f.read()
+    assert key_docs(os.path.join(REPO, "train.py"))["max_iters"] == "total training iterations"
+
+
+# ----------------------------------------------------------------------------- property tests: any input ->
+# a result or one of our one-line errors, never another exception
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+values = st.one_of(st.text(max_size=12), st.sampled_from(["1e4", "-3", "1e400", "nan", "inf", "true", "[1, 2]",
+                                                          "{'a': 1.0}", "{[1]: 2}", "((", "0x10", "1_000", "None"]))
+keys = st.one_of(st.sampled_from(list(DEFAULTS)), st.text(max_size=8))
+args = st.lists(st.one_of(st.builds(lambda k, v: f"--{k}={v}", keys, values), st.builds(lambda k: f"--{k}", keys),
+                          values.filter(lambda v: not os.path.exists(v) and v not in ("-h", "--help"))), max_size=6)
+
+
+@PROPERTY
+@given(argv=args)
+def test_configurator_any_command_line_gives_a_config_or_one_line(argv):
+    argv = [a for a in argv if a not in ("-h", "--help")]
+    try:
+        cfg = configure(DEFAULTS, argv, verbose=False)
+    except ConfigError as e:
+        assert "\n" not in str(e)
+    else:
+        assert set(cfg) == set(DEFAULTS)
+        assert all(type(cfg[k]) is type(DEFAULTS[k]) for k in DEFAULTS if DEFAULTS[k] is not None)
+
+
+@PROPERTY
+@given(lines=st.lists(st.builds(lambda k, v: f"{k} = {v}", keys, values), max_size=4))
+def test_configurator_any_config_file_gives_a_config_or_one_line(lines, tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("\n".join(lines))
+    try:
+        configure(DEFAULTS, [str(f)], verbose=False)
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(f) in str(e)
+
+
+@pytest.fixture(scope="module")
+def good_ckpt(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("ck") / "good.pt")
+    save_checkpoint(model_checkpoint(tiny(V=64, w=16), iter_num=3), path)
+    return open(path, "rb").read()
+
+
+@PROPERTY
+@given(data=st.data())
+def test_checkpoint_loader_any_file_gives_a_model_or_one_line(data, good_ckpt, tmp_path):
+    blob = bytearray(good_ckpt)
+    kind = data.draw(st.sampled_from(["flip", "cut", "random"]))
+    if kind == "flip":  # bytes changed anywhere: zip structure, pickle, tensor data
+        for _ in range(data.draw(st.integers(1, 8))):
+            blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    elif kind == "cut":
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
+    else:
+        blob = data.draw(st.binary(max_size=2000))
+    p = tmp_path / "x.pt"
+    p.write_bytes(bytes(blob))
+    try:
+        model, _ = load_model(str(p))
+    except ValueError as e:
+        assert "\n" not in str(e) and str(p) in str(e)
+    else:
+        assert isinstance(model, GPT)
+
+
+@PROPERTY
+@given(args=st.fixed_dictionaries({}, optional={k: st.one_of(st.integers(-2, 64), st.text(max_size=4), st.booleans(),
+                                                            st.floats(allow_nan=True), st.none())
+                                             for k in ("vocab_size", "block_size", "n_layer", "n_head", "d_model",
+                                                       "dropout", "bias", "embedding", "rope_base", "other")}))
+def test_checkpoint_loader_any_model_args_give_a_model_or_one_line(args, good_ckpt, tmp_path):
+    import io
+    ck = torch.load(io.BytesIO(good_ckpt), weights_only=True)
+    ck["model_args"] = {**ck["model_args"], **args}
+    try:
+        load_model_from = __import__("model").model_from_checkpoint
+        load_model_from(ck, "cpu", "x.pt")
+    except ValueError as e:
+        assert "\n" not in str(e) and "x.pt" in str(e)
