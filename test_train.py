@@ -399,3 +399,33 @@ def test_schedule_follows_max_iters_unless_set():
     assert T.get_lr(100, Config({**cfg, "lr_decay_iters": 200})) > 5e-4
     for name in ("train_shakespeare_glyph.py", "train_shakespeare_trainable.py", "merge_demo_en.py", "merge_demo_ru.py"):
         assert "lr_decay_iters" not in open(os.path.join(REPO, "config", name)).read()
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+anything = st.one_of(st.none(), st.booleans(), st.integers(-5, 10 ** 6), st.floats(), st.text(max_size=6),
+                     st.sampled_from(["uint16", "uint32", "float64", "int8", "foo"]), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_data_loader_any_dataset_folder_gives_batches_or_one_line(data, data_root, tmp_path_factory):
+    from unicode_tokenizer import get_tokenizer
+    tok = get_tokenizer("bvv241-2-3")
+    d = tmp_path_factory.mktemp("ds")
+    meta = json.load(open(os.path.join(data_root, "tiny", "meta.json")))
+    meta.update(data.draw(st.dictionaries(st.sampled_from(sorted(meta) + ["x"]), anything, max_size=3)))
+    for key in data.draw(st.lists(st.sampled_from(sorted(meta)), max_size=2)):
+        meta.pop(key, None)
+    text = data.draw(st.sampled_from([json.dumps(meta), "[1, 2]", "{", ""]))
+    (d / "meta.json").write_text(text)
+    for split in ("train", "val"):
+        (d / f"{split}.bin").write_bytes(os.urandom(2 * data.draw(st.integers(0, 200))))
+    weight = data.draw(st.one_of(st.just(1.0), anything))
+    cfg = cfg_for(data_root, "unused", datasets={str(d): weight}, block_size=8)
+    try:
+        X, Y = T.MixtureData(cfg, tok, "cpu").batch(data.draw(st.sampled_from(["train", "val"])), 0, 0)
+    except (ValueError, FileNotFoundError) as e:
+        assert "\n" not in str(e)
+    else:
+        assert X.shape == Y.shape == (4, 8)

@@ -102,6 +102,7 @@ MID_RUN_KEYS = ("max_iters", "learning_rate", "min_lr", "warmup_iters", "lr_deca
                 "overwrite", "out_dir", "data_root", "progress", "wandb_log", "wandb_project", "wandb_run_name",
                 "device", "dtype", "compile", "peak_flops")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+VAL_SEED = 1337  # draws the validation batches (the default seed's, so earlier figures stay comparable)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -182,8 +183,9 @@ def check_meta(meta, d):
 
 
 class MixtureData:
-    """Batches are pure functions of (seed, split, a, b): train micro-batch b of iteration a, or
-    validation batch a of dataset b. Nothing to save for resume but the iteration number."""
+    """Batches are pure functions of (seed, a, b): train micro-batch b of iteration a, or validation
+    batch a of dataset b (those from VAL_SEED: the same for every seed). Nothing to save for resume
+    but the iteration number."""
 
     def __init__(self, cfg, tok, device):
         from data.common import open_split, read_meta
@@ -228,8 +230,8 @@ class MixtureData:
                 sel = np.nonzero(src == k)[0]
                 if len(sel):
                     rows[sel] = self._rows(self.train[k], rng, len(sel))
-        else:  # validation batch a of dataset b
-            rng = np.random.default_rng([self.seed, 1, a, b])
+        else:  # validation batch a of dataset b: one fixed set for every seed, run and grow.py stage
+            rng = np.random.default_rng([VAL_SEED, 1, a, b])
             rows = self._rows(self.val[b], rng, self.B)
         t = torch.from_numpy(rows)
         if self.device.startswith("cuda"):
