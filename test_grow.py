@@ -266,3 +266,11 @@ def test_bad_input_one_line_errors_and_nothing_overwritten(straight, data_root, 
                        capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "grow.py: error: growth=[2, 0]: expected a non-empty list of positive ints (new blocks per stage), e.g. [3, 3, 3]"]
+
+
+def test_help_lists_grow_and_train_keys_with_their_meaning(capsys):
+    with pytest.raises(SystemExit) as e:
+        G.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(f"--{k}=" in out for k in G.DEFAULTS)
+    assert "new blocks per stage, bottom to top" in out and "total training iterations" in out
