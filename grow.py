@@ -195,9 +195,8 @@ def schedule_of(cfg, stages, base_fp):
 def stage_config(cfg, st, out_dir, resume):
     """train.py's config for one stage: its depth, length, learning rate, own data seed and folder.
     The seed differs per stage so each stage trains on fresh batches (train.py's batches are a
-    function of (seed, iteration)). train.py draws its validation batches from the seed as well, so
-    each stage is scored on batches of its own until train.py's validation set stops depending on
-    the seed."""
+    function of (seed, iteration)); validation batches do not depend on the seed (train.VAL_SEED),
+    so every stage and every evaluation of the growth scores the same batches."""
     return {**cfg, "n_layer": st["depth"], "max_iters": st["iters"], "lr_decay_iters": st["iters"],
             "learning_rate": st["lr"], "min_lr": st["min_lr"], "seed": cfg["seed"] + st["stage"] - 1,
             "out_dir": os.path.join(out_dir, f"stage_{st['stage']}"),

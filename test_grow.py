@@ -85,6 +85,17 @@ def test_each_stage_reports_the_validation_its_training_printed(straight):
         assert (last["val_loss"], last["val_bpb"]) == (r["val_loss"], r["val_bpb"])
 
 
+def test_one_validation_set_through_the_growth_no_jump_at_stage_boundaries(straight):
+    """zero_proj: a stage starts as the model the previous one ended with, and every evaluation
+    scores the same batches, so a stage's step-0 loss is the previous stage's last one."""
+    out, reports = straight
+    for prev, nxt in zip(reports, reports[1:]):
+        with open(out / f"stage_{nxt['stage']}" / "log.jsonl") as f:
+            first = json.loads(f.readline())
+        assert first["iter"] == 0
+        assert first["val_loss"] == pytest.approx(prev["val_loss"], abs=1e-5)
+
+
 def test_zero_proj_init_starts_where_the_smaller_model_ended(straight, data_root):
     out, _ = straight
     cfg = cfg_for(data_root, out)
