@@ -687,8 +687,10 @@ def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
     for f in fields(GPTConfig):  # each of its default's type, sizes positive: no odd exception further on
         v, want = getattr(config, f.name), type(f.default)
         if isinstance(v, bool) != (want is bool) or not isinstance(v, (int, float) if want is float else want) \
-                or (want is int and v < 1) or (f.name == "n_head" and config.d_model % v):
+                or (want is int and v < 1):
             raise ValueError(f"{path}: model_args {f.name}={v!r} is not a valid {want.__name__}")
+    if config.d_model % config.n_head:
+        raise ValueError(f"{path}: model_args d_model={config.d_model} is not divisible by n_head={config.n_head}")
     sd = ckpt["model"]
     table = None
     if config.embedding != "trainable":

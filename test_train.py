@@ -131,7 +131,7 @@ def test_ddp_two_gloo_ranks_equal_one_process_with_double_accumulation(data_root
     assert r.returncode != 0 and not (tmp_path / "three").exists()
     assert r.stderr.count("is not divisible by the 2 DDP ranks") == 1, r.stderr[-2000:]
     assert "train.py: error: gradient_accumulation_steps=3 is not divisible by the 2 DDP ranks: use a multiple " \
-           "of 2\n" in r.stderr and "Traceback" not in r.stderr
+           "of 2\n" in r.stderr  # (then torchrun's own report that a worker failed)
 
 
 # ----------------------------------------------------------------------------- bad input
