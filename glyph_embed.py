@@ -475,14 +475,17 @@ def pca(X, chunk=16384, eigh="torch"):
     return mu.numpy(), W.numpy(), evals.numpy()
 
 
-def project(X, mu, W, dim, chunk=8192):
+def project(X, mu, W, dim):
     """Rows of (X - mu) @ W[:, :dim], L2-normalised: computed in float64, rounded once to float32."""
     Wd = torch.from_numpy(np.ascontiguousarray(W[:, :dim]))
     off = torch.from_numpy(mu) @ Wd
     out = torch.empty(X.shape[0], dim, dtype=torch.float32)
+    chunk = max(1, (1 << 24) // dim)                     # 128 MB of float64 rows at a time, in place
     for i in range(0, X.shape[0], chunk):
-        y = torch.from_numpy(X[i:i + chunk]).to(torch.float64) @ Wd - off
-        out[i:i + chunk] = (y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(torch.float32)
+        y = torch.from_numpy(X[i:i + chunk]).to(torch.float64) @ Wd
+        y.sub_(off)
+        y.div_(y.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        out[i:i + chunk] = y
     return out
 
 
