@@ -713,7 +713,10 @@ def frozen_table(tokenizer, kind="glyph", dim=1024, cell=None, constants="bvv241
     path = os.path.join(cache_dir(), "glyph", f"{tok_fp}_{kind}_{constants}_c{cell}_d{dim}_{fsha}.pt")
     if use_cache and os.path.exists(path):
         try:
-            return load_table(path, tok_fp)
+            table, info = load_table(path, tok_fp)
+            if info.get("key") == substrate_key(info):
+                return table, info
+            print(f"warning: {path}: cache entry of an older version (no substrate key); rebuilding it", file=sys.stderr)
         except ValueError as e:  # a damaged cache entry is rebuilt, never used
             print(f"warning: {e}; rebuilding it", file=sys.stderr)
     table, extra = build_table(strings, tok_fp, kind, dim, cell, constants, font, use_cache, eigh)
