@@ -169,6 +169,24 @@ def test_glyph_table_properties():
         assert np.abs(td.numpy() - ref).max() < 1e-6
 
 
+def test_exact_pixel_counts_and_null_axes_projected_to_zero():
+    """The int8 X^T X equals integer arithmetic (several chunks, odd sizes); axes of zero variance
+    (a pixel that copies another, one never inked) are zeroed, last, and project to exact zeros,
+    the others equal a float64 reference rounded once to float32."""
+    rng = np.random.default_rng(0)
+    X = (rng.random((1003, 72)) < 0.2).astype(np.uint8)
+    X[:, 5], X[:, 9] = X[:, 4], 0
+    G = ge.gram_counts(X, chunk=256)
+    assert G.dtype == torch.int64 and np.array_equal(G.numpy(), X.T.astype(np.int64) @ X)
+    mu, W, ev = ge.pca(X)
+    null = ev <= ge.NULL_VARIANCE * ev[0]
+    assert null.sum() == 2 and null[-2:].all() and not W[:, -2:].any()
+    t = ge.project(X, mu, W, 72)
+    Y = (X - mu) @ W
+    ref = Y / np.linalg.norm(Y, axis=1, keepdims=True)
+    assert not t[:, -2:].any() and np.abs(t.numpy() - ref).max() < 1e-7
+
+
 def test_two_numerical_paths_give_one_substrate():
     """torch vs numpy LAPACK, float64 vs float32 projection: same key, within SUBSTRATE_TOL."""
     assert ge.SUBSTRATE_TOL == 1e-6
