@@ -3,7 +3,7 @@ Benchmark of glyph_embed.py: build time and peak memory of the frozen tables, an
 batched renderer over the literal per-token Pillow builder, measured side by side in this run.
 
     python bench_glyph.py                 # 65,536 x 1024 faithful (bvv241-2-3) + truncations + cache load
-    python bench_glyph.py --big           # also 131,072 x 4096 (bvv241-max, 64x64 cells, -max constants)
+    python bench_glyph.py --big           # also 131,072 x 4096 (bvv241-max = -abs vocabulary, 64x64 cells)
     python bench_glyph.py --tokenizer gpt2
     git show <rev>:glyph_embed.py > /tmp/ge_ref.py && python bench_glyph.py --module /tmp/ge_ref.py
                                           # the same cases with another version, for side-by-side figures
@@ -43,6 +43,8 @@ def vocab(name):
 def case(args):
     """One measurement, in this (fresh) process; prints one JSON line."""
     load_module(args.module)
+    import torch
+    torch.set_num_threads(args.threads)  # the same for every version measured, whatever else runs here
     strings = vocab(args.tokenizer)
     out = {"case": args.case, "V": len(strings)}
     t0 = time.time()
@@ -95,7 +97,8 @@ def case(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokenizer", default="bvv241-2-3")
-    ap.add_argument("--big", action="store_true", help="also 131,072 x 4096 (several minutes, ~5 GB)")
+    ap.add_argument("--big", action="store_true", help="also 131,072 x 4096 (a few minutes, ~4 GB)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of every case")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--module", default=None, help="glyph_embed.py file to measure (default: this repo's)")
     ap.add_argument("--dim", type=int, default=1024, help=argparse.SUPPRESS)
@@ -109,13 +112,13 @@ def main():
     if args.big:
         cases.append(["--tokenizer", "bvv241-max", "--case", "table", "--dim", "4096", "--cell", "64",
                       "--constants", "bvv241-max"])
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, tokenizer {args.tokenizer}, "
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.threads} threads, tokenizer {args.tokenizer}, "
           f"module {args.module or 'glyph_embed.py'}")
     mod = ["--module", args.module] if args.module else []
     for c in cases:
         with tempfile.TemporaryDirectory() as d:
             env = dict(os.environ, GLYPHGPT_CACHE=d)
-            r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer] + mod + c, env=env,
+            r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer, "--threads", str(args.threads)] + mod + c, env=env,
                                capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"case {c} failed: {r.stderr.strip().splitlines()[-1]}")
