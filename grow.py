@@ -22,7 +22,7 @@ deleted once stage_{i}.pt is written.
 Why the frozen prefix is cheap: every parameter below the first new block has requires_grad=False
 and the input (a frozen table lookup) needs no gradient, so autograd records nothing for those
 blocks: no graph, no stored activations, no backward, exactly as if they ran under torch.no_grad().
-test_grow.py checks that zero saved tensors come from frozen blocks; bench_grow.py measures it.
+tests/test_grow.py checks that zero saved tensors come from frozen blocks; bench/bench_grow.py measures it.
 """
 import dataclasses
 import hashlib

@@ -12,7 +12,7 @@ nothing but the model interface every glyphgpt model has: model(idx) -> (logits 
 model.generate and config.block_size. Each log-likelihood request is scored on its own, the way
 the harness's own HFLM does it without its caches: (context + continuation)[-(block_size + 1):][:-1],
 longest first, `batch_size` rows per forward. It is deliberately the plain reference: eval.py's
-grouped scorer must return the same numbers (test_eval.py) and bench_eval.py measures the difference.
+grouped scorer must return the same numbers (tests/test_eval.py) and bench/bench_eval.py measures the difference.
 """
 import argparse
 import json

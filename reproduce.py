@@ -7,7 +7,7 @@ $ python reproduce.py grow_vs_mono          # 2. paper 2: 3 stages of 2 layers v
 $ python reproduce.py merge                 # 3. paper 2: en+ru and en+zh experts, merged by logit average
 $ python reproduce.py unique                # 4. ours: the injective glyph table vs the faithful one, 3 seeds
 $ python reproduce.py all                   # the four, in this order (docs/results.md: 42 min side by side, below)
-$ python reproduce.py all --scale toy       # the same pipeline in seconds (test_reproduce.py runs it)
+$ python reproduce.py all --scale toy       # the same pipeline in seconds (tests/test_reproduce.py runs it)
 $ python reproduce.py scaling               # GPU-hour estimates of the papers' full-size runs
 Two invocations may run side by side (a run being trained by one is waited for by the other), e.g. on
 2 cores, one thread each (how docs/results.md's numbers were made):
@@ -24,7 +24,7 @@ Everything goes to out/reproduce/<scale>/:
 At --scale cpu the PNGs are also copied to assets/ (committed, shown in the README).
 
 Training is train.train (and grow.grow / merge.build_merge); benchmarks are eval.evaluate under both
-protocols on the benchmark files in tests_data/eval: only those small fixtures exist offline, so the
+protocols on the benchmark samples in data/eval_items: only those few items exist offline, so the
 accuracies are a pipeline check on a handful of items, not a measurement (docs/results.md says so).
 This file runs the experiments and writes their JSON; reproduce_report.py turns those numbers into
 seed statistics, verdicts, markdown tables and plots.
@@ -84,9 +84,9 @@ ARMS = {"glyph": ("glyph", 0), "trainable": ("trainable", 0), "binary16": ("bina
 ARM_LABELS = {"glyph": "frozen glyph (faithful)", "trainable": "trainable", "binary16": "frozen 16-bit code",
               "glyph_unique": "frozen glyph (unique)"}
 
-# the benchmark files: tests_data/eval holds the fixtures (a few items per task, in the originals' formats);
+# the benchmark files: data/eval_items holds the samples (a few items per task, in the originals' formats);
 # the tasks used are the scale's eval_tasks (+ translation_tasks for the merge)
-EVAL_DIR = os.path.join(REPO, "tests_data", "eval")
+EVAL_DIR = os.path.join(REPO, "data", "eval_items")
 
 
 def has_sacrebleu():

@@ -11,7 +11,7 @@ bvv241-2-3 layout (65,536 ids, docs/design.md §1):
     0xFFFF         <unused_65535>
 bvv241-max (131,072 ids) continues the n-gram slots at 0x10000-0x1FFFE; 0x1FFFF is <unused_131071>.
 
-Built-in tokenizers, all from the released n-gram lists in tokenizer_data/ (see its NOTICE.md):
+Built-in tokenizers, all from the released n-gram lists in data/tokenizer/ (see its NOTICE.md):
     bvv241-2-3        the top 338 2- and 3-grams per language of _n-gramms-2-3.txt (8,177 n-grams,
                       12,224 merges): the released bvv241-2-3, token for token and merge for merge
     bvv241-max        the top 906 2- to 5-grams per language of _n-gramms-2-3-4-5.txt plus the
@@ -19,7 +19,7 @@ Built-in tokenizers, all from the released n-gram lists in tokenizer_data/ (see 
     bvv241-abs        the same vocabulary as bvv241-max (the released builder notebooks differ only
                       in their output folder); abs differs in its 4096-dim glyph table, not here
     bvv241-2-3-local  the bvv241-2-3 layout filled from n-grams we counted ourselves
-                      (tokenizer_data/local-2-3-ngrams.txt, made by the build command below)
+                      (data/tokenizer/local-2-3-ngrams.txt, made by the build command below)
     NAME-lossless     any of the above with the lossless escape mode
 
 Encoding is HF `tokenizers` BPE with no normalizer and no pre-tokenizer: added (special) tokens are
@@ -68,7 +68,7 @@ LAYOUTS = {  # name -> (vocab size, n-gram lengths, top-k per language per lengt
     "bvv241-max": (131072, (2, 3, 4, 5), 906),
 }
 ESC_LEAD, ESC_CONT = 0xE017, 0xE05B       # lossless escape ids (see module docstring)
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer_data")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tokenizer")
 RELEASED = {  # name -> (layout, released n-gram list, released list of shared LLM token strings or None)
     "bvv241-2-3": ("bvv241-2-3", "_n-gramms-2-3.txt", None),
     "bvv241-max": ("bvv241-max", "_n-gramms-2-3-4-5.txt", "_n-gramms-intersection.txt"),

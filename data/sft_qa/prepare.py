@@ -17,7 +17,7 @@ one included, is checked against every evaluation split on disk. Train and val a
 all items asking the same (normalised) question land in the same split.
 
 Downloads go to the cache ($GLYPHGPT_CACHE or ~/.cache/glyphgpt)/sft_qa/<source>/; --local_dir
-reads the same layout from a folder instead (the tests point it at data/fixtures/sft_qa).
+reads the same layout from a folder instead (the tests point it at tests/fixtures/data/sft_qa).
 """
 import glob
 import json
@@ -268,7 +268,7 @@ def load_source(files, source, split, mmlu_fraction=0.0):
 # results of a few nearby computations (operands off by a little, as a solver slips), and only then
 # makes one of them the answer, uniformly, by writing the question that produces it. So the options
 # alone (their position, size, spacing, length, which one is the odd one out) tell the answer no more
-# often than chance; test_data.py fits the usual shortcut rules to generated items to check it.
+# often than chance; tests/test_data.py fits the usual shortcut rules to generated items to check it.
 
 WORDS = ["apple", "river", "stone", "cloud", "garden", "window", "candle", "forest", "bridge", "mirror",
          "pencil", "island", "rocket", "violin", "harbor", "tunnel", "meadow", "lantern", "saddle", "kettle",

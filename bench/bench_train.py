@@ -5,11 +5,12 @@ same width, depth, vocabulary and context, same optimizer, in ONE run. The model
 short rounds, so a load change on the machine hits both alike. Also our trainable-embedding arm.
 
 CPU, the quick-start shape (config/train_shakespeare_glyph.py):
-$ python bench_train.py
+$ python bench/bench_train.py
 GPU, the paper's shape, bf16 autocast + flash attention + torch.compile, with MFU:
-$ python bench_train.py --shape=paper --device=cuda --compile=true --batch_size=16
+$ python bench/bench_train.py --shape=paper --device=cuda --compile=true --batch_size=16
 """
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 from configurator import configure, defaults_from
 from model import GPT, GPTConfig
 from train import configure_optimizer, flops_per_token, gpu_peak_flops

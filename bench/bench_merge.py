@@ -7,18 +7,20 @@ overhead is what the averaging adds on top: time(merge) / (time(expert 1) + ... 
 (return_logits=False, as train.py's validation), and generation with the KV caches (B sequences,
 one token at a time). Random weights: speed does not depend on training.
 
-$ python bench_merge.py                         # CPU preset: two experts of the demonstration's size
-$ python bench_merge.py --preset=gpu            # two 16x1024 (335M) experts, bf16 autocast
-$ python bench_merge.py --threads=1 --reps=5
+$ python bench/bench_merge.py                         # CPU preset: two experts of the demonstration's size
+$ python bench/bench_merge.py --preset=gpu            # two 16x1024 (335M) experts, bf16 autocast
+$ python bench/bench_merge.py --threads=1 --reps=5
 """
 import json
 import statistics
+import os
 import sys
 import time
 from contextlib import nullcontext
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 from configurator import ConfigError, configure, defaults_from
 from model import GPT, GPTConfig, MergedGPT
 

@@ -13,7 +13,7 @@ import train as T
 from configurator import Config
 from model import GPT, GPTConfig, read_checkpoint
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=1, n_head=2, d_model=32, block_size=32, batch_size=4, table_dim=16,
             learning_rate=1e-2, warmup_iters=2, min_lr=1e-3, eval_iters=2, log_interval=1,
             progress=False, datasets={"tiny": 1.0})

@@ -4,8 +4,8 @@ same model, same items, in one run. Checks that both pick the same option for ev
 reports the wall-clock ratio.
 
     pip install lm_eval==0.4.13
-    python bench_eval.py                                 # synthetic items in ARC / MMLU file formats
-    python bench_eval.py --data_dir ~/.cache/glyphgpt/eval/data --arc_items 570 --mmlu_per_subject 20
+    python bench/bench_eval.py                                 # synthetic items in ARC / MMLU file formats
+    python bench/bench_eval.py --data_dir ~/.cache/glyphgpt/eval/data --arc_items 570 --mmlu_per_subject 20
 
 Without --data_dir the items are generated (seeded) in the original ARC-Easy JSONL and MMLU CSV
 formats, with question/option lengths like the real sets; timing depends on lengths, not on wording.
@@ -21,12 +21,14 @@ import argparse
 import csv
 import json
 import os
+import sys
 import random
 import tempfile
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 import eval as E
 from data.benchmarks import MMLU_SUBJECTS
 

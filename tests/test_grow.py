@@ -18,7 +18,7 @@ import train as T
 from configurator import configure
 from model import GPT, GPTConfig, load_model, read_checkpoint
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(d_model=32, n_head=2, block_size=32, batch_size=4, table_dim=16, learning_rate=1e-2,
             min_lr=1e-3, warmup_iters=1, eval_iters=1, eval_interval=2, log_interval=2, progress=False,
             datasets={"tiny": 1.0}, growth=[1, 1, 1], stage_iters=[4, 4, 4])

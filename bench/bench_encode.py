@@ -4,7 +4,7 @@ and with --workers processes side by side in one run on the same documents, next
 done before (encode_batch's threads around tiktoken, the rank -> id mapping, regex scans and numpy
 conversion on the main thread); checks that all three write the same bytes.
 
-    python data/bench_encode.py --text_dir /tmp/corpus/txt --mb 6 [--workers 2] [--tokenizer T]
+    python bench/bench_encode.py --text_dir /tmp/corpus/txt --mb 6 [--workers 2] [--tokenizer T]
 
 --text_dir holds en/, ru/, zh/ folders of UTF-8 text files (the layout of bench_tokenizer.py; docs/data.md,
 "The offline corpora", says how to get them offline); about mb/3 MB is taken from each language

@@ -1,7 +1,7 @@
 """
 Tests of the data/ corpora (offline): the resumable verified download against a local HTTP server,
-each prepare script's parsing on small fixtures in the source's real format (data/fixtures, written
-by data/fixtures/make_fixtures.py), the SFT items byte for byte in the evaluation prompt formats and
+each prepare script's parsing on small fixtures in the source's real format (tests/fixtures/data, written
+by tests/fixtures/data/make_fixtures.py), the SFT items byte for byte in the evaluation prompt formats and
 free of evaluation items, the language of the offline corpora, and the uint32 path.
 """
 import collections
@@ -22,8 +22,8 @@ from data.corpus import script_share
 from unicode_tokenizer import get_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIX = os.path.join(HERE, "data", "fixtures")
-EVAL_FIX = os.path.join(HERE, "tests_data", "eval")  # the eval engineer's validation fixtures
+FIX = os.path.join(HERE, "fixtures", "data")
+EVAL_FIX = os.path.join(os.path.dirname(HERE), "data", "eval_items")  # eval.py's offline benchmark samples
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
 
 
@@ -629,7 +629,7 @@ def test_prepare_scripts_share_options(name, tmp_path, tok):
     import importlib
     import subprocess
     import sys
-    script = os.path.join(HERE, "data", name, "prepare.py")
+    script = os.path.join(os.path.dirname(HERE), "data", name, "prepare.py")
     common = SCRIPTS[name] + ["--tokenizer", tok.name]
     r = subprocess.run([sys.executable, script, *common, "--max_bytes", "1e6", "--val_fraction", "0.3",
                         "--out_dir", str(tmp_path / "cli")], capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -14,7 +14,7 @@ import unicode_tokenizer as ut
 from unicode_tokenizer import UnicodeTokenizer, get_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURE = os.path.join(HERE, "tests_data", "bvv241-2-3", "tokenizer.json")  # the released layout, see its NOTICE.md
+FIXTURE = os.path.join(HERE, "fixtures", "bvv241-2-3", "tokenizer.json")  # the released layout, see its NOTICE.md
 
 MULTILINGUAL = (
     "Hello world, the quick brown fox jumps over the lazy dog. Don't stop believin'!\n"

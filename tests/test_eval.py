@@ -1,4 +1,4 @@
-"""Tests of eval.py and data/benchmarks.py on the small fixtures in tests_data/eval (the benchmarks'
+"""Tests of eval.py and data/benchmarks.py on the small benchmark samples in data/eval_items (the benchmarks'
 original formats)."""
 import io
 import json
@@ -16,7 +16,7 @@ from data import benchmarks as B
 from model import GPT, GPTConfig, load_model, model_checkpoint, save_checkpoint
 from unicode_tokenizer import get_tokenizer
 
-FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests_data", "eval")
+FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "eval_items")
 
 
 @pytest.fixture(scope="module")

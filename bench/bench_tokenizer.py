@@ -3,10 +3,10 @@ Encoding throughput of unicode_tokenizer vs HF `tokenizers` on the same vocabula
 side in one run, with a check that every id is identical; then the time of one long document of
 10k / 30k / 100k characters (near-linear encoding).
 
-    python bench_tokenizer.py --text_dir /tmp/corpus/txt --mb 10                 # bvv241-2-3
-    python bench_tokenizer.py --text_dir /tmp/corpus/txt --mb 2 --tokenizer bvv241-max
+    python bench/bench_tokenizer.py --text_dir /tmp/corpus/txt --mb 10                 # bvv241-2-3
+    python bench/bench_tokenizer.py --text_dir /tmp/corpus/txt --mb 2 --tokenizer bvv241-max
 
-The reference for bvv241-2-3 is tests_data/bvv241-2-3/tokenizer.json (the released layout); for any
+The reference for bvv241-2-3 is tests/fixtures/bvv241-2-3/tokenizer.json (the released layout); for any
 other name, `tokenizers` loads the tokenizer.json that our tokenizer writes with .save().
 
 --text_dir holds en/, ru/, zh/ folders of UTF-8 text files (docs/data.md, "The offline corpora",
@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 from unicode_tokenizer import get_tokenizer
 
 
@@ -84,7 +85,7 @@ def main():
     a = p.parse_args()
     from tokenizers import Tokenizer
     ours = get_tokenizer(a.tokenizer)
-    ref_json = os.path.join(here, "tests_data", "bvv241-2-3", "tokenizer.json")
+    ref_json = os.path.join(os.path.dirname(here), "tests", "fixtures", "bvv241-2-3", "tokenizer.json")
     if a.tokenizer != "bvv241-2-3":
         ref_json = os.path.join(tempfile.mkdtemp(), "tokenizer.json")
         ours.save(ref_json)

@@ -24,7 +24,7 @@ transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIX = os.path.join(HERE, "tests_data", "eval")
+FIX = os.path.join(os.path.dirname(HERE), "data", "eval_items")
 TOL = 1e-5
 
 
@@ -244,7 +244,7 @@ def test_clear_one_line_errors(tmp_path):
         export_hf.main([str(tmp_path / "junk.pt"), f"--to={tmp_path / 'x'}"])
     # a missing optional package: one line saying what to install (the import really fails here)
     code = "import sys; sys.modules['safetensors'] = None; import export_hf; export_hf.need('safetensors.torch')"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(HERE))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "export_hf.py needs safetensors: pip install transformers==5.24.0 safetensors==0.8.0 "
         "(or pip install -r requirements-test.txt)"]

@@ -18,8 +18,8 @@ A FLOP model (matmuls only) predicts the ratio: forward 2 FLOPs per weight per t
 block and the head; backward 4 per weight only for the head and the new blocks (the frozen prefix
 has no backward at all); attention 4*T*d per layer forward, twice that backward.
 
-$ python bench_grow.py --threads=1                            # blocks-dominated shape, CPU, ~2 min
-$ python bench_grow.py --threads=1 --d_model=1024 --n_head=32 --vocab=65536 --block_size=256 --batch_size=1 --steps=3
+$ python bench/bench_grow.py --threads=1                            # blocks-dominated shape, CPU, ~2 min
+$ python bench/bench_grow.py --threads=1 --d_model=1024 --n_head=32 --vocab=65536 --block_size=256 --batch_size=1 --steps=3
   (the 9x1024 study's shape with its 65,536-id head, short sequences: ~8 GB of RAM, several minutes)
 """
 import argparse
@@ -33,6 +33,7 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 import grow as G
 import train as T
 from model import GPT, GPTConfig

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 import merge as M
 from model import GPT, GPTConfig, load_model, model_checkpoint, save_checkpoint, table_fingerprint
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 65536  # the real vocabulary, for the experts saved with the real tokenizer's fingerprint
 VS = 1024  # a small vocabulary for the tests of the arithmetic (fast on 2 cores)
 
