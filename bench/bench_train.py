@@ -156,9 +156,14 @@ def main(cfg):
     print(f"shape {cfg['shape']} (L={s['n_layer']}, d={s['d_model']}, heads={s['n_head']}, ctx={T}, "
           f"V={cfg['vocab_size']}), batch {B}x{T} = {B * T:,} tokens/step, {dev}, {dt}, compile={cfg['compile']}, "
           f"{torch.get_num_threads()} threads")
+    peak_mem = {}  # CUDA: the most memory one training step of the arm holds (all arms' weights resident)
     for arm in arms:
+        if dev.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(dev)
         for _ in range(cfg["warmup"]):
             step(arm)
+        if dev.startswith("cuda"):
+            peak_mem[arm] = torch.cuda.max_memory_allocated(dev)
     sync()
     spent = {arm: [] for arm in arms}
     cpu = {arm: 0.0 for arm in arms}
@@ -196,6 +201,9 @@ def main(cfg):
             fpt = nanogpt_flops_per_token(m, T) if arm == "reference" else flops_per_token(m, T)
             line += f"{100 * fpt * tps[arm] / peak:>6.1f}%"
         print(line)
+    for arm in peak_mem:
+        print(f"peak CUDA memory during a step of {arm}: {peak_mem[arm] / 2**30:.2f} GiB (every arm's weights and "
+              f"optimizer state resident)")
     if peak:
         print(f"MFU = training matmul FLOPs per token x tokens/s / {peak / 1e12:.0f} TFLOP/s (dense bf16 peak of "
               f"{torch.cuda.get_device_name(dev)}); ours counts only what runs (the frozen table is a lookup, a "
