@@ -2,10 +2,10 @@
 Benchmark of glyph_embed.py: build time and peak memory of the frozen tables, and the speed-up of the
 batched renderer over the literal per-token Pillow builder, measured side by side in this run.
 
-    python bench_glyph.py                 # 65,536 x 1024 faithful (bvv241-2-3) + truncations + cache load
-    python bench_glyph.py --big           # also 131,072 x 4096 (bvv241-max = -abs vocabulary, 64x64 cells)
-    python bench_glyph.py --tokenizer gpt2
-    git show <rev>:glyph_embed.py > /tmp/ge_ref.py && python bench_glyph.py --module /tmp/ge_ref.py
+    python bench/bench_glyph.py                 # 65,536 x 1024 faithful (bvv241-2-3) + truncations + cache load
+    python bench/bench_glyph.py --big           # also 131,072 x 4096 (bvv241-max = -abs vocabulary, 64x64 cells)
+    python bench/bench_glyph.py --tokenizer gpt2
+    git show <rev>:glyph_embed.py > /tmp/ge_ref.py && python bench/bench_glyph.py --module /tmp/ge_ref.py
                                           # the same cases with another version, for side-by-side figures
 
 Each case runs in a fresh subprocess (no cache: $GLYPHGPT_CACHE points to a temporary directory), so its
@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the scripts live one level up
+
 
 ge = None  # glyph_embed, or the version named by --module
 
@@ -29,7 +32,7 @@ ge = None  # glyph_embed, or the version named by --module
 def load_module(path):
     global ge
     import importlib.util
-    spec = importlib.util.spec_from_file_location("glyph_embed", path or os.path.join(os.path.dirname(__file__), "glyph_embed.py"))
+    spec = importlib.util.spec_from_file_location("glyph_embed", path or os.path.join(REPO, "glyph_embed.py"))
     ge = importlib.util.module_from_spec(spec)
     sys.modules["glyph_embed"] = ge
     spec.loader.exec_module(ge)
@@ -51,8 +54,8 @@ def case(args):
     font = ge.load_font()
     out["font_s"] = time.time() - t0
     if args.case == "render_ratio":
-        # the released builder, one token at a time (test_glyph.builder_render) vs the batched path
-        from test_glyph import builder_font, builder_render
+        # the released builder, one token at a time (tests/released_builder.py) vs the batched path
+        from tests.released_builder import builder_font, builder_render
         sample = random.Random(0).sample(strings, 2000)
         pil = builder_font(args.cell)
         t0 = time.time()
