@@ -34,7 +34,7 @@ def test_paper_shape_counts_335_5m_on_meta_device():
     assert c["frozen"] == 65536 * 1024
     assert c["total"] == 335_824_896  # plus 0.28M biases and LayerNorms
     assert "335.5M in weight matrices" in m.describe()
-    # SPEC §5 checks of the same counting: a 9-layer frozen model trains 180.5M parameters
+    # docs/design.md §5 checks of the same counting: a 9-layer frozen model trains 180.5M parameters
     assert f"{m9.param_counts()['trainable'] / 1e6:.1f}M" == "180.5M"
 
 

@@ -1,10 +1,10 @@
-# The papers' shape (SPEC §3): 16 layers x 1024, 32 heads (head dim 32), context 1024, 65,536-id
+# The papers' shape (docs/design.md §3): 16 layers x 1024, 32 heads (head dim 32), context 1024, 65,536-id
 # bvv241-2-3 vocabulary, frozen 1024-dim glyph table: 335.5M parameters in weight matrices (67.1M
 # frozen table + 67.1M head + 201.3M blocks; 335.8M with biases and LayerNorms). For GPUs:
 # $ torchrun --standalone --nproc_per_node=8 train.py config/paper_glyph_335m.py
 # $ python train.py config/paper_glyph_335m.py   (one GPU: it runs all 32 accumulation steps itself)
 # Identical to config/paper_trainable_335m.py except the embedding. Optimizer, schedule and batch are
-# not published (SPEC §4): nanoGPT-style defaults, the same for both arms.
+# not published (docs/design.md §4): nanoGPT-style defaults, the same for both arms.
 out_dir = "out-paper-glyph-335m"
 embedding = "glyph"
 table_dim = 1024

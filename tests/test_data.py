@@ -283,7 +283,7 @@ def test_offline_clear_errors(tmp_path):
 # ---------------------------------------------------------------------------- SFT QA
 
 def test_prompt_formats_byte_exact():
-    # The strings of SPEC §7, written out by hand (not with the functions under test).
+    # The strings of docs/design.md §7, written out by hand (not with the functions under test).
     assert prompts.mmlu_prompt("Q?", ["a", "b", "c", "d"]) == "Question: Q?\nOptions: A) a B) b C) c D) d\nAnswer:"
     assert prompts.arc_prompt("Q?", ["A", "B", "C"], ["x", "y", "z"]) == "Question: Q?\nOptions:\nA) x\nB) y\nC) z\nAnswer:"
     assert prompts.squad_prompt("C.", "Q?") == "Context: C.\nQuestion: Q?\nAnswer:"
