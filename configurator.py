@@ -61,6 +61,16 @@ def _literal(text):
         raise ValueError(text) from None
 
 
+def _number(text):
+    """'3' -> 3 (exact, however long), '1e-3' or '1_000.5' -> float; None when it is no number."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return None
+
+
 def coerce(key, default, value, where="config"):
     """Convert `value` (a str from the command line, or a Python object from a config file) to the
     type of `default`."""
@@ -78,26 +88,15 @@ def coerce(key, default, value, where="config"):
         if is_text and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise _type_error(key, default, value, where)
-    if isinstance(default, int):
-        v = value
-        if is_text:
-            try:
-                v = float(value.replace("_", "")) if any(c in value.lower() for c in ".e") else int(value.replace("_", ""))
-            except ValueError:
-                raise _type_error(key, default, value, where) from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) < float("inf") or float(v) != int(v):
-            raise _type_error(key, default, value, where)
-        return int(v)
-    if isinstance(default, float):
-        v = value
-        if is_text:
-            try:
-                v = float(value)
-            except ValueError:
-                raise _type_error(key, default, value, where) from None
+    if isinstance(default, (int, float)):
+        v = _number(value) if is_text else value
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise _type_error(key, default, value, where)
-        return float(v)
+        if isinstance(default, float):
+            return float(v)
+        if isinstance(v, float) and not v.is_integer():  # 1e3 is an int, 0.5 and inf are not
+            raise _type_error(key, default, value, where)
+        return int(v)
     if isinstance(default, str):
         if is_text:
             return value  # never literal_eval'd: --out_dir=out, --init_from=resume, values with '='
