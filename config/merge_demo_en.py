@@ -1,4 +1,4 @@
-# The merge demonstration (README "Merging experts"), expert 1 of 2: English plays only.
+# The merge demonstration (docs/benchmarks.md, "Merge"), expert 1 of 2: English plays only.
 # $ python train.py config/merge_demo_en.py
 # then config/merge_demo_ru.py, then `python merge.py config/merge_demo_merge.py`.
 # Both experts use the same tokenizer and the same frozen glyph table (kind and table_dim), the

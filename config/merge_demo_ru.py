@@ -1,4 +1,4 @@
-# The merge demonstration (README "Merging experts"), expert 2 of 2: Russian fortunes only (Debian fortunes-ru).
+# The merge demonstration (docs/benchmarks.md, "Merge"), expert 2 of 2: Russian fortunes only (Debian fortunes-ru).
 # $ python train.py config/merge_demo_ru.py   (after config/merge_demo_en.py)
 # then `python merge.py config/merge_demo_merge.py`.
 # Both experts use the same tokenizer and the same frozen glyph table (kind and table_dim), the
