@@ -48,6 +48,8 @@ from tqdm import tqdm
 
 import prompts as P
 from data import benchmarks as B
+from data.download import atomic_write
+from model import GPT, checkpoint_tokenizer, load_model, sample_next
 
 # -----------------------------------------------------------------------------
 # defaults: where the released script is silent these are our choices, recorded in every result
@@ -275,20 +277,12 @@ def encode_requests(tok, pairs):
     return [(ids[c], ids[c + k][len(ids[c]):]) for c, k in split]
 
 
-def is_plain_gpt(model):
-    try:
-        from model import GPT
-    except ImportError:
-        return False
-    return isinstance(model, GPT)
-
-
 def logits_at(model, idx, rows, cols):
     """Logits [N, V] of the positions (rows[i], cols[i]) of idx [B, T]. Our GPT and merge.MergedGPT:
     the output head(s) run on those positions only (with a 65,536-id vocabulary the head is most of a
     small model's work). Another model may offer model.logits_at(idx, rows, cols); anything else with
     the model interface: model(idx), then pick the positions."""
-    if is_plain_gpt(model):
+    if isinstance(model, GPT):
         return model.lm_head(model.hidden_states(idx)[rows, cols])
     if hasattr(model, "combine") and hasattr(model, "hidden_states"):  # merge.MergedGPT: experts' heads at those rows
         return model.combine([h[rows, cols] for h in model.hidden_states(idx)])
@@ -419,7 +413,6 @@ def sample_answers(model, tok, task, prompts, max_new, runs, temperature, top_k,
     One new token (MMLU): the prompts are batched, one forward pass each, and the `runs` samples are
     drawn from that one distribution. Longer: model.generate (KV cache) on the prompt repeated
     `runs` times."""
-    from model import sample_next
     device = next(model.parameters()).device
     block = model.config.block_size
     encoded = tok.encode_batch(prompts)
@@ -684,10 +677,8 @@ def check_overwrite(path, ckpt):
 
 
 def write_json(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
 
 
 def fmt(res, key="mean"):
@@ -746,35 +737,10 @@ def compare(paths):
 # command line
 
 def open_model(path, device):
-    from model import load_model
     try:
         return load_model(path, device=device)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         raise SystemExit(f"{path}: cannot load as a glyphgpt model: {e}") from None
-
-
-def recorded_tokenizer(ckpt):
-    """(tokenizer_name, fingerprint) of a checkpoint; a merged one may keep them per expert."""
-    if ckpt.get("tokenizer_name"):
-        return ckpt["tokenizer_name"], ckpt.get("tokenizer_fingerprint")
-    for v in ckpt.values():
-        for sub in (v if isinstance(v, (list, tuple)) else [v]):
-            if isinstance(sub, dict) and sub.get("tokenizer_name"):
-                return sub["tokenizer_name"], sub.get("tokenizer_fingerprint")
-    return None, None
-
-
-def open_tokenizer(ckpt, name=None):
-    from unicode_tokenizer import get_tokenizer
-    recorded, want = recorded_tokenizer(ckpt)
-    name = name or recorded
-    if not name:
-        raise SystemExit("the checkpoint records no tokenizer_name: pass --tokenizer")
-    tok = get_tokenizer(name)
-    if want and tok.fingerprint != want:
-        raise SystemExit(f"tokenizer {name!r} has fingerprint {tok.fingerprint}, the checkpoint was trained with "
-                         f"{want}: pass the matching --tokenizer")
-    return tok
 
 
 def parse_args(argv):
@@ -829,7 +795,7 @@ def main(argv=None):
         path = args.out or default_out(args.ckpt, args.protocol)
         check_overwrite(path, args.ckpt)  # before the work, not after it
         model, ckpt = open_model(args.ckpt, args.device)
-        tok = open_tokenizer(ckpt, args.tokenizer)
+        tok = checkpoint_tokenizer(ckpt, args.ckpt, args.tokenizer)
         sources = [TASKS[t]["source"] for t in tasks if "source" in TASKS[t]]
         data_dir = args.data_dir or (B.ensure_data(sources) if sources else None)
         t0 = time.time()

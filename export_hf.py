@@ -36,6 +36,8 @@ import sys
 
 import torch
 
+from model import checkpoint_tokenizer, load_model, model_from_checkpoint, save_checkpoint
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELING_FILES = ("configuration_glyphgpt.py", "modeling_glyphgpt.py")
 FORMAT = 1  # version of the folder layout below, recorded in config.json
@@ -92,7 +94,6 @@ def from_hf_names(tensors, k, frozen):
 
 def open_checkpoint(path):
     """-> (model, checkpoint dict, list of expert GPTs, merge weights, merge mode)."""
-    from model import load_model
     try:
         model, ckpt = load_model(path)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
@@ -104,10 +105,9 @@ def open_checkpoint(path):
 
 def open_tokenizer(ckpt, path):
     """The checkpoint's tokenizer as a tokenizer.json dict, checked against its fingerprint."""
-    import eval as E
     try:
-        tok = E.open_tokenizer(ckpt)
-    except (SystemExit, ValueError) as e:
+        tok = checkpoint_tokenizer(ckpt, path)
+    except ValueError as e:
         raise SystemExit(f"export_hf.py: {path}: {e}") from None
     if getattr(tok, "lossless", False):
         raise SystemExit(f"export_hf.py: {path}: tokenizer {tok.name!r} is lossless: its escape ids for characters "
@@ -342,7 +342,6 @@ def imported_tokenizer(folder, cfg, out):
 
 def import_folder(folder, out, force=False):
     """Folder written by export() -> glyphgpt checkpoint file `out`; -> the checkpoint dict."""
-    from model import model_from_checkpoint, save_checkpoint
     if os.path.exists(out) and not force:
         raise SystemExit(f"export_hf.py: {out} exists: pass --force to replace it")
     cfg, tensors = read_folder(folder)

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 import train as T
 from configurator import ConfigError, configure, defaults_from, key_docs
+from data.download import atomic_write
 from glyph_embed import check_same_substrate
 from model import GPT, Block, check_tokenizer, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
 
@@ -402,9 +403,8 @@ def grow(cfg):
         os.makedirs(out_dir, exist_ok=True)
         sched_path = os.path.join(out_dir, "grow_schedule.json")
         if not n_done:  # (re)written until a stage is done; compared from then on
-            with open(sched_path + ".partial", "w") as f:
+            with atomic_write(sched_path) as f:
                 json.dump(schedule, f, indent=1)
-            os.replace(sched_path + ".partial", sched_path)
     reports = read_reports(out_dir)[:n_done]
     model = base
     if 0 < n_done < len(stages):

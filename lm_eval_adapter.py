@@ -25,6 +25,8 @@ from tqdm import tqdm
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from model import checkpoint_tokenizer
+
 
 @register_model("glyphgpt")
 class GlyphLM(TemplateLM):
@@ -38,7 +40,7 @@ class GlyphLM(TemplateLM):
             import eval as E
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             model, info = E.open_model(ckpt, device)
-            tokenizer = tokenizer or E.open_tokenizer(info)
+            tokenizer = tokenizer or checkpoint_tokenizer(info, ckpt)
         elif tokenizer is None:
             raise ValueError("GlyphLM(model=...) also needs tokenizer=")
         self.model, self.tok = model, tokenizer

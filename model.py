@@ -1,5 +1,5 @@
 """
-The GPT of the papers (../shared/SPEC.md §3), nanoGPT-shaped: pre-LayerNorm blocks, causal
+The GPT of the papers (docs/design.md §3), nanoGPT-shaped: pre-LayerNorm blocks, causal
 self-attention through F.scaled_dot_product_attention, rotary positions (base 10000, rotate-half),
 GELU MLP of width 4*d, biases, final LayerNorm and an untied, trainable output head.
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from data.download import atomic_write
 from glyph_embed import check_same_substrate, table_fingerprint  # table_fingerprint: integrity of a stored table
 
 HEAD_CHUNK_ELEMS = 1 << 26  # logits per chunk of the chunked head+loss (see GPT.forward)
@@ -570,51 +571,16 @@ def _check_plain(obj, where="checkpoint"):
 
 
 def save_checkpoint(obj, path):
-    """Atomic save: write a temporary file in the same directory, flush it to disk, rename it over
-    `path`, then flush the directory entry. A kill at any moment leaves either the old file or the new
-    one, never a torn one; a failed write (a full disk) leaves the old one and says so in one line."""
+    """Atomic save (atomic_write: the old file or the new one, never a torn one, flushed to disk); a
+    failed write (a full disk) leaves the old one and says so in one line."""
     _check_plain(obj)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.partial")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:160]
         kept = f"the previous {path} is intact" if os.path.exists(path) else f"nothing was written to {path}"
         raise OSError(f"could not save {path}: {reason} (disk full?); {kept}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def remove_stale_partials(path):
-    """Remove the temporary files of save_checkpoint(path) left by processes killed while saving."""
-    d = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
-    for name in os.listdir(d) if os.path.isdir(d) else []:
-        pid = name[len(prefix):-len(".partial")]
-        if name.startswith(prefix) and name.endswith(".partial") and pid.isdigit() and not _alive(int(pid)):
-            os.remove(os.path.join(d, name))
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def model_checkpoint(model, tokenizer=None, table_info=None, **extra):
@@ -669,9 +635,24 @@ def read_checkpoint(path, device="cpu"):
 
 def check_tokenizer(ckpt, tok, where):
     """A checkpoint is used only with the tokenizer it was trained with: ValueError (one line) else."""
+    if not ckpt.get("tokenizer_fingerprint"):
+        raise ValueError(f"{where} records no tokenizer fingerprint (saved without its tokenizer), so it "
+                         f"cannot be checked against {tok.name!r}")
     if ckpt.get("tokenizer_fingerprint") != tok.fingerprint:
         raise ValueError(f"{where} was trained with tokenizer {ckpt.get('tokenizer_name')!r} "
                          f"({ckpt.get('tokenizer_fingerprint')}), this run uses {tok.name!r} ({tok.fingerprint})")
+
+
+def checkpoint_tokenizer(ckpt, where, name=None):
+    """The tokenizer a checkpoint was trained with (`name` overrides the recorded name; either way it
+    must pass check_tokenizer)."""
+    from unicode_tokenizer import get_tokenizer  # (imported here: loading a model needs no tokenizer)
+    name = name or ckpt.get("tokenizer_name")
+    if not name:
+        raise ValueError(f"{where} records no tokenizer_name: pass --tokenizer")
+    tok = get_tokenizer(name)
+    check_tokenizer(ckpt, tok, where)
+    return tok
 
 
 def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):

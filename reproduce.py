@@ -48,6 +48,7 @@ import grow as G  # noqa: E402
 import merge as M  # noqa: E402
 import reproduce_report as R  # noqa: E402
 import train as T  # noqa: E402
+from data.download import atomic_write, pid_alive  # noqa: E402
 from model import load_model, save_checkpoint  # noqa: E402
 from unicode_tokenizer import get_tokenizer  # noqa: E402
 
@@ -104,9 +105,8 @@ def log(msg):
 
 
 def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
 
 
 def read_json(path):
@@ -174,16 +174,6 @@ def benchmark(model, tok, S, tasks):
         out[protocol] = {t: dict(metric=r["metric"], n=r["n"], mean=r["mean"], ci95=r.get("ci95"),
                                  acc_norm=(r.get("acc_norm") or {}).get("mean")) for t, r in res.items()}
     return out
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
 
 
 def wait_for_other_invocation(out_dir, done):

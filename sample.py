@@ -12,7 +12,7 @@ import sys
 import torch
 
 from configurator import Config, ConfigError, configure, defaults_from, key_docs
-from model import load_model
+from model import checkpoint_tokenizer, load_model
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # samples from out_dir/ckpt.pt ...
@@ -30,17 +30,13 @@ DEFAULTS = defaults_from(globals())
 
 
 def sample(cfg):
-    from unicode_tokenizer import get_tokenizer
     cfg = Config(cfg)
     dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={dev!r}, but torch sees no CUDA GPU here: use --device=cpu")
     path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
     model, ck = load_model(path, dev)
-    tok = get_tokenizer(cfg.tokenizer or ck["tokenizer_name"])
-    if ck.get("tokenizer_fingerprint") not in (None, tok.fingerprint):
-        raise ValueError(f"{path} was trained with tokenizer fingerprint {ck['tokenizer_fingerprint']}, "
-                         f"{tok.name!r} has {tok.fingerprint}")
+    tok = checkpoint_tokenizer(ck, path, cfg.tokenizer)
     prompt = cfg.start
     if prompt.startswith("FILE:"):
         with open(prompt[5:], encoding="utf-8") as f:

@@ -38,8 +38,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from configurator import Config, ConfigError, defaults_from, key_docs, parse
-from model import (GPT, GPTConfig, missing_checkpoint_hint, model_checkpoint, model_from_checkpoint,
-                   read_checkpoint, remove_stale_partials, save_checkpoint)
+from data.download import atomic_write, remove_stale_partials
+from model import (GPT, GPTConfig, check_tokenizer, missing_checkpoint_hint, model_checkpoint, model_from_checkpoint,
+                   read_checkpoint, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # default config values: a small frozen-glyph model on the plays of Shakespeare. The comment next to
@@ -381,9 +382,8 @@ def write_log(path, rec):
 
 
 def replace_log(path, lines):
-    with open(path + ".partial", "w") as f:
+    with atomic_write(path) as f:
         f.writelines(lines)
-    os.replace(path + ".partial", path)
 
 
 def truncate_log(path, iter_num):
@@ -449,9 +449,8 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
     if ckpt is not None and model is None and ckpt["kind"] != "gpt":
         fail(f"{source} is a {ckpt['kind']!r} checkpoint: train.py continues only 'gpt' checkpoints "
              f"(of train.py, or a finished grow.py stage)")
-    if ckpt is not None and ckpt.get("tokenizer_fingerprint") != tok.fingerprint:
-        fail(f"checkpoint {source} was trained with tokenizer {ckpt.get('tokenizer_name')!r} "
-             f"({ckpt.get('tokenizer_fingerprint')}), the config uses {tok.name!r} ({tok.fingerprint})")
+    if ckpt is not None:
+        check_tokenizer(ckpt, tok, f"checkpoint {source}")
     if model is None:
         model = model_from_checkpoint(ckpt, "cpu", source) if ckpt is not None else build_model(cfg, tok)
     elif ckpt is not None:

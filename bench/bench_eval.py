@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 import eval as E
 from data.benchmarks import MMLU_SUBJECTS
+from model import GPT, GPTConfig, checkpoint_tokenizer
 
 WORDS = ("the of and to in is was for on that with as by at from his an were are which this be or has had "
          "not first one their its new after but who they two her she been other when there all during into "
@@ -134,9 +135,8 @@ def main(argv=None):
     from unicode_tokenizer import get_tokenizer
     if args.ckpt:
         model, ckpt = E.open_model(args.ckpt, args.device)
-        tok = E.open_tokenizer(ckpt)
+        tok = checkpoint_tokenizer(ckpt, args.ckpt)
     else:
-        from model import GPT, GPTConfig
         tok = get_tokenizer("bvv241-2-3")
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer,

@@ -17,6 +17,8 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from data.download import atomic_write
+
 CHUNK_CHARS = 1 << 17  # characters of documents per task of a worker process: a task's overhead stays small
 _TOK = None  # the tokenizer of the running write_split; forked workers inherit it (built once, before the fork)
 
@@ -74,19 +76,17 @@ def encoded_chunks(docs, tok, workers):
 
 def write_split(path, docs, tok, desc=None, workers=None):
     """Encode an iterable of document strings into `path` with `workers` processes (default: all
-    cores); returns (n_tokens, n_bytes). Writes to path + '.tmp' and renames at the end, so an
-    interrupted run never leaves a half-written file that looks complete."""
+    cores); returns (n_tokens, n_bytes). Written atomically, so an interrupted run never leaves a
+    half-written file that looks complete."""
     if tok.eos_id is None:
         raise ValueError(f"tokenizer {tok.name!r} has no eos token to separate documents")
     n_tokens = n_bytes = 0
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f, tqdm(desc=desc or os.path.basename(path), unit="B", unit_scale=True) as bar:
+    with atomic_write(path, "wb") as f, tqdm(desc=desc or os.path.basename(path), unit="B", unit_scale=True) as bar:
         for data, tokens, size in encoded_chunks(docs, tok, workers or os.cpu_count() or 1):
             f.write(data)
             n_tokens += tokens
             n_bytes += size
             bar.update(size)
-    os.replace(tmp, path)
     return n_tokens, n_bytes
 
 
@@ -104,9 +104,8 @@ def write_dataset(out_dir, train_docs, val_docs, tok, source, **extra):
                 dtype=np.dtype(dtype_for(tok.vocab_size)).name, eos_id=tok.eos_id,
                 train_tokens=train_tokens, val_tokens=val_tokens, train_bytes=train_bytes, val_bytes=val_bytes,
                 source=source, **extra)
-    with open(meta_path + ".tmp", "w") as f:
+    with atomic_write(meta_path) as f:
         json.dump(meta, f, indent=1, ensure_ascii=False)
-    os.replace(meta_path + ".tmp", meta_path)
     print(f"{out_dir}: train {train_tokens:,} tokens ({train_bytes:,} bytes), val {val_tokens:,} tokens "
           f"({val_bytes:,} bytes), {train_bytes / max(train_tokens, 1):.2f} bytes/token")
     return meta

@@ -12,6 +12,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from data.download import atomic_write  # noqa: E402
+
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes of the fortune files
 
 
@@ -112,7 +114,6 @@ def add_to_meta(out_dir, meta, **extra):
     import json
     meta.update(extra)
     path = os.path.join(out_dir, "meta.json")
-    with open(path + ".tmp", "w") as f:
+    with atomic_write(path) as f:
         json.dump(meta, f, indent=1, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
     return meta

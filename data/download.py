@@ -7,7 +7,11 @@ A download is written to <dest>.part and renamed only once its size (and sha256,
 out, so a file without .part is always complete. An interrupted download is resumed with an HTTP
 Range request; a .part that does not fit (longer than the file, or a finished file whose sha256 is
 wrong) is deleted and fetched again from scratch, never used.
+
+Every file we write goes through atomic_write(): a kill at any moment leaves the old file or the new
+one, never a torn one.
 """
+import contextlib
 import glob
 import hashlib
 import json
@@ -29,6 +33,51 @@ def cache_dir(*parts):
     path = os.path.join(root, *parts)
     os.makedirs(path, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w"):
+    """`with atomic_write(path) as f:` writes a temporary file next to `path`, flushes it to disk and
+    renames it over `path`, then flushes the folder's entry; an exception leaves `path` as it was and
+    removes the temporary file. A process killed meanwhile leaves .<name>.<pid>.partial, which
+    remove_stale_partials(path) deletes."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remove_stale_partials(path):
+    """Remove the temporary files of atomic_write(path) left by processes killed while writing."""
+    d = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    for name in os.listdir(d) if os.path.isdir(d) else []:
+        pid = name[len(prefix):-len(".partial")]
+        if name.startswith(prefix) and name.endswith(".partial") and pid.isdigit() and not pid_alive(int(pid)):
+            os.remove(os.path.join(d, name))
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _offline(url, what, err):
@@ -145,9 +194,8 @@ def hf_list(repo, prefix, suffix=".parquet", what="this dataset"):
     if not files:
         raise SystemExit(f"{api}: no {suffix} files under {prefix!r}")
     files.sort(key=lambda f: f["path"])
-    with open(saved + ".tmp", "w") as f:
+    with atomic_write(saved) as f:
         json.dump(files, f, indent=0)
-    os.replace(saved + ".tmp", saved)
     return files
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 import merge as M
-from model import GPT, GPTConfig, load_model, model_checkpoint, save_checkpoint, table_fingerprint
+from model import GPT, GPTConfig, checkpoint_tokenizer, load_model, model_checkpoint, save_checkpoint, table_fingerprint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 65536  # the real vocabulary, for the experts saved with the real tokenizer's fingerprint
@@ -230,7 +230,7 @@ def test_sample_eval_and_train_validation_accept_the_merge(experts, expert_files
     assert texts[0].startswith("the king")
     import eval as E
     model, ck = E.open_model(out, "cpu")
-    res = E.evaluate(model, E.open_tokenizer(ck), ["bpb"], val_data=os.path.join(data_root, "tiny"))
+    res = E.evaluate(model, checkpoint_tokenizer(ck, out), ["bpb"], val_data=os.path.join(data_root, "tiny"))
     in_memory = E.evaluate(merged, tok, ["bpb"], val_data=os.path.join(data_root, "tiny"))
     assert res["bpb"]["mean"] == pytest.approx(in_memory["bpb"]["mean"], rel=1e-6)  # the file is that merge
 

