@@ -54,7 +54,7 @@ import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from data.download import cache_dir, download, sha256_file
+from data.download import atomic_write, cache_dir, download, sha256_file
 
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<think>", "</think>", "<emotions>", "</emotions>",
@@ -94,6 +94,15 @@ def check_text(text):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def check_ids(ids, vocab_size):
+    """Token ids to decode, as ints; ValueError for the first one outside the vocabulary."""
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
 def char_class(codepoints):
     """A regex character class body for a set of code points, as ranges of \\x{...} escapes
     (the syntax of Python's re *and* of the Rust regex tiktoken uses)."""
@@ -126,7 +135,7 @@ def articles(text):
 
 
 def count_article(article, lengths, counts):
-    """SPEC §1 counting rule. An article with CJK/kana/hangul: character n-grams over the whole article
+    """docs/design.md §1 counting rule. An article with CJK/kana/hangul: character n-grams over the whole article
     with whitespace removed; any other article: n-grams inside words of Latin/Cyrillic letters and
     apostrophes. N-grams containing a digit are dropped (digits are never part of an n-gram)."""
     if CJK.search(article):
@@ -454,10 +463,7 @@ class UnicodeTokenizer:
 
     # --- decoding
     def decode(self, ids):
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        ids = check_ids(ids, self.vocab_size)
         if not self.lossless:
             return "".join([self.tokens[i] for i in ids])
         out, k = [], 0
@@ -492,19 +498,19 @@ class UnicodeTokenizer:
 
     def save(self, path):
         """An HF tokenizer.json (loadable by `tokenizers` too) plus a sidecar for our own settings."""
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(path) as f:
             json.dump(self.to_hf_json(), f, ensure_ascii=False)
-        os.replace(tmp, path)
-        with open(path + ".glyphgpt.json", "w") as f:
+        with atomic_write(path + ".glyphgpt.json") as f:
             json.dump({"lossless": self.lossless, "fingerprint": self.fingerprint}, f)
 
     @classmethod
     def from_hf_json(cls, path, lossless=None, name=None):
-        """Load a tokenizer.json of HF `tokenizers` (BPE, no normalizer, no pre-tokenizer)."""
+        """Load a tokenizer.json of HF `tokenizers` (BPE, no normalizer, no pre-tokenizer). A malformed
+        file gives one ValueError naming the file and what was expected; a valid one of another kind
+        gives Unsupported (get_tokenizer then hands it to the `tokenizers` library)."""
         d = read_json(path)
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object (a tokenizer.json), got {type(d).__name__}")
         model = d.get("model")
         if not isinstance(model, dict) or model.get("type") != "BPE":
             raise Unsupported(f"{path}: model.type is {model.get('type') if isinstance(model, dict) else None!r}, expected 'BPE'")
@@ -517,28 +523,38 @@ class UnicodeTokenizer:
             raise Unsupported(f"{path}: BPE options byte_fallback/continuing_subword_prefix/end_of_word_suffix/"
                              "dropout/fuse_unk are not supported")
         vocab = model.get("vocab")
-        if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
-            raise ValueError(f"{path}: model.vocab must map token strings to the ids 0..N-1 without gaps")
+        if not isinstance(vocab, dict) or not vocab or any(type(i) is not int for i in vocab.values()) \
+                or sorted(vocab.values()) != list(range(len(vocab))):
+            raise ValueError(f"{path}: model.vocab must map token strings to the ids 0..N-1 (N > 0) without gaps")
         tokens = [None] * len(vocab)
         for s, i in vocab.items():
             tokens[i] = s
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
-        if any(len(m) != 2 for m in merges):
-            raise ValueError(f"{path}: a merge is not a pair of token strings")
+        merges = model.get("merges", [])
+        if not isinstance(merges, list):
+            raise ValueError(f"{path}: model.merges must be a list, got {type(merges).__name__}")
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else m for m in merges]
+        for m in merges:
+            if not (isinstance(m, (tuple, list)) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+                raise ValueError(f"{path}: merge {m!r} is not a pair of token strings ('a b' or [\"a\", \"b\"])")
         added = []
         for t in d.get("added_tokens") or []:
+            if not (isinstance(t, dict) and isinstance(t.get("content"), str) and type(t.get("id")) is int):
+                raise ValueError(f"{path}: added token {t!r} is not an object with a string 'content' and an integer 'id'")
             if t.get("lstrip") or t.get("rstrip") or t.get("single_word") or t.get("normalized"):
-                raise Unsupported(f"{path}: added token {t.get('content')!r} uses lstrip/rstrip/single_word/normalized")
+                raise Unsupported(f"{path}: added token {t['content']!r} uses lstrip/rstrip/single_word/normalized")
             if vocab.get(t["content"]) != t["id"]:
                 raise ValueError(f"{path}: added token {t['content']!r} has id {t['id']} but the vocab says {vocab.get(t['content'])}")
             added.append((t["id"], t["content"]))
         unk = model.get("unk_token")
-        if unk is not None and unk not in vocab:
+        if unk is not None and (not isinstance(unk, str) or unk not in vocab):
             raise ValueError(f"{path}: unk_token {unk!r} is not in the vocab")
         if lossless is None:
-            side = path + ".glyphgpt.json"
-            lossless = bool(os.path.exists(side) and read_json(side).get("lossless"))
-        return cls(tokens, merges, added, vocab[unk] if unk is not None else None, lossless, name or path)
+            side = read_json(path + ".glyphgpt.json") if os.path.exists(path + ".glyphgpt.json") else {}
+            lossless = bool(isinstance(side, dict) and side.get("lossless"))
+        try:
+            return cls(tokens, merges, added, vocab[unk] if unk is not None else None, lossless, name or path)
+        except ValueError as e:  # merges that do not fit the vocab, a lossless layout without its ids
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_ngrams(cls, ngrams, vocab_size=65536, lossless=False, name=None):
@@ -615,10 +631,7 @@ class TiktokenTokenizer:
                                      allowed_special="all")
 
     def decode(self, ids):
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        ids = check_ids(ids, self.vocab_size)
         return self.enc.decode(ids, errors="replace")
 
     def token_strings(self):
@@ -671,10 +684,7 @@ class HFTokenizer:
         return [e.ids for e in self.tok.encode_batch([check_text(t) for t in texts], add_special_tokens=False)]
 
     def decode(self, ids):
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        ids = check_ids(ids, self.vocab_size)
         return self.tok.decode(ids, skip_special_tokens=False)
 
     def token_strings(self):
@@ -731,9 +741,7 @@ def get_tokenizer(name_or_path="bvv241-2-3"):
         raise ValueError(f"unknown tokenizer {name!r}: not a known name (bvv241-2-3, bvv241-max, bvv241-abs, "
                          "bvv241-2-3-local, NAME-lossless, gpt2, cl100k_base, hf:OWNER/REPO) nor an existing file")
     d = read_json(path)
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object (a tokenizer.json), got {type(d).__name__}")
-    if d.get("glyphgpt_tokenizer") == "tiktoken":
+    if isinstance(d, dict) and d.get("glyphgpt_tokenizer") == "tiktoken":
         tok = TiktokenTokenizer(d["name"])
         if d.get("fingerprint") not in (None, tok.fingerprint):
             raise ValueError(f"{path}: tiktoken {d['name']!r} now has fingerprint {tok.fingerprint}, file says {d['fingerprint']}")

@@ -406,3 +406,71 @@ def test_bad_input(tmp_path):
         get_tokenizer(str(bad))
     with pytest.raises(SystemExit, match="LANG=PATH"):
         ut.main(["build", "en=" + str(tmp_path / "nope.txt")])
+
+
+def test_malformed_tokenizer_json_gives_one_line(tmp_path):
+    """Issue 13: integer merges, an added token without content, ... name the file, no traceback."""
+    path = str(tmp_path / "tokenizer.json")
+    good = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "<s>": 3}, "merges": ["a b"]},
+            "added_tokens": [{"id": 3, "content": "<s>"}]}
+    cases = [([1, 2], "expected a JSON object"),
+             ({"model": {**good["model"], "merges": [[0, 1]]}}, "merge \\[0, 1\\] is not a pair of token strings"),
+             ({"model": {**good["model"], "merges": ["ab"]}}, "is not a pair of token strings"),
+             ({"model": {**good["model"], "merges": {"a": "b"}}}, "model.merges must be a list"),
+             ({**good, "added_tokens": [{"id": 1}]}, "added token .* string 'content'"),
+             ({**good, "added_tokens": ["b"]}, "added token 'b' is not an object"),
+             ({"model": {**good["model"], "vocab": ["a", "b"]}}, "model.vocab must map"),
+             ({"model": {**good["model"], "vocab": {"a": "0"}}}, "model.vocab must map"),
+             ({"model": {**good["model"], "unk_token": 3}}, "unk_token 3 is not in the vocab"),
+             ({"model": {**good["model"], "merges": ["b a"]}}, "not in the vocabulary")]
+    for doc, expected in cases:
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        for load in (UnicodeTokenizer.from_hf_json, get_tokenizer):
+            with pytest.raises(ValueError, match=expected) as e:
+                load(path)
+            assert str(e.value).startswith(path) and "\n" not in str(e.value)
+    with open(path, "w") as f:
+        json.dump(good, f)
+    assert get_tokenizer(path).encode("ab<s>") == [2, 3]
+
+
+def _json_values():
+    from hypothesis import strategies as st
+    scalars = st.none() | st.booleans() | st.integers(-3, 5) | st.text(max_size=4)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)
+
+
+def test_tokenizer_file_loader_any_input_gives_a_tokenizer_or_one_line(tmp_path):
+    """Property (issue 13): any file handed to the tokenizer.json loader gives a tokenizer or our
+    one-line ValueError naming the file, never another exception."""
+    import hypothesis
+    from hypothesis import strategies as st
+    values = _json_values()
+    token = st.sampled_from(["a", "b", "ab", "c", "<s>", ""]) | st.text(max_size=3)
+    bpe = st.fixed_dictionaries({"type": st.sampled_from(["BPE", "BPE", "WordPiece"]) | values},
+                                optional={"vocab": st.dictionaries(token, st.integers(0, 4), max_size=4) | values,
+                                          "merges": st.lists(st.sampled_from(["a b", "b a", "ab"]) | st.lists(token | values,
+                                                                                                              max_size=3) | values, max_size=3) | values,
+                                          "unk_token": token | values, "byte_fallback": values})
+    added = st.lists(st.fixed_dictionaries({}, optional={"id": st.integers(0, 4) | values, "content": token | values,
+                                                         "lstrip": values}) | values, max_size=2)
+    doc = st.fixed_dictionaries({}, optional={"model": bpe | values, "added_tokens": added | values,
+                                              "normalizer": st.none() | values, "pre_tokenizer": st.none()})
+    path = str(tmp_path / "tokenizer.json")
+
+    @hypothesis.settings(max_examples=50, deadline=None, database=None)
+    @hypothesis.given(doc | values, st.booleans())
+    def check(d, raw):
+        with open(path, "wb" if raw else "w") as f:
+            f.write(json.dumps(d).encode()[::-1] if raw else json.dumps(d))  # raw: bytes that are rarely JSON
+        for load in (UnicodeTokenizer.from_hf_json, get_tokenizer):
+            try:
+                tok = load(path)
+            except ValueError as e:
+                assert str(e).startswith(path) and "\n" not in str(e), str(e)
+                continue
+            assert tok.decode(tok.encode("ab")) is not None
+
+    check()
