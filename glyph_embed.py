@@ -27,13 +27,12 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 
-from data.download import cache_dir, download, sha256_file
+from data.download import atomic_write, cache_dir, download, sha256_file
 
 # -----------------------------------------------------------------------------
 # font: GNU Unifont 15.0.01 OpenType, drawn by Pillow exactly as the released builder draws it
@@ -80,9 +79,8 @@ def download_unifont(dest=None):
         otf = otf_from_deb(deb)
         if hashlib.sha256(otf).hexdigest() != UNIFONT_SHA256:
             raise SystemExit(f"{deb}: unifont.otf inside has the wrong sha256")
-        with open(dest + ".tmp", "wb") as f:
+        with atomic_write(dest, "wb") as f:
             f.write(otf)
-        os.replace(dest + ".tmp", dest)
         os.remove(deb)
         return dest
     except (SystemExit, ValueError, KeyError) as e:
@@ -201,11 +199,8 @@ def content_digest(arrays):
 
 def cache_save(path, arrays):
     """numpy arrays -> path (.npz), with the sha256 of their content; atomic."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path, "wb") as f:
         np.savez(f, _digest=np.array(content_digest(arrays)), **arrays)
-    os.replace(tmp, path)
 
 
 def cache_load(path):
@@ -228,12 +223,7 @@ def cache_load(path):
 
 # bvv241-2-3 constants (the default) and bvv241-max / -abs / -nemo constants: (R degrees, S px, p noise)
 RECIPES = {"bvv241-2-3": (4, 2, 0.01), "bvv241-max": (7, 3, 0.03)}
-HARD = (0, 0, 0.001)  # every string that is not purely an "easy" script
-
-
-def is_easy(text):
-    """Latin / Latin-1 / Latin Extended / Greek / Cyrillic / Armenian only -> the stronger distortion."""
-    return all(c <= "\u024f" or "\u0370" <= c <= "\u058f" for c in text)
+HARD = (0, 0, 0.001)  # strings not purely Latin (to U+024F) or Greek..Armenian (U+0370-U+058F)
 
 
 def draws(R, S, p, shape):
@@ -561,13 +551,6 @@ def timed(stage):
     TIMINGS[stage] = (time.perf_counter() - w, time.process_time() - c)
 
 
-def _atomic_save(obj, path):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def glyph_basis(strings, tok_fp, cell=32, recipe="faithful", constants="bvv241-2-3", font=None,
                 use_cache=True, eigh="torch"):
     """Bitmaps (packed) + full PCA of a vocabulary, cached on disk (each dim is then one matmul).
@@ -708,14 +691,6 @@ def min_pairwise_distance(t, chunk=2048):
     return best
 
 
-def expand(table, d_model):
-    """A table narrower than d_model, widened the way the papers do: repeat_interleave(d_model // w)."""
-    w = table.shape[1]
-    if d_model % w:
-        raise ValueError(f"d_model={d_model} is not a multiple of the table width {w}")
-    return table.repeat_interleave(d_model // w, dim=1)
-
-
 def frozen_table(tokenizer, kind="glyph", dim=1024, cell=None, constants="bvv241-2-3", font_path=None,
                  use_cache=True, eigh="torch"):
     """(table [V, w] float32, info) for a tokenizer (or a list of token strings); built once, cached.
@@ -758,7 +733,8 @@ def save_table(table, info, path):
     if not all_finite(table):
         raise ValueError(f"{path}: refusing to save a table with non-finite values")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _atomic_save({"table": table, "info": info}, path)
+    with atomic_write(path, "wb") as f:
+        torch.save({"table": table, "info": info}, f)
 
 
 def load_table(path, tokenizer_or_fp=None):

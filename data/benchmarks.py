@@ -26,7 +26,7 @@ import re
 import tarfile
 import zipfile
 
-from data.download import cache_dir, download
+from data.download import atomic_write, cache_dir, download
 
 # the original files; sizes and sha256 as the Hugging Face `datasets` loaders record them
 SOURCES = {
@@ -85,11 +85,9 @@ def extract(archive, members, data_dir):
                 if not m:
                     continue
                 out = os.path.join(data_dir, target.format(*m.groups()))
-                os.makedirs(os.path.dirname(out), exist_ok=True)
                 f = a.open(name) if isinstance(a, zipfile.ZipFile) else a.extractfile(name)
-                with f, open(out + ".tmp", "wb") as g:
+                with f, atomic_write(out, "wb") as g:
                     g.write(f.read())
-                os.replace(out + ".tmp", out)
 
 
 def ensure_data(sources):
@@ -191,48 +189,51 @@ def mmlu_tar_questions(path):
     return questions
 
 
+def jsonl_records(text, where, record):
+    """[record(obj, n, at)] for the objects of a JSONL text: n its line number, at 'file:line' for errors."""
+    return [record(obj, n, f"{where}:{n}") for n, obj in jsonl_rows(text, where)]
+
+
 def arc_records(text, where):
     """ARC / CommonsenseQA JSONL (AllenAI layout) -> dict(id, question, labels, texts, answer); answer
     is None where the file has no answerKey (CommonsenseQA's test split)."""
-    records = []
-    for n, obj in jsonl_rows(text, where):
-        at = f"{where}:{n}"
-        choices = field(obj, "question.choices", at)
-        labels = [field(c, "label", at) for c in choices]
-        answer = obj.get("answerKey")
-        if answer is not None and answer not in labels:
-            raise ValueError(f"{at}: answerKey {answer!r} is not one of the labels {labels}")
-        records.append(dict(id=obj.get("id", str(n)), question=field(obj, "question.stem", at), labels=labels,
-                            texts=[field(c, "text", at) for c in choices], answer=answer))
-    return records
+    return jsonl_records(text, where, arc_record)
+
+
+def arc_record(obj, n, at):
+    choices = field(obj, "question.choices", at)
+    labels = [field(c, "label", at) for c in choices]
+    answer = obj.get("answerKey")
+    if answer is not None and answer not in labels:
+        raise ValueError(f"{at}: answerKey {answer!r} is not one of the labels {labels}")
+    return dict(id=obj.get("id", str(n)), question=field(obj, "question.stem", at), labels=labels,
+                texts=[field(c, "text", at) for c in choices], answer=answer)
 
 
 def hellaswag_records(text, where):
     """rowanz/hellaswag JSONL -> dict(id, activity_label, ctx_a, ctx_b, endings, label (int))."""
-    records = []
-    for n, obj in jsonl_rows(text, where):
-        at = f"{where}:{n}"
-        endings = field(obj, "endings", at)
-        label = str(field(obj, "label", at))
-        if not label.isdigit() or int(label) >= len(endings):
-            raise ValueError(f"{at}: label {label!r} is not an index into the {len(endings)} endings")
-        records.append(dict(id=str(obj.get("ind", n)), activity_label=field(obj, "activity_label", at),
-                            ctx_a=field(obj, "ctx_a", at), ctx_b=field(obj, "ctx_b", at), endings=endings,
-                            label=int(label)))
-    return records
+    return jsonl_records(text, where, hellaswag_record)
+
+
+def hellaswag_record(obj, n, at):
+    endings = field(obj, "endings", at)
+    label = str(field(obj, "label", at))
+    if not label.isdigit() or int(label) >= len(endings):
+        raise ValueError(f"{at}: label {label!r} is not an index into the {len(endings)} endings")
+    return dict(id=str(obj.get("ind", n)), activity_label=field(obj, "activity_label", at),
+                ctx_a=field(obj, "ctx_a", at), ctx_b=field(obj, "ctx_b", at), endings=endings, label=int(label))
 
 
 def boolq_records(text, where):
     """BoolQ JSONL -> dict(id, question, passage, answer (bool))."""
-    records = []
-    for n, obj in jsonl_rows(text, where):
-        at = f"{where}:{n}"
-        answer = field(obj, "answer", at)
-        if not isinstance(answer, bool):
-            raise ValueError(f"{at}: answer {answer!r} is not true/false")
-        records.append(dict(id=str(n), question=field(obj, "question", at), passage=field(obj, "passage", at),
-                            answer=answer))
-    return records
+    return jsonl_records(text, where, boolq_record)
+
+
+def boolq_record(obj, n, at):
+    answer = field(obj, "answer", at)
+    if not isinstance(answer, bool):
+        raise ValueError(f"{at}: answer {answer!r} is not true/false")
+    return dict(id=str(n), question=field(obj, "question", at), passage=field(obj, "passage", at), answer=answer)
 
 
 def squad_records(text, where):
