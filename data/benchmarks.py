@@ -38,17 +38,13 @@ SOURCES = {
                 members={r"ARC-V1-Feb2018-2/(ARC-(Easy|Challenge))/ARC-(Easy|Challenge)-Dev\.jsonl":
                          "arc/{0}/{0}-Dev.jsonl"}),
     "commonsense_qa": dict(url="https://s3.amazonaws.com/commensenseqa/dev_rand_split.jsonl", size=471653,
-                           sha256="3210497fdaae614ac085d9eb873dd7f4d49b6f965a93adadc803e1229fd8a02a",
-                           dest="commonsense_qa/dev_rand_split.jsonl"),
+                           sha256="3210497fdaae614ac085d9eb873dd7f4d49b6f965a93adadc803e1229fd8a02a"),
     "squad_v2": dict(url="https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v2.0.json", size=4370528,
-                     sha256="80a5225e94905956a6446d296ca1093975c4d3b3260f1d6c8f68bc2ab77182d8",
-                     dest="squad_v2/dev-v2.0.json"),
+                     sha256="80a5225e94905956a6446d296ca1093975c4d3b3260f1d6c8f68bc2ab77182d8"),
     "hellaswag": dict(url="https://github.com/rowanz/hellaswag/raw/master/data/hellaswag_val.jsonl", size=12246618,
-                      sha256="0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588",
-                      dest="hellaswag/hellaswag_val.jsonl"),
+                      sha256="0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"),
     "boolq": dict(url="https://storage.googleapis.com/boolq/dev.jsonl", size=2238726,
-                  sha256="ebc29ea3808c5c611672384b3de56e83349fe38fc1fe876fd29b674d81d0a80a",
-                  dest="boolq/dev.jsonl"),
+                  sha256="ebc29ea3808c5c611672384b3de56e83349fe38fc1fe876fd29b674d81d0a80a"),
     "opus_en_ru": dict(url="https://object.pouta.csc.fi/OPUS-100/v1.0/opus-100-corpus-en-ru-v1.0.tar.gz",
                        size=68501634, sha256="422c96c952e37a0e7ae924538f6c521a9dcedb200e0b29eab07a6e3fd00cca9d",
                        members={r"opus-100-corpus/v1\.0/supervised/en-ru/(opus\.en-ru-dev\.(en|ru))": "opus100/en-ru/{0}"}),
@@ -101,8 +97,9 @@ def ensure_data(sources):
             continue
         s = SOURCES[src]
         try:
-            if "dest" in s:  # a plain file: download straight into the layout
-                download(s["url"], os.path.join(data_dir, s["dest"]), s["sha256"], s["size"], what=f"the {src} benchmark")
+            if "members" not in s:  # a plain file: straight into the layout, as data_dir/<source>/<its name>
+                dest = os.path.join(data_dir, src, os.path.basename(s["url"]))
+                download(s["url"], dest, s["sha256"], s["size"], what=f"the {src} benchmark")
             else:
                 archive = os.path.join(cache_dir("eval", "downloads"), os.path.basename(s["url"]))
                 extract(download(s["url"], archive, s["sha256"], s["size"], what=f"the {src} benchmark"),

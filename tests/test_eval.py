@@ -474,3 +474,12 @@ def test_download_cache_and_archive_layout(tmp_path, monkeypatch, tok):
     data_dir = B.ensure_data(["mmlu"])
     assert os.listdir(os.path.join(data_dir, "mmlu", "test")) == ["anatomy_test.csv"]
     assert E.load_task("mmlu", data_dir)[0]["gold"] == 2
+    # a plain file is looked for (and downloaded to) data_dir/<source>/<file name of its URL>
+    body = b'{"question": "is it", "passage": "it is", "answer": true}\n'
+    monkeypatch.setitem(B.SOURCES, "boolq", dict(url="https://example.invalid/dev.jsonl", size=len(body),
+                                                 sha256=hashlib.sha256(body).hexdigest()))
+    os.makedirs(os.path.join(data_dir, "boolq"))
+    with open(os.path.join(data_dir, "boolq", "dev.jsonl"), "wb") as f:
+        f.write(body)
+    assert B.ensure_data(["boolq"]) == data_dir  # verified in place: example.invalid is never asked
+    assert B.boolq_records(B.read_text(os.path.join(data_dir, "boolq", "dev.jsonl")), "dev.jsonl")[0]["answer"] is True
