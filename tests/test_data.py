@@ -106,6 +106,27 @@ def server():
     s.close()
 
 
+def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    from data.download import atomic_write, remove_stale_partials
+    path = str(tmp_path / "f.json")
+    with atomic_write(path) as f:
+        f.write("old")
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_write(path) as f:
+            f.write("new, half")
+            raise RuntimeError("killed mid-write")
+    assert open(path).read() == "old" and os.listdir(tmp_path) == ["f.json"]
+    with atomic_write(path, "wb") as f:
+        f.write("новый".encode())
+    assert open(path, encoding="utf-8").read() == "новый" and os.listdir(tmp_path) == ["f.json"]
+    # what a process killed while writing leaves: removed once that process is gone, not while it runs
+    dead, alive = tmp_path / ".f.json.999999999.partial", tmp_path / f".f.json.{os.getpid()}.partial"
+    dead.write_text("x")
+    alive.write_text("x")
+    remove_stale_partials(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["f.json", alive.name])
+
+
 def test_download_verifies_resumes_and_refetches(server, tmp_path):
     from data.download import download
     data = os.urandom(300_000)
