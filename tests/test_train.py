@@ -393,6 +393,15 @@ def test_checkpoint_messages(data_root, run4, tmp_path):
     torch.save({**ck, "kind": "foo"}, str(odd))
     with pytest.raises(ValueError, match="odd.pt is a 'foo' checkpoint: train.py continues only 'gpt'"):
         T.train(cfg_for(data_root, tmp_path / "o", init_from=str(odd)))
+    # one tokenizer check (model.check_tokenizer) for train and sample alike
+    import sample as S
+    for fp, expected in (("0" * 16, r"was trained with tokenizer .*\(0{16}\), this run uses"),
+                         (None, "records no tokenizer fingerprint")):
+        torch.save({**ck, "tokenizer_fingerprint": fp}, str(odd))
+        with pytest.raises(ValueError, match=expected):
+            T.train(cfg_for(data_root, tmp_path / "o", init_from=str(odd)))
+        with pytest.raises(ValueError, match=expected):
+            S.sample({**S.DEFAULTS, "ckpt": str(odd), "device": "cpu"})
 
 
 def test_schedule_follows_max_iters_unless_set():
