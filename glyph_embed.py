@@ -691,13 +691,18 @@ def min_pairwise_distance(t, chunk=2048):
     return best
 
 
+def table_width(kind, dim):
+    """Columns of a frozen table of `kind` asked for `dim` wide: binary16 codes are 16 wide whatever
+    dim says (binary16_table), the others `dim`."""
+    return 16 if kind == "binary16" else dim
+
+
 def frozen_table(tokenizer, kind="glyph", dim=1024, cell=None, constants="bvv241-2-3", font_path=None,
                  use_cache=True, eigh="torch"):
     """(table [V, w] float32, info) for a tokenizer (or a list of token strings); built once, cached.
     info["key"] is the table's substrate key (KEY_FIELDS), info["fingerprint"] the hash of its bytes."""
     strings, tok_fp, _ = token_strings_of(tokenizer)
-    if kind == "binary16":
-        dim = 16
+    dim = table_width(kind, dim)
     cell = cell or (64 if dim > 1024 else 32)
     font = None
     if kind in ("glyph", "glyph_unique"):

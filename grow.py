@@ -39,7 +39,7 @@ from torch.nn import functional as F
 import train as T
 from configurator import ConfigError, configure, defaults_from, key_docs
 from data.download import atomic_write
-from glyph_embed import check_same_substrate
+from glyph_embed import check_same_substrate, table_width
 from model import GPT, Block, check_tokenizer, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -260,18 +260,13 @@ def prepare_stage(model, st, cfg, first_from_scratch=False):
     return model
 
 
-def table_width(cfg):
-    """Columns of the config's frozen table: binary16 codes are 16 wide whatever table_dim says
-    (glyph_embed.binary16_table); the other tables are table_dim wide, 0 = d_model."""
-    return 16 if cfg["embedding"] == "binary16" else (cfg["table_dim"] or cfg["d_model"])
-
-
 def meta_model(cfg, vocab_size, n_layer):
     """The config's model at depth n_layer on the meta device (no memory, no table to build): for
     counting parameters and FLOPs before anything runs (here and in reproduce.py's cost estimates)."""
     conf = T.model_config(cfg, vocab_size, n_layer=n_layer)
+    width = table_width(cfg["embedding"], cfg["table_dim"] or cfg["d_model"])
     with torch.device("meta"):
-        return GPT(conf, None if conf.embedding == "trainable" else torch.empty(vocab_size, table_width(cfg)))
+        return GPT(conf, None if conf.embedding == "trainable" else torch.empty(vocab_size, width))
 
 
 def planned_counts(cfg, stages, vocab_size, from_nothing=True):
