@@ -499,10 +499,10 @@ SCALING = [  # (what, command, config file, extra overrides, script)
      "config/grow_monolithic_9x1024.py", [], "train"),
     ("6x4096 abs-bvv-style growth, LoRA 5-6 (paper 2)", "torchrun --standalone --nproc_per_node=8 grow.py config/grow_abs_4096.py",
      "config/grow_abs_4096.py", [], "grow"),
-    ("16x1024 en+ru expert, 131,072 ids (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_ru_335m.py",
-     "config/paper_expert_ru_335m.py", [], "train"),
-    ("16x1024 en+zh expert, 131,072 ids (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_zh_335m.py",
-     "config/paper_expert_zh_335m.py", [], "train"),
+    ("16x1024 en+ru expert, 131,072 ids (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_ru_470m.py",
+     "config/paper_expert_ru_470m.py", [], "train"),
+    ("16x1024 en+zh expert, 131,072 ids (paper 2)", "torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_zh_470m.py",
+     "config/paper_expert_zh_470m.py", [], "train"),
 ]
 
 

@@ -4,12 +4,12 @@
 # layers 5 and 6 train together with LoRA adapters on all earlier layers, merged into them after the
 # stage. 2,281.7M parameters in weight matrices at 6 layers (536.9M frozen table + 536.9M head +
 # 1,207.9M blocks). Our choices: the unpublished tokens per stage, learning rates, new-layer init, LoRA rank.
-# Data: tokenized with bvv241-abs (= bvv241-max ids), see config/paper_expert_ru_335m.py for the commands.
+# Data: tokenized with bvv241-abs (= bvv241-max ids), see config/paper_expert_ru_470m.py for the commands.
 # $ python glyph_embed.py --tokenizer bvv241-abs --kind glyph --dim 4096 --cell 64 --constants bvv241-max --out tables/glyph_c64_d4096.pt
 # $ python grow.py config/grow_abs_4096.py --plan_only     # per-stage parameter counts, no GPU needed
 # $ torchrun --standalone --nproc_per_node=8 grow.py config/grow_abs_4096.py
 out_dir = "out-grow-abs-4096"
-datasets = {"wiki_en_ru_max": 0.9, "sft_qa_max": 0.1}  # see config/paper_expert_ru_335m.py for the data commands
+datasets = {"wiki_en_ru_max": 0.9, "sft_qa_max": 0.1}  # see config/paper_expert_ru_470m.py for the data commands
 tokenizer = "bvv241-abs"  # 131,072 ids, the same ids as bvv241-max
 embedding = "glyph"
 table_path = "tables/glyph_c64_d4096.pt"

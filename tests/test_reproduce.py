@@ -174,7 +174,7 @@ def test_a_stale_run_claim_is_taken_over(tmp_path):
 def test_cost_estimates_follow_the_configs_vocabulary():
     """The expert configs use 131,072 ids: 16 blocks of 12d^2+13d, final norm, head and table at d=1024."""
     d, V = 1024, 131072
-    e = R.scaling_estimate("config/paper_expert_ru_335m.py", [], "train")
+    e = R.scaling_estimate("config/paper_expert_ru_470m.py", [], "train")
     assert e["params"] == 16 * (12 * d * d + 13 * d) + 2 * d + (V * d + V) + V * d  # 470.1M
     b16 = R.scaling_estimate("config/paper_glyph_335m.py", ["--embedding=binary16", "--table_dim=16"], "train")
     assert b16["params"] == 16 * (12 * d * d + 13 * d) + 2 * d + (65536 * d + 65536) + 65536 * 16

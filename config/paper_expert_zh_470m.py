@@ -1,16 +1,16 @@
-# Paper 2's Russian expert (docs/design.md §6) at the 16 x 1024 shape of config/paper_glyph_335m.py:
-# English + Russian Wikipedia with ~10% instruction-format QA, frozen 1024-dim glyph table, and the
+# Paper 2's Chinese expert (docs/design.md §6) at the 16 x 1024 shape of config/paper_glyph_335m.py:
+# English + Chinese Wikipedia with ~10% instruction-format QA, frozen 1024-dim glyph table, and the
 # 131,072-id bvv241-max vocabulary of the released 0.5B experts (their model cards say so). With that
 # vocabulary the model has 469.8M parameters in weight matrices (134.2M frozen table + 134.2M head +
-# 201.3M blocks; 470.1M with biases and norms; the file name keeps the 335M of the 65,536-id shape).
+# 201.3M blocks; 470.1M with biases and norms).
 # Data, tokenized with bvv241-max (a budget of 8e9 UTF-8 bytes per language; the run sees ~9B tokens):
-# $ python data/wikipedia/prepare.py --langs en,ru --max_bytes 8e9 --sample 0.5 --tokenizer bvv241-max --out_dir data/wiki_en_ru_max
+# $ python data/wikipedia/prepare.py --langs en,zh --max_bytes 8e9 --sample 0.5 --tokenizer bvv241-max --out_dir data/wiki_en_zh_max
 # $ python data/sft_qa/prepare.py --tokenizer bvv241-max --out_dir data/sft_qa_max
-# $ torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_ru_335m.py
-# Its twin is config/paper_expert_zh_335m.py (same tokenizer, same table, same everything but the
+# $ torchrun --standalone --nproc_per_node=8 train.py config/paper_expert_zh_470m.py
+# Its twin is config/paper_expert_ru_470m.py (same tokenizer, same table, same everything but the
 # data); merge them with `python merge.py config/paper_merge_ru_zh.py`.
-out_dir = "out-paper-expert-ru"
-datasets = {"wiki_en_ru_max": 0.9, "sft_qa_max": 0.1}
+out_dir = "out-paper-expert-zh"
+datasets = {"wiki_en_zh_max": 0.9, "sft_qa_max": 0.1}
 tokenizer = "bvv241-max"  # 131,072 ids
 embedding = "glyph"
 table_dim = 1024
