@@ -2,11 +2,11 @@
 Reproduce the papers' experiments end to end, at the scale of a 2-core CPU (docs/design.md).
 One command per experiment; every run is seeded, and a re-run skips what is already done.
 
-$ python reproduce.py frozen_vs_trainable   # 1. paper 1: frozen glyph table vs trainable vs 16-bit code, 3 seeds
+$ python reproduce.py frozen_vs_trainable   # 1. paper 1: frozen glyph table vs trainable vs 16-bit code, 3 seeds (--seeds N: the first N)
 $ python reproduce.py grow_vs_mono          # 2. paper 2: 3 stages of 2 layers vs a 6-layer monolith, same tokens
 $ python reproduce.py merge                 # 3. paper 2: en+ru and en+zh experts, merged by logit average
 $ python reproduce.py unique                # 4. ours: the injective glyph table vs the faithful one, 3 seeds
-$ python reproduce.py all                   # the four, in this order (docs/results.md: 42 min side by side, below)
+$ python reproduce.py all                   # the four, in this order (42 min side by side on an idle 2-core machine, 2026-11-27)
 $ python reproduce.py all --scale toy       # the same pipeline in seconds (tests/test_reproduce.py runs it)
 $ python reproduce.py scaling               # GPU-hour estimates of the papers' full-size runs
 Two invocations may run side by side (a run being trained by one is waited for by the other), e.g. on
