@@ -1,5 +1,5 @@
-# The quick start: a small frozen-glyph GPT on the works of Shakespeare: about 3 minutes of training on an
-# idle 2-core CPU (3 min 40 s for the whole quick start, README); several times that on a busy machine.
+# The quick start: a small frozen-glyph GPT on the works of Shakespeare: about 6 minutes of training on a
+# quiet 2-core CPU (6 min 16 s for prepare + train + sample on 2026-12-01, README); more on a busy machine.
 # $ python train.py config/train_shakespeare_glyph.py && python sample.py --out_dir=out-shakespeare-glyph
 # Only the input embedding differs from config/train_shakespeare_trainable.py.
 out_dir = "out-shakespeare-glyph"
