@@ -118,7 +118,8 @@ def coerce(key, default, value, where="config"):
 def read_config_file(path):
     """Run a config file of plain assignments; returns its public top-level names."""
     if not os.path.isfile(path):
-        raise ConfigError(f"{path}: config file not found")
+        shown = path if path.isprintable() and path.strip() == path else repr(path)  # keep the message one line
+        raise ConfigError(f"{shown}: config file not found")
     ns = {}
     try:
         with open(path, encoding="utf-8") as f:
