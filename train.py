@@ -27,8 +27,9 @@ import json
 import math
 import os
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 
 import numpy as np
@@ -416,6 +417,25 @@ def seed_of(*numbers):
 # -----------------------------------------------------------------------------
 # the training loop
 
+
+@contextmanager
+def ctrl_c_after_saving():
+    """A Ctrl-C during a checkpoint write takes effect once the write is done: torch.save turns an
+    interrupt inside its zip writer into another error, and a save is quick to finish anyway."""
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
     """Train per cfg (a dict with DEFAULTS' keys; extra keys are kept in the checkpoint's config).
     model: a pre-built GPT to train instead of a fresh one; only its parameters with
@@ -545,7 +565,8 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None):
                      best_val_loss=best_val_loss, config=dict(cfg),
                      data_state=dict(seed=cfg.seed, iter_num=it, datasets=dict(cfg.datasets)),
                      metrics=metrics, **(ckpt_extra or {}))
-        save_checkpoint(model_checkpoint(raw_model, tok, **extra), ckpt_path)
+        with ctrl_c_after_saving():
+            save_checkpoint(model_checkpoint(raw_model, tok, **extra), ckpt_path)
         last_saved = it
         if held_log is not None:  # the new run now replaces the old one
             replace_log(log_path, held_log)
