@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 import prompts as P
 from data import benchmarks as B
-from data.download import atomic_write
+from data.download import write_json
 from model import GPT, checkpoint_tokenizer, load_model, sample_next
 
 # -----------------------------------------------------------------------------
@@ -676,11 +676,6 @@ def check_overwrite(path, ckpt):
                          f"(pass another --out)")
 
 
-def write_json(obj, path):
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-
-
 def fmt(res, key="mean"):
     v = res.get(key) if key == "mean" else res.get(key, {}).get("mean")
     if v is None:
@@ -809,7 +804,7 @@ def main(argv=None):
                   choices=our_choices(args.protocol, args.runs, args.temperature, args.top_k or None, args.seed, args.limit),
                   block_size=model.config.block_size, data_dir=data_dir, device=args.device,
                   seconds=round(time.time() - t0, 1), created=time.strftime("%Y-%m-%dT%H:%M:%S"), tasks=results)
-    write_json(record, path)
+    write_json(path, record)
     print(table(record))
     for note in notes:
         print(note)

@@ -756,15 +756,11 @@ def load_table(path, tokenizer_or_fp=None):
     if not all_finite(table):
         raise ValueError(f"{path}: table has non-finite values")
     if tokenizer_or_fp is not None:
-        check_tokenizer(info, tokenizer_or_fp, path)
+        fp = tokenizer_or_fp if isinstance(tokenizer_or_fp, str) else token_strings_of(tokenizer_or_fp)[1]
+        if info.get("tokenizer_fingerprint") != fp:
+            raise ValueError(f"{path}: built for tokenizer fingerprint {info.get('tokenizer_fingerprint')}, "
+                             f"but the tokenizer in use has {fp}")
     return table, info
-
-
-def check_tokenizer(info, tokenizer_or_fp, where="table"):
-    fp = tokenizer_or_fp if isinstance(tokenizer_or_fp, str) else token_strings_of(tokenizer_or_fp)[1]
-    if info.get("tokenizer_fingerprint") != fp:
-        raise ValueError(f"{where}: built for tokenizer fingerprint {info.get('tokenizer_fingerprint')}, "
-                         f"but the tokenizer in use has {fp}")
 
 # -----------------------------------------------------------------------------
 # reports, sample sheet, command line

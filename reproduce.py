@@ -48,7 +48,7 @@ import grow as G  # noqa: E402
 import merge as M  # noqa: E402
 import reproduce_report as R  # noqa: E402
 import train as T  # noqa: E402
-from data.download import atomic_write, pid_alive  # noqa: E402
+from data.download import pid_alive, write_json  # noqa: E402
 from model import load_model, save_checkpoint  # noqa: E402
 from unicode_tokenizer import get_tokenizer  # noqa: E402
 
@@ -102,11 +102,6 @@ def has_sacrebleu():
 
 def log(msg):
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def write_json(path, obj):
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
 
 
 def read_json(path):

@@ -26,6 +26,7 @@ stops the run), and a fresh run does not start over in an out_dir holding a run 
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -422,7 +423,6 @@ def seed_of(*numbers):
 def ctrl_c_after_saving():
     """A Ctrl-C during a checkpoint write takes effect once the write is done: torch.save turns an
     interrupt inside its zip writer into another error, and a save is quick to finish anyway."""
-    import signal
     if threading.current_thread() is not threading.main_thread():
         yield
         return

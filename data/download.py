@@ -60,6 +60,12 @@ def atomic_write(path, mode="w"):
             os.remove(tmp)
 
 
+def write_json(path, obj):
+    """A JSON result file, written atomically (UTF-8, readable indentation)."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+
+
 def remove_stale_partials(path):
     """Remove the temporary files of atomic_write(path) left by processes killed while writing."""
     d = os.path.dirname(os.path.abspath(path))
