@@ -132,11 +132,15 @@ def read_config_file(path):
             if not k.startswith("_") and not callable(v) and type(v).__name__ != "module"}
 
 
-def parse(defaults, argv, verbose=True, docs=None, prog=None):
+def parse(defaults, argv, verbose=True, docs=None, prog=None, positional=None):
     """-> the keys that config files and --key=value / --key value arguments set, in order, each
-    converted to the type of its default. --help / -h prints the keys (see print_help) and exits."""
-    if "--help" in argv or "-h" in argv:
-        print_help(defaults, docs or {}, prog)
+    converted to the type of its default. --help / -h prints the keys with the values the other
+    arguments give them (see print_help) and exits.
+    positional: a list key that collects the arguments that are neither options nor config files
+    (.py), e.g. merge.py's expert checkpoints."""
+    if "--help" in argv or "-h" in argv:  # the values the other arguments give (a config file's), then exit
+        rest = [a for a in argv if a not in ("--help", "-h")]
+        print_help({**defaults, **parse(defaults, rest, False, docs, prog, positional)}, docs or {}, prog)
         raise SystemExit(0)
     config = {}
     args = list(argv)
@@ -158,6 +162,8 @@ def parse(defaults, argv, verbose=True, docs=None, prog=None):
             config[key] = coerce(key, defaults[key], value, "command line")
             if verbose:
                 print(f"Overriding: {key} = {config[key]!r}")
+        elif positional and not arg.endswith(".py"):
+            config[positional] = list(config.get(positional, defaults[positional])) + [arg]
         else:
             for key, value in read_config_file(arg).items():
                 if key not in defaults:
@@ -168,9 +174,9 @@ def parse(defaults, argv, verbose=True, docs=None, prog=None):
     return config
 
 
-def configure(defaults, argv, verbose=True, docs=None, prog=None):
+def configure(defaults, argv, verbose=True, docs=None, prog=None, positional=None):
     """-> a new Config: defaults overridden by config files and --key=value arguments, in order."""
-    return Config({**defaults, **parse(defaults, argv, verbose, docs, prog)})
+    return Config({**defaults, **parse(defaults, argv, verbose, docs, prog, positional)})
 
 
 def defaults_from(namespace):

@@ -46,10 +46,11 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from checkpoint import checkpoint_tokenizer, load_model, write_json
+from common import autocast
 import prompts as P
 from data import benchmarks as B
-from data.download import write_json
-from model import GPT, checkpoint_tokenizer, load_model, sample_next
+from model import GPT, sample_next
 
 # -----------------------------------------------------------------------------
 # defaults: where the released script is silent these are our choices, recorded in every result
@@ -290,12 +291,6 @@ def logits_at(model, idx, rows, cols):
         return model.logits_at(idx, rows, cols)
     logits, _ = model(idx)
     return logits[rows, cols]
-
-
-def autocast(device, dtype):
-    if dtype == "float32" or device.type != "cuda":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def batches(rows, batch_size, max_tokens):
@@ -638,7 +633,7 @@ def substrate(model, tok):
     embedding or a checkpoint saved before tables carried a key."""
     info = getattr(model, "table_info", None) or {}
     return dict(tokenizer=tok.name, tokenizer_fingerprint=tok.fingerprint, table_key=info.get("key"),
-                table_fingerprint=getattr(model, "table_fingerprint", None))
+                table_fingerprint=info.get("fingerprint"))
 
 
 def our_choices(protocol, runs, temperature, top_k, seed, limit):

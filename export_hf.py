@@ -36,7 +36,7 @@ import sys
 
 import torch
 
-from model import checkpoint_tokenizer, load_model, model_from_checkpoint, save_checkpoint
+from checkpoint import checkpoint_tokenizer, load_model, model_from_checkpoint, save_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELING_FILES = ("configuration_glyphgpt.py", "modeling_glyphgpt.py")

@@ -18,7 +18,7 @@ within SUBSTRATE_TOL (check_same_substrate), whatever LAPACK computed them.
 
 Usage:
     from glyph_embed import frozen_table, render
-    table, info = frozen_table(tok, kind="glyph", dim=1024)     # [V, 1024] float32, cached on disk
+    table, info = frozen_table(tok, kind="glyph", table_dim=1024)     # [V, 1024] float32, cached on disk
     python glyph_embed.py --tokenizer bvv241-2-3 --dim 1024 --out table.pt --report --sheet s.png
 """
 import contextlib
@@ -32,7 +32,8 @@ import time
 import numpy as np
 import torch
 
-from data.download import atomic_write, cache_dir, download, sha256_file
+from checkpoint import all_finite, atomic_write, table_fingerprint
+from data.download import cache_dir, download, sha256_file
 
 # -----------------------------------------------------------------------------
 # font: GNU Unifont 15.0.01 OpenType, drawn by Pillow exactly as the released builder draws it
@@ -379,13 +380,6 @@ def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
 # -----------------------------------------------------------------------------
 # tables
 
-def table_fingerprint(t):
-    """16 hex chars of sha256 of the float32 bytes: the integrity of one stored copy (a file, a
-    checkpoint), not the table's identity across machines (that is the substrate key)."""
-    a = np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
-    return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()[:16]  # no 2nd copy of a big table
-
-
 def bytes_to_unicode():
     """GPT-2's printable stand-in for every byte: how byte-level vocabularies store their tokens."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -691,18 +685,18 @@ def min_pairwise_distance(t, chunk=2048):
     return best
 
 
-def table_width(kind, dim):
-    """Columns of a frozen table of `kind` asked for `dim` wide: binary16 codes are 16 wide whatever
-    dim says (binary16_table), the others `dim`."""
-    return 16 if kind == "binary16" else dim
+def table_width(kind, table_dim):
+    """Columns of a frozen table of `kind` asked for table_dim wide: binary16 codes are 16 wide whatever
+    table_dim says (binary16_table), the others table_dim."""
+    return 16 if kind == "binary16" else table_dim
 
 
-def frozen_table(tokenizer, kind="glyph", dim=1024, cell=None, constants="bvv241-2-3", font_path=None,
+def frozen_table(tokenizer, kind="glyph", table_dim=1024, cell=None, constants="bvv241-2-3", font_path=None,
                  use_cache=True, eigh="torch"):
     """(table [V, w] float32, info) for a tokenizer (or a list of token strings); built once, cached.
     info["key"] is the table's substrate key (KEY_FIELDS), info["fingerprint"] the hash of its bytes."""
     strings, tok_fp, _ = token_strings_of(tokenizer)
-    dim = table_width(kind, dim)
+    dim = table_width(kind, table_dim)
     cell = cell or (64 if dim > 1024 else 32)
     font = None
     if kind in ("glyph", "glyph_unique"):
@@ -726,12 +720,6 @@ def frozen_table(tokenizer, kind="glyph", dim=1024, cell=None, constants="bvv241
     if use_cache:
         save_table(table, info, path)
     return table, info
-
-
-def all_finite(t, chunk=8192):
-    """torch.isfinite(t).all(), a block of rows at a time: on a whole 2 GB table its temporaries
-    took another 3.5 GB."""
-    return all(bool(torch.isfinite(t[i:i + chunk]).all()) for i in range(0, t.shape[0], chunk))
 
 
 def save_table(table, info, path):

@@ -36,11 +36,13 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import train as T
-from configurator import ConfigError, configure, defaults_from, key_docs
-from data.download import atomic_write
+import train
+from checkpoint import (append_line, atomic_write, check_tokenizer, model_checkpoint, model_from_checkpoint,
+                        read_checkpoint, read_jsonl, run_checkpoint, save_checkpoint)
+from common import fail, script_main, setup_runtime
+from configurator import configure, defaults_from, key_docs
 from glyph_embed import check_same_substrate, table_width
-from model import GPT, Block, check_tokenizer, model_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
+from model import GPT
 
 # -----------------------------------------------------------------------------
 # grow.py's own config keys; train.py's keys apply as well (data, batch, optimizer, model width)
@@ -59,7 +61,7 @@ plan_only = False  # print the stages and their parameter counts (built on the m
 _OWN = defaults_from(globals())
 # init_from / lr_decay_iters / eval_only are set per stage by grow.py; n_layer = the final depth
 # (0 = whatever the schedule adds up to; if set, the schedule must add up to it)
-DEFAULTS = {**{k: v for k, v in T.DEFAULTS.items() if k not in ("init_from", "lr_decay_iters", "eval_only")},
+DEFAULTS = {**{k: v for k, v in train.DEFAULTS.items() if k not in ("init_from", "lr_decay_iters", "eval_only")},
             "out_dir": "out-grow", "n_layer": 0, **_OWN}
 
 LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -70,7 +72,6 @@ SCHEDULE_KEYS = ("growth", "grow_from", "new_block_init", "lora_from_stage", "lo
                  "gradient_accumulation_steps", "seed", "warmup_iters", "min_lr", "weight_decay",
                  "beta1", "beta2", "grad_clip", "decay_lr")
 
-fail = T.fail  # ValueError with a one-line message; main() turns it into a clean exit
 
 
 # -----------------------------------------------------------------------------
@@ -196,44 +197,35 @@ def schedule_of(cfg, stages, base_fp):
 def stage_config(cfg, st, out_dir, resume):
     """train.py's config for one stage: its depth, length, learning rate, own data seed and folder.
     The seed differs per stage so each stage trains on fresh batches (train.py's batches are a
-    function of (seed, iteration)); validation batches do not depend on the seed (train.VAL_SEED),
+    function of (seed, iteration)); validation batches do not depend on the seed (data.common.VAL_SEED),
     so every stage and every evaluation of the growth scores the same batches."""
     return {**cfg, "n_layer": st["depth"], "max_iters": st["iters"], "lr_decay_iters": st["iters"],
             "learning_rate": st["lr"], "min_lr": st["min_lr"], "seed": cfg["seed"] + st["stage"] - 1,
             "out_dir": os.path.join(out_dir, f"stage_{st['stage']}"),
-            "init_from": "resume" if resume else "scratch", "eval_only": False}
+            "init_from": "resume" if resume else "scratch", "overwrite": True, "eval_only": False}
 
 
 # -----------------------------------------------------------------------------
 # building a stage's model
 
-def init_new_block(block, model, how):
-    """'random': GPT's own init (N(0, 0.02), residual projections / sqrt(2 * depth)).
-    'zero_proj': the same, but both residual output projections are zero, so the block adds
-    nothing at first: the grown model computes exactly what the smaller one did (LLaMA-Pro style),
-    and gradients still flow (c_proj gets them at once, the rest from the next step on)."""
-    block.apply(model._init_weights)
-    for name, p in block.named_parameters():
-        if name.endswith("c_proj.weight"):
-            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * model.config.n_layer))
-    if how == "zero_proj":
-        for lin in (block.attn.c_proj, block.mlp.c_proj):
-            nn.init.zeros_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
-
-
 def stack_blocks(model, st, cfg):
-    """Append the stage's new blocks on top of model (in place) and return it."""
+    """Append the stage's new blocks on top of model (in place) and return it. new_block_init 'random':
+    GPT's own init; 'zero_proj': the same with zero residual output projections."""
     if len(model.transformer.h) != st["new"][0]:
         raise RuntimeError(f"stage {st['stage']} expects {st['new'][0]} layers below it, the model has "
                            f"{len(model.transformer.h)}")
     model.config = dataclasses.replace(model.config, n_layer=st["depth"], dropout=cfg["dropout"])
-    dev = model.lm_head.weight.device
     torch.manual_seed(cfg["seed"] + 1000 * st["stage"])  # new-block init is reproducible per stage
     for _ in st["new"]:
-        block = Block(model.config).to(dev)
-        init_new_block(block, model, cfg["new_block_init"])
+        block = model.new_block()  # GPT's own init at the new depth
+        if cfg["new_block_init"] == "zero_proj":
+            # both residual output projections zero: the block adds nothing at first, so the grown model
+            # computes exactly what the smaller one did (LLaMA-Pro style), and gradients still flow
+            # (c_proj gets them at once, the rest from the next step on)
+            for lin in (block.attn.c_proj, block.mlp.c_proj):
+                nn.init.zeros_(lin.weight)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
         model.transformer.h.append(block)
     for m in model.modules():  # the stage's dropout (config key) applies to old blocks too
         if isinstance(m, nn.Dropout):
@@ -263,7 +255,7 @@ def prepare_stage(model, st, cfg, first_from_scratch=False):
 def meta_model(cfg, vocab_size, n_layer):
     """The config's model at depth n_layer on the meta device (no memory, no table to build): for
     counting parameters and FLOPs before anything runs (here and in reproduce.py's cost estimates)."""
-    conf = T.model_config(cfg, vocab_size, n_layer=n_layer)
+    conf = train.model_config(cfg, vocab_size, n_layer=n_layer)
     width = table_width(cfg["embedding"], cfg["table_dim"] or cfg["d_model"])
     with torch.device("meta"):
         return GPT(conf, None if conf.embedding == "trainable" else torch.empty(vocab_size, width))
@@ -341,7 +333,7 @@ def load_base(cfg, tok):
         if getattr(c, key) != cfg[key]:
             fail(f"grow_from={path}: {key}={getattr(c, key)!r}, the config says {key}={cfg[key]!r}")
     if c.embedding != "trainable":  # the config's frozen table (built or loaded as train.py does)
-        want = T.build_model({**cfg, "n_layer": 1}, tok)
+        want = train.build_model({**cfg, "n_layer": 1}, tok)
         try:  # one substrate: same key, equal within glyph_embed.SUBSTRATE_TOL
             check_same_substrate(model.table_info, model.frozen_table, want.table_info, want.frozen_table,
                                  f"grow_from={path}: its frozen table differs from the config's table "
@@ -355,7 +347,7 @@ def check_out_dir(out_dir, schedule, n_stages):
     """-> number of completed stages. Refuses an out_dir grown with another schedule."""
     path = os.path.join(out_dir, "grow_schedule.json")
     done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
-    started = done or any(os.path.exists(os.path.join(out_dir, f"stage_{i}", "ckpt.pt")) for i in range(1, n_stages + 1))
+    started = done or any(os.path.exists(run_checkpoint(os.path.join(out_dir, f"stage_{i}"))) for i in range(1, n_stages + 1))
     if started and os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
@@ -387,11 +379,10 @@ def grow(cfg):
     stages = make_plan(cfg, n_base)
     if cfg["plan_only"]:
         return print_plan(cfg, stages, tok.vocab_size, base)
-    schedule = schedule_of(cfg, stages, base.table_fingerprint if base is not None else None)
+    schedule = schedule_of(cfg, stages, base.table_info.get("fingerprint") if base is not None else None)
     out_dir = cfg["out_dir"]
     n_done = check_out_dir(out_dir, schedule, len(stages))
-    _, rank, _, _, device = T.setup_distributed(cfg)
-    master = rank == 0
+    master = setup_runtime(cfg["device"], cfg["dtype"]).master
 
     # -- checked; from here on we write to out_dir (never over an existing stage_{i}.pt) --
     if master:
@@ -400,17 +391,17 @@ def grow(cfg):
         if not n_done:  # (re)written until a stage is done; compared from then on
             with atomic_write(sched_path) as f:
                 json.dump(schedule, f, indent=1)
-    reports = read_reports(out_dir)[:n_done]
+    reports = read_reports(out_dir, n_done)
     model = base
     if 0 < n_done < len(stages):
         model = model_from_checkpoint(read_checkpoint(os.path.join(out_dir, f"stage_{n_done}.pt")), "cpu")
         print(f"stages 1..{n_done} of {len(stages)} already done in {out_dir}")
     for st in stages[n_done:]:
         i = st["stage"]
-        work = os.path.join(out_dir, f"stage_{i}", "ckpt.pt")
+        work = run_checkpoint(os.path.join(out_dir, f"stage_{i}"))
         resume = os.path.exists(work)
         if model is None:  # stage 1 from nothing: train.py's own fresh model (table, init, seed)
-            model = T.build_model({**cfg, "n_layer": st["depth"]}, tok)
+            model = train.build_model({**cfg, "n_layer": st["depth"]}, tok)
         else:
             stack_blocks(model, st, cfg)
         prepare_stage(model, st, cfg, first_from_scratch=(i == 1 and base is None))
@@ -428,7 +419,8 @@ def grow(cfg):
         extra = dict(grow=stage_info, **(dict(kind="grow_lora_stage") if st["lora"] else {}))
         # ev: train.py's last evaluation of the stage's model (printed as its "step N: val loss"), the
         # stage's one validation figure; merging LoRA adapters afterwards changes no logit beyond 1e-4
-        ev = T.train(stage_config(cfg, st, out_dir, resume), model=model, ckpt_path=work, ckpt_extra=extra)
+        scfg = stage_config(cfg, st, out_dir, resume)
+        ev = train.train(scfg, model=model, ckpt_path=work, ckpt_extra=extra)
         seconds = time.time() - t0
         check_lower_untouched(model, digests, st)  # before merging: the adapters' bases too
         merge_diff = merge_and_check(model, probe_tokens(model, cfg)) if st["lora"] else None
@@ -440,7 +432,7 @@ def grow(cfg):
             save_checkpoint(model_checkpoint(model, tok, iter_num=st["iters"], config=stage_config(cfg, st, out_dir, False),
                                              grow=dict(stage_info, report=rep)),
                             os.path.join(out_dir, f"stage_{i}.pt"))
-            T.write_log(os.path.join(out_dir, "grow_log.jsonl"), rep)
+            append_line(os.path.join(out_dir, "grow_log.jsonl"), json.dumps(rep) + "\n")
             if os.path.exists(work):
                 os.remove(work)  # the optimizer state is not needed any more
             print(f"== stage {i} done: {seconds:.0f}s -> {os.path.join(out_dir, f'stage_{i}.pt')}")
@@ -450,12 +442,11 @@ def grow(cfg):
     return reports
 
 
-def read_reports(out_dir):
-    path = os.path.join(out_dir, "grow_log.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(l) for l in f if l.strip()]
+def read_reports(out_dir, n_done):
+    """The reports of the stages on disk (stage_1.pt .. stage_{n_done}.pt): each stage's latest line of
+    grow_log.jsonl, so a stage that was deleted and trained again is reported once, as it is now."""
+    latest = {r.get("stage"): r for r in read_jsonl(os.path.join(out_dir, "grow_log.jsonl"))}
+    return [latest[i] for i in range(1, n_done + 1) if i in latest]
 
 
 def print_report(reports):
@@ -475,16 +466,14 @@ def print_plan(cfg, stages, vocab_size, base):
 
 
 def main(argv):
-    cfg = configure(DEFAULTS, argv, docs=key_docs(T.__file__, __file__), prog="grow.py")
+    cfg = configure(DEFAULTS, argv, docs=key_docs(train.__file__, __file__), prog="grow.py")
     try:
         grow(cfg)
-    finally:
-        if T.dist.is_initialized():
-            T.dist.destroy_process_group()
+    except KeyboardInterrupt:  # Ctrl-C: where things stand, in one line (as train.py says it)
+        print(f"interrupted; finished stages and the running stage's last checkpoint are kept in {cfg['out_dir']}: "
+              f"resume with the same command, python grow.py {' '.join(argv)}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"grow.py: error: {e}")
+    script_main("grow.py", main)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from model import checkpoint_tokenizer
+from checkpoint import checkpoint_tokenizer
 
 
 @register_model("glyphgpt")

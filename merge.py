@@ -32,21 +32,20 @@ The merged model itself (MergedGPT) lives in model.py next to GPT, so that model
 merge file without importing this script; this file checks, builds, writes and validates merges.
 """
 import os
-import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
-import torch
-
 import train
-from configurator import ConfigError, configure, defaults_from, key_docs
+from checkpoint import check_tokenizer, model_from_checkpoint, read_checkpoint, save_checkpoint
+from common import autocast, resolve_device, script_main
+from configurator import configure, defaults_from, key_docs
+from data.common import MixtureData
 from glyph_embed import check_same_substrate
-from model import MergedGPT, check_tokenizer, model_from_checkpoint, normalise_weights, read_checkpoint, save_checkpoint
+from model import MergedGPT
 
 # -----------------------------------------------------------------------------
 # command-line defaults (positional arguments: config files end in .py, anything else is an expert)
-experts = []  # expert checkpoint paths (train.py / grow.py checkpoints, kind "gpt")
+experts = []  # expert checkpoint paths (train.py / grow.py checkpoints, kind "gpt"); also given positionally
 weights = ""  # comma-separated, one per expert, e.g. "0.3,0.7"; normalised to sum 1; "" = equal
 mode = "logits"  # logits (the paper's) | logprobs (same distribution as logits) | probs (a mixture; not the paper's)
 out = "merged.pt"  # the merge file to write (never one of the experts)
@@ -103,9 +102,6 @@ def check_compatible(paths, ckpts):
         check_same_substrate(c0.get("table_info"), weights(c0), c.get("table_info"), weights(c),
                              f"frozen table mismatch: {p0} (table {table(c0)}) vs {p} (table {table(c)}, "
                              f"None = trainable embedding); experts must share one frozen table")
-        if c["model_args"]["vocab_size"] != c0["model_args"]["vocab_size"]:
-            raise ValueError(f"vocab_size mismatch: {p0} has {c0['model_args']['vocab_size']}, "
-                             f"{p} has {c['model_args']['vocab_size']}")
 
 
 def merge_checkpoint(merged, ckpts, paths=None):
@@ -131,12 +127,9 @@ def build_merge(paths, weights=None, mode="logits"):
     """-> (MergedGPT, merge file dict) from expert checkpoint paths; every check runs first."""
     if len(paths) < 2:
         raise ValueError(f"a merge needs at least 2 expert checkpoints, got {len(paths)} ({', '.join(paths) or 'none'})")
-    if mode not in MergedGPT.MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {', '.join(MergedGPT.MODES)}")
-    ws = normalise_weights(weights, len(paths))
     models, ckpts = zip(*[read_expert(p) for p in paths])
     check_compatible(paths, ckpts)
-    merged = MergedGPT(models, ws, mode).eval()
+    merged = MergedGPT(models, weights, mode).eval()  # checks the mode, the weights and the vocabularies
     return merged, merge_checkpoint(merged, ckpts, paths)
 
 
@@ -162,8 +155,8 @@ def evaluate_domains(models, names, cfg, tok, device):
     tcfg = {**train.DEFAULTS, "datasets": {n: 1.0 for n in names}, "data_root": cfg["data_root"],
             "batch_size": cfg["batch_size"], "block_size": cfg["block_size"], "eval_iters": cfg["eval_iters"],
             "seed": cfg["seed"]}
-    data = train.MixtureData(tcfg, tok, device)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    data = MixtureData(tcfg, tok, device)
+    ctx = autocast(device)
     print(f"validation: {cfg['eval_iters']} batches x {cfg['batch_size']} x {cfg['block_size']} tokens per dataset, "
           f"{len(names)} dataset(s), {len(models)} models", flush=True)
     results = {}
@@ -182,25 +175,10 @@ def format_table(results, names):
     return "\n".join(rows)
 
 
-def split_argv(argv):
-    """Positional arguments ending in .py are config files, other positional ones expert paths;
-    options are --key=value or --key value (the value of a non-boolean key is never an expert)."""
-    conf, paths, args = [], [], list(argv)
-    while args:
-        a = args.pop(0)
-        key = a[2:].replace("-", "_")
-        if a.startswith("--") and "=" not in a and key in DEFAULTS and not isinstance(DEFAULTS[key], bool) and args:
-            conf += [a, args.pop(0)]
-        else:
-            (conf if a.startswith("-") or a.endswith(".py") else paths).append(a)
-    return conf, paths
-
-
 def main(argv):
-    conf, paths = split_argv(argv)
-    cfg = configure(DEFAULTS, conf, docs=key_docs(__file__), prog="merge.py")
-    paths = list(cfg["experts"]) + paths
-    dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = configure(DEFAULTS, argv, docs=key_docs(__file__), prog="merge.py", positional="experts")
+    paths = list(cfg["experts"])
+    dev = resolve_device(cfg["device"])
     names = [n for n in cfg["datasets"].split(",") if n]
     # -- everything that can fail on bad input happens before the merge file is written --
     check_out(cfg["out"], paths, cfg["overwrite"])
@@ -229,7 +207,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"merge.py: error: {e}")
+    script_main("merge.py", main)

@@ -10,28 +10,20 @@ The only thing that differs between the arms of the experiment is the input embe
                                      the model but never trained; w < d_model is expanded with
                                      repeat_interleave(d_model // w).
 
-Design choice: the frozen table is STORED in the checkpoint (not rebuilt from the font on load).
-Checkpoints travel between people to be merged; a rebuild depends on the local Unifont version and
-Pillow, and one changed pixel changes the table. Storing it makes a checkpoint self-contained.
-table_info carries two identities: "fingerprint", the sha256 of the stored float32 bytes (re-computed
-and verified on every load: the checkpoint is intact), and "key", the substrate key (what the table
-was built from: tokenizer, recipe, font, cell, dim, a digest of the integer bitmaps). Two tables are
-the same substrate when their keys agree and their values agree within glyph_embed.SUBSTRATE_TOL
-(glyph_embed.check_same_substrate): their bytes may differ in the last bit from one LAPACK to another.
+The frozen table is stored in the checkpoint, not rebuilt from the font on load: checkpoints travel
+between people to be merged, and a rebuild depends on the local font and Pillow (one changed pixel
+changes the table). model.table_info says what the table is (glyph_embed's info: its substrate key and
+fingerprint); checkpoint.py saves, verifies and loads models. This file is the model alone.
 """
 import math
-import os
-import warnings
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data.download import atomic_write
-from glyph_embed import check_same_substrate, table_fingerprint  # table_fingerprint: integrity of a stored table
+import fused_head
 
-HEAD_CHUNK_ELEMS = 1 << 26  # logits per chunk of the chunked head+loss (see GPT.forward)
 EMBEDDINGS = ("glyph", "glyph_unique", "binary16", "random", "trainable")
 
 
@@ -46,6 +38,22 @@ class GPTConfig:
     bias: bool = True
     embedding: str = "glyph"  # one of EMBEDDINGS
     rope_base: float = 10000.0
+
+    def __post_init__(self):
+        """The one place the architecture's values are checked (ValueError, one line)."""
+        for f in fields(self):
+            v, want = getattr(self, f.name), type(f.default)
+            if isinstance(v, bool) != (want is bool) or not isinstance(v, (int, float) if want is float else want):
+                raise ValueError(f"{f.name}={v!r}: expected a {want.__name__}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "rope_base"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive number")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding={self.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout}: expected 0 <= dropout < 1")
 
 
 def count_params(module):
@@ -68,8 +76,8 @@ class FrozenEmbedding(nn.Module):
         super().__init__()
         V, w = table.shape
         if d_model % w != 0:
-            raise ValueError(f"frozen table width {w} does not divide d_model {d_model}: "
-                             f"use a table of width d_model or a divisor of it")
+            raise ValueError(f"the frozen table has width {w}, which does not divide d_model={d_model}: "
+                             f"use table_dim={d_model} or a divisor of it")
         self.repeat = d_model // w
         # a Parameter (not a buffer) so param_counts() sees it as the frozen part of the model, and
         # merge/grow code treats all weights alike; requires_grad=False keeps it out of autograd.
@@ -165,74 +173,17 @@ class Block(nn.Module):
         return x
 
 
-def _head_loss(x, weight, bias, targets, chunk, want_x=False, want_w=False, want_b=False):
-    """Output head + mean cross-entropy (targets == -1 ignored) over row chunks of x [N, d].
-    With want_*, also the gradients of that loss w.r.t. x / weight / bias, computed in the same pass.
-
-    Per chunk the [c, V] block is touched only 4 times besides the matmuls (max, subtract, exp, sum):
-    the gradient w * (softmax - onehot) is never formed. Its row scale w / sum is applied to the small
-    [c, d] side of each matmul instead, and the one-hot part is a gather / index_add of c rows."""
-    n_valid = (targets != -1).sum().clamp(min=1)
-    gx = torch.empty_like(x) if want_x else None
-    gw = torch.empty_like(weight) if want_w else None  # written by the first chunk, then accumulated
-    gb = torch.empty_like(bias) if (bias is not None and want_b) else None
-    loss = torch.zeros((), dtype=torch.float32, device=x.device)
-    for s in range(0, x.shape[0], chunk):
-        xc, tc = x[s:s + chunk], targets[s:s + chunk]
-        logits = (torch.addmm(bias, xc, weight.t()) if bias is not None else xc @ weight.t()).float()
-        mask = tc != -1
-        tgt = tc.clamp(min=0)
-        target_logit = logits.gather(1, tgt.unsqueeze(1))
-        mx = logits.amax(dim=-1, keepdim=True)
-        e = logits.sub_(mx).exp_()  # unnormalised softmax, in place
-        total = e.sum(dim=-1, keepdim=True)
-        loss += ((mx + total.log() - target_logit).squeeze(1) * mask).sum()
-        if gx is None and gw is None and gb is None:
-            continue
-        w = (mask.to(x.dtype) / n_valid).unsqueeze(1)  # [c, 1]: d loss / d logits = w * (softmax - onehot)
-        scale = w / total.to(x.dtype)  # softmax * w == e * scale
-        e = e.to(x.dtype)
-        if gx is not None:
-            g = gx[s:s + chunk]
-            torch.mm(e, weight, out=g)
-            g.mul_(scale).sub_(w * weight.index_select(0, tgt))
-        if gw is not None:
-            torch.mm(e.t(), xc * scale, out=gw) if s == 0 else gw.addmm_(e.t(), xc * scale)
-            gw.index_add_(0, tgt, xc * -w)
-        if gb is not None:
-            torch.mv(e.t(), scale.squeeze(1), out=gb) if s == 0 else gb.add_(torch.mv(e.t(), scale.squeeze(1)))
-            gb.index_add_(0, tgt, -w.squeeze(1))
-    return loss / n_valid, gx, gw, gb
-
-
-class _HeadLoss(torch.autograd.Function):
-    """Output head + cross-entropy with the gradients computed in the forward pass (_head_loss).
-
-    The plain route materialises [N, V] logits, then [N, V] log-probabilities, and in backward an
-    [N, V] gradient: three full passes over a tensor that, with a 65,536-id vocabulary, dwarfs the
-    rest of a small model. Here each chunk of rows is multiplied by the head, turned into
-    softmax - onehot in place and multiplied back while it is still in cache; backward only scales
-    the stored gradients. Same loss and gradients as F.cross_entropy (mean over targets != -1)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, targets, chunk):
-        loss, gx, gw, gb = _head_loss(x, weight, bias, targets, chunk, *ctx.needs_input_grad[:3])
-        ctx.save_for_backward(gx, gw, gb)
-        return loss
-
-    @staticmethod
-    def backward(ctx, g):
-        gx, gw, gb = ctx.saved_tensors
-        scale = lambda t: None if t is None else t * g.to(t.dtype)
-        return scale(gx), scale(gw), scale(gb), None, None
+def _init_normal(m):
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, mean=0.0, std=0.02)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 class GPT(nn.Module):
 
     def __init__(self, config, table=None):
         super().__init__()
-        if config.embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding={config.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
         self.config = config
         if config.embedding == "trainable":
             if table is not None:
@@ -256,24 +207,22 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)  # derived: not in the state dict
         self.register_buffer("rope_sin", sin, persistent=False)
 
-        # nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)
-        self.apply(self._init_weights)
-        for pn, p in self.named_parameters():
-            if pn.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        # the table's identity, computed once (not possible for a shape-only model on 'meta')
-        self.table_fingerprint = None
-        if self.frozen_table is not None and not self.frozen_table.is_meta:
-            self.table_fingerprint = table_fingerprint(self.frozen_table)
-        self.table_info = {}  # glyph_embed's info dict (kind, dim, recipe, ...), set by whoever builds the model
+        self.init_weights(self)
+        self.table_info = {}  # glyph_embed's info dict (kind, table_dim, key, fingerprint, ...), set by whoever builds the model
 
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def init_weights(self, module):
+        """nanoGPT's init of module (the model, or one new block): N(0, 0.02), zero biases, then the
+        residual projections again with std 0.02/sqrt(2 * n_layer)."""
+        module.apply(_init_normal)
+        for name, p in module.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+
+    def new_block(self):
+        """A freshly initialised block for this model (grow.py stacks them on top)."""
+        block = Block(self.config).to(self.lm_head.weight.device)
+        self.init_weights(block)
+        return block
 
     @property
     def frozen_table(self):
@@ -314,14 +263,8 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             return (logits if return_logits else None), loss
-        # rows per chunk: 256 MB of float32 logits (1,024 rows at 65,536 ids). Smaller chunks fit the
-        # cache better but make more, thinner matmuls and re-read the head's gradient once per chunk:
-        # measured slower on CPU.
-        chunk = max(1, HEAD_CHUNK_ELEMS // self.config.vocab_size)
-        x, w, b, t = x.reshape(-1, x.size(-1)), self.lm_head.weight, self.lm_head.bias, targets.reshape(-1)
-        if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (x, w, b)):
-            return None, _HeadLoss.apply(x, w, b, t, chunk)
-        return None, _head_loss(x, w, b, t, chunk)[0]
+        return None, fused_head.head_loss(x.reshape(-1, x.size(-1)), self.lm_head.weight, self.lm_head.bias,
+                                          targets.reshape(-1))
 
     # -------------------------------------------------------------------------
     # generation with a key-value cache
@@ -443,22 +386,17 @@ class MergedGPT(nn.Module):
         vocab = {e.config.vocab_size for e in experts}
         if len(vocab) != 1:
             raise ValueError(f"experts have different vocabulary sizes {sorted(vocab)}: they must share one tokenizer")
-        for i, e in enumerate(experts[1:], 1):  # one substrate: same key, equal within SUBSTRATE_TOL
-            check_same_substrate(experts[0].table_info, experts[0].frozen_table, e.table_info, e.frozen_table,
-                                 f"experts 0 and {i}: logit averaging needs one shared frozen table")
-        fps = [e.table_fingerprint for e in experts]
         self.experts = nn.ModuleList(experts)
         self.weights = normalise_weights(weights, len(experts))  # python floats: no host syncs, no tensors
         self.mode = mode
-        self.table_fingerprint = fps[0]
         self.table_info = dict(getattr(experts[0], "table_info", {}) or {})
         self._share_table()
         self.config = MergedConfig(vocab_size=vocab.pop(), block_size=min(e.config.block_size for e in experts),
                                    n_experts=len(experts), mode=mode, weights=tuple(self.weights))
 
     def _share_table(self):
-        """Identical frozen tables (same fingerprint) become one tensor: K copies of a 65,536-row
-        table would cost K x 256 MB at d=1024 for nothing."""
+        """The experts' frozen tables (one substrate: merge.check_compatible checks it before a merge
+        is built) become one tensor: K copies of a 65,536-row table would cost K x 256 MB at d=1024."""
         first = self.experts[0].frozen_table
         if first is None:
             return
@@ -547,186 +485,3 @@ class MergedGPT(nn.Module):
         return self.combine([x[:, -1] for x in self.hidden_states(idx, kv_caches)])
 
     generate = GPT.generate  # the context that fills up is the smallest expert's (config.block_size)
-
-
-# -----------------------------------------------------------------------------
-# checkpoints
-
-_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size)
-
-
-def _check_plain(obj, where="checkpoint"):
-    """Only containers, scalars and tensors: what torch.load(weights_only=True) accepts. Checked
-    before writing, so a bad object fails at save time, not when someone else loads the file."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, where)
-            _check_plain(v, f"{where}[{k!r}]")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]")
-    elif not isinstance(obj, _PLAIN):
-        raise TypeError(f"{where} is a {type(obj).__name__}: checkpoints hold only dicts, lists, "
-                        f"scalars and tensors (weights_only loading)")
-
-
-def save_checkpoint(obj, path):
-    """Atomic save (atomic_write: the old file or the new one, never a torn one, flushed to disk); a
-    failed write (a full disk) leaves the old one and says so in one line."""
-    _check_plain(obj)
-    try:
-        with atomic_write(path, "wb") as f:
-            torch.save(obj, f)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:160]
-        kept = f"the previous {path} is intact" if os.path.exists(path) else f"nothing was written to {path}"
-        raise OSError(f"could not save {path}: {reason} (disk full?); {kept}") from None
-
-
-def model_checkpoint(model, tokenizer=None, table_info=None, **extra):
-    """The model part of a checkpoint dict (kind 'gpt'); train.py adds optimizer/iter/RNG/data state."""
-    info = dict(table_info if table_info is not None else getattr(model, "table_info", {}))
-    if model.frozen_table is not None:
-        if not torch.isfinite(model.frozen_table).all():
-            raise ValueError("the model's frozen table has non-finite values: not saved")
-        fp = table_fingerprint(model.frozen_table)
-        if info.get("fingerprint") not in (None, fp):
-            raise ValueError(f"table_info says fingerprint {info['fingerprint']}, the model's table is {fp}")
-        info["fingerprint"] = fp
-    ckpt = dict(kind="gpt", model_args=asdict(model.config),
-                model={k: v for k, v in model.state_dict().items()},
-                tokenizer_name=getattr(tokenizer, "name", None),
-                tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
-                table_info=info)
-    ckpt.update(extra)
-    return ckpt
-
-
-def missing_checkpoint_hint(path):
-    """What the folder of a missing checkpoint holds instead, e.g. a grow.py run's stage_3.pt."""
-    d = os.path.dirname(path) or "."
-    if not os.path.isdir(d):
-        return f" ({d} does not exist)"
-    pts = sorted((f for f in os.listdir(d) if f.endswith(".pt")), key=lambda f: (len(f), f))
-    if not pts:
-        return f" ({d} holds no .pt file)"
-    return f"; {d} holds {', '.join(pts[:6])}{' ...' if len(pts) > 6 else ''}: name one of them, e.g. {os.path.join(d, pts[-1])}"
-
-
-def read_checkpoint(path, device="cpu"):
-    """torch.load(weights_only=True) with one-line errors for a missing/truncated/foreign file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file{missing_checkpoint_hint(path)}")
-    try:
-        with warnings.catch_warnings():  # torch warns before failing on non-zip files: the error says it
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # zip reader / unpickler errors of a truncated or non-checkpoint file
-        msg = str(e)
-        if "WeightsUnpickler error:" in msg:  # keep the reason, not torch's paragraph of advice around it
-            msg = msg.split("WeightsUnpickler error:", 1)[1]
-        first = (msg.strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ValueError(f"{path}: not a readable checkpoint (truncated, corrupt or not written by "
-                         f"torch.save of plain data): {first}") from None
-    if not isinstance(ckpt, dict) or "kind" not in ckpt:
-        raise ValueError(f"{path}: not a glyphgpt checkpoint (no 'kind' entry)")
-    return ckpt
-
-
-def check_tokenizer(ckpt, tok, where):
-    """A checkpoint is used only with the tokenizer it was trained with: ValueError (one line) else."""
-    if not ckpt.get("tokenizer_fingerprint"):
-        raise ValueError(f"{where} records no tokenizer fingerprint (saved without its tokenizer), so it "
-                         f"cannot be checked against {tok.name!r}")
-    if ckpt.get("tokenizer_fingerprint") != tok.fingerprint:
-        raise ValueError(f"{where} was trained with tokenizer {ckpt.get('tokenizer_name')!r} "
-                         f"({ckpt.get('tokenizer_fingerprint')}), this run uses {tok.name!r} ({tok.fingerprint})")
-
-
-def checkpoint_tokenizer(ckpt, where, name=None):
-    """The tokenizer a checkpoint was trained with (`name` overrides the recorded name; either way it
-    must pass check_tokenizer)."""
-    from unicode_tokenizer import get_tokenizer  # (imported here: loading a model needs no tokenizer)
-    name = name or ckpt.get("tokenizer_name")
-    if not name:
-        raise ValueError(f"{where} records no tokenizer_name: pass --tokenizer")
-    tok = get_tokenizer(name)
-    check_tokenizer(ckpt, tok, where)
-    return tok
-
-
-def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
-    """Rebuild a GPT from a checkpoint dict, verifying the stored table against its fingerprint."""
-    known = {f.name for f in fields(GPTConfig)}
-    args = ckpt.get("model_args")
-    if not isinstance(args, dict) or not isinstance(ckpt.get("model"), dict):
-        raise ValueError(f"{path}: checkpoint has no model_args/model entries")
-    unknown = set(args) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown model_args {sorted(unknown)} (written by a newer model.py?)")
-    config = GPTConfig(**args)
-    for f in fields(GPTConfig):  # each of its default's type, sizes positive: no odd exception further on
-        v, want = getattr(config, f.name), type(f.default)
-        if isinstance(v, bool) != (want is bool) or not isinstance(v, (int, float) if want is float else want) \
-                or (want is int and v < 1):
-            raise ValueError(f"{path}: model_args {f.name}={v!r} is not a valid {want.__name__}")
-    if config.d_model % config.n_head:
-        raise ValueError(f"{path}: model_args d_model={config.d_model} is not divisible by n_head={config.n_head}")
-    sd = ckpt["model"]
-    table = None
-    if config.embedding != "trainable":
-        table = sd.get("transformer.wte.weight")
-        if table is None:
-            raise ValueError(f"{path}: embedding {config.embedding!r} but no frozen table in the checkpoint")
-        expected = (ckpt.get("table_info") or {}).get("fingerprint")
-        got = table_fingerprint(table)
-        if expected is None or got != expected:
-            raise ValueError(f"{path}: frozen table fingerprint {got} does not match the recorded "
-                             f"{expected} (the table was altered or the checkpoint is damaged)")
-    try:
-        model = GPT(config, table=None if table is None else table.cpu())
-        model.load_state_dict(sd)
-    except ValueError as e:  # a table that does not fit model_args
-        raise ValueError(f"{path}: {e}") from None
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the recorded model_args: "
-                         f"{str(e).splitlines()[0][:200]}") from None
-    model.table_info = dict(ckpt.get("table_info") or {})
-    return model.to(device)
-
-
-def merged_from_checkpoint(ckpt, device="cpu", path="merge file"):
-    """Rebuild a MergedGPT from a merge file's dict (kind 'merge', written by merge.py)."""
-    if ckpt.get("format") != MergedGPT.FORMAT:
-        raise ValueError(f"{path}: merge file format {ckpt.get('format')!r}, this model.py reads format {MergedGPT.FORMAT}")
-    entries = ckpt.get("experts")
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: merge file has no experts")
-    table = ckpt.get("table")
-    experts = []
-    for i, ent in enumerate(entries):
-        if ent.get("tokenizer_fingerprint") != ckpt.get("tokenizer_fingerprint"):
-            raise ValueError(f"{path}: expert {i} has tokenizer fingerprint {ent.get('tokenizer_fingerprint')}, "
-                             f"the merge records {ckpt.get('tokenizer_fingerprint')}")
-        sd = dict(ent["model"])
-        if table is not None:
-            sd["transformer.wte.weight"] = table
-        sub = dict(kind="gpt", model_args=ent["model_args"], model=sd, table_info=ent.get("table_info"))
-        experts.append(model_from_checkpoint(sub, "cpu", f"{path} (expert {i})"))  # verifies the table fingerprint
-    model = MergedGPT(experts, ckpt.get("weights"), ckpt.get("mode", "logits"))
-    return model.to(device)
-
-
-def load_model(path, device="cpu"):
-    """-> (model in eval mode, checkpoint dict). Accepts single models (kind 'gpt') and merged
-    models (kind 'merge', written by merge.py)."""
-    ckpt = read_checkpoint(path, device)
-    kind = ckpt["kind"]
-    if kind == "gpt":
-        model = model_from_checkpoint(ckpt, device, path)
-    elif kind == "merge":
-        model = merged_from_checkpoint(ckpt, device, path)
-    else:
-        raise ValueError(f"{path}: unknown checkpoint kind {kind!r} (expected 'gpt' or 'merge')")
-    model.eval()
-    return model, ckpt

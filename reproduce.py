@@ -48,8 +48,7 @@ import grow as G  # noqa: E402
 import merge as M  # noqa: E402
 import reproduce_report as R  # noqa: E402
 import train as T  # noqa: E402
-from data.download import pid_alive, write_json  # noqa: E402
-from model import load_model, save_checkpoint  # noqa: E402
+from checkpoint import load_model, pid_alive, run_checkpoint, save_checkpoint, write_json  # noqa: E402
 from unicode_tokenizer import get_tokenizer  # noqa: E402
 
 EXPERIMENTS = ("frozen_vs_trainable", "grow_vs_mono", "merge", "unique")
@@ -234,7 +233,7 @@ def run_train(ctx, name, cfg, tasks=None):
         res = read_json(done)
         log(f"{name}: done before, skipped ({done}): {R.loss_text(res['final']['val_loss'], res['final']['val_bpb'])}")
         return res
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    ckpt_path = run_checkpoint(out_dir)
     resume = os.path.exists(ckpt_path)
     log(f"{name}: training ({'resuming' if resume else 'from scratch'}), embedding={cfg['embedding']}, "
         f"seed={cfg['seed']}, {cfg['max_iters']} iterations")
@@ -265,8 +264,8 @@ def table_identity(model):
     """Which frozen table a result was measured with: its substrate key (glyph_embed.substrate_key:
     what the table was built from; None for a trainable embedding or a table saved before keys
     existed) and the fingerprint of its bytes."""
-    return dict(substrate_key=(getattr(model, "table_info", None) or {}).get("key"),
-                table_fingerprint=model.table_fingerprint)
+    info = getattr(model, "table_info", None) or {}
+    return dict(substrate_key=info.get("key"), table_fingerprint=info.get("fingerprint"))
 
 
 # -----------------------------------------------------------------------------
@@ -324,7 +323,7 @@ def frozen_vs_trainable(ctx):
 
 def unique(ctx):
     import glyph_embed
-    table, _ = glyph_embed.frozen_table(ctx["tok"], kind="glyph", dim=ctx["S"]["d_model"])
+    table, _ = glyph_embed.frozen_table(ctx["tok"], kind="glyph", table_dim=ctx["S"]["d_model"])
     groups = glyph_embed.collision_groups(table)
     res = compare_arms(ctx, "unique", ["glyph_unique", "glyph"], "glyph",
                        "Injective (unique) glyph table vs the faithful one")
@@ -433,7 +432,7 @@ def merge(ctx):
     for name, mix in EXPERT_MIX.items():
         cfg = {**arm_config(S, ctx, "glyph", seed, mix), "max_iters": S["expert_iters"]}
         experts[name] = run_train(ctx, f"expert_{name}", cfg, tasks)
-    paths = [os.path.join(ctx["runs"], f"expert_{n}", "ckpt.pt") for n in EXPERT_MIX]
+    paths = [run_checkpoint(os.path.join(ctx["runs"], f"expert_{n}")) for n in EXPERT_MIX]
     merged_path = os.path.join(ctx["runs"], "merged.pt")
     done = os.path.join(ctx["runs"], "merged_result.json")
     labels = [f"{n} expert" for n in EXPERT_MIX] + ["merged (logit average)"]
@@ -473,7 +472,7 @@ def merge(ctx):
 # -----------------------------------------------------------------------------
 # scaling up: GPU-hours of the papers' shapes, from FLOPs per token x tokens / (peak x MFU)
 
-PEAK_H100 = 989.4e12  # H100 SXM dense bf16 FLOP/s (train.PEAK_FLOPS)
+PEAK_H100 = 989.4e12  # H100 SXM dense bf16 FLOP/s (common.PEAK_FLOPS)
 # MFU is an assumption (no GPU was available to measure it): 30% for the 1024-wide models (head dim
 # 32 and a 65,536-wide output head keep kernels small), 40% for the 4096-wide one (large GEMMs).
 # GPU-hours scale as 1 / MFU: at 20% they are 1.5x the 30% figure.

@@ -7,12 +7,12 @@ $ python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0.8 --top
 $ python sample.py --help   # every key, its default and meaning
 """
 import os
-import sys
 
 import torch
 
-from configurator import Config, ConfigError, configure, defaults_from, key_docs
-from model import checkpoint_tokenizer, load_model
+from checkpoint import checkpoint_tokenizer, load_model, run_checkpoint
+from common import fail, resolve_device, script_main
+from configurator import Config, configure, defaults_from, key_docs
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # samples from out_dir/ckpt.pt ...
@@ -31,10 +31,9 @@ DEFAULTS = defaults_from(globals())
 
 def sample(cfg):
     cfg = Config(cfg)
-    dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={dev!r}, but torch sees no CUDA GPU here: use --device=cpu")
-    path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
+    check_sampling(cfg)
+    dev = resolve_device(cfg.device)
+    path = cfg.ckpt or run_checkpoint(cfg.out_dir)
     model, ck = load_model(path, dev)
     tok = checkpoint_tokenizer(ck, path, cfg.tokenizer)
     prompt = cfg.start
@@ -53,8 +52,16 @@ def sample(cfg):
     return texts
 
 
+def check_sampling(cfg):
+    """The sampling values, checked before a model is loaded."""
+    for key in ("num_samples", "max_new_tokens"):
+        if cfg[key] < 1:
+            fail(f"{key}={cfg[key]}: expected a positive whole number")
+    for key in ("temperature", "top_k", "seed"):
+        if not cfg[key] >= 0:
+            fail(f"{key}={cfg[key]}: expected a number >= 0")
+
+
 if __name__ == "__main__":
-    try:
-        sample(configure(DEFAULTS, sys.argv[1:], verbose=False, docs=key_docs(__file__), prog="sample.py"))
-    except (ConfigError, ValueError, OSError) as e:
-        sys.exit(f"sample.py: error: {e}")
+    script_main("sample.py", lambda argv: sample(configure(DEFAULTS, argv, verbose=False, docs=key_docs(__file__),
+                                                            prog="sample.py")))

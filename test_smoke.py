@@ -8,8 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from configurator import ConfigError, configure
-from model import (GPT, GPTConfig, load_model, model_checkpoint, model_from_checkpoint, save_checkpoint,
-                   table_fingerprint)
+from checkpoint import load_model, model_checkpoint, model_from_checkpoint, save_checkpoint, table_fingerprint
+from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,7 +44,7 @@ def test_frozen_table_is_not_trainable_and_narrow_table_is_expanded():
     assert m.transformer.wte(torch.tensor([[3]])).shape == (1, 1, 32)
     row = m.transformer.wte(torch.tensor([[3]]))[0, 0]
     assert torch.equal(row, m.frozen_table[3].repeat_interleave(2))
-    with pytest.raises(ValueError, match="width 24 does not divide d_model 32"):
+    with pytest.raises(ValueError, match="width 24, which does not divide d_model=32"):
         tiny(w=24)
     with pytest.raises(ValueError, match="needs its frozen table"):
         GPT(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, d_model=8))
@@ -52,8 +52,8 @@ def test_frozen_table_is_not_trainable_and_narrow_table_is_expanded():
 
 @pytest.mark.parametrize("bias,chunk_rows", [(True, 16), (False, 10), (True, 4096)])
 def test_chunked_head_loss_matches_cross_entropy(bias, chunk_rows, monkeypatch):
-    import model
-    monkeypatch.setattr(model, "HEAD_CHUNK_ELEMS", 1000 * chunk_rows)  # several chunks, a ragged last one
+    import fused_head
+    monkeypatch.setattr(fused_head, "CHUNK_ELEMS", 1000 * chunk_rows)  # several chunks, a ragged last one
     m = tiny(bias=bias, V=1000)
     x = torch.randint(0, 1000, (3, 32))
     y = torch.randint(0, 1000, (3, 32))
@@ -150,9 +150,9 @@ def test_bad_checkpoint_files_give_one_line_errors(tmp_path):
 KILL_MID_SAVE = r"""
 import os, sys, torch
 sys.path.insert(0, {repo!r})
-import model
+import checkpoint
 path = sys.argv[1]
-model.save_checkpoint({{"kind": "gpt", "v": torch.ones(1000)}}, path)  # the previous, good checkpoint
+checkpoint.save_checkpoint({{"kind": "gpt", "v": torch.ones(1000)}}, path)  # the previous, good checkpoint
 real_save = torch.save
 def dying_save(obj, f):  # write half a checkpoint, then die like a SIGKILL (no cleanup runs)
     real_save(obj, f)
@@ -160,7 +160,7 @@ def dying_save(obj, f):  # write half a checkpoint, then die like a SIGKILL (no 
     f.flush()
     os._exit(9)
 torch.save = dying_save
-model.save_checkpoint({{"kind": "gpt", "v": torch.zeros(1000)}}, path)
+checkpoint.save_checkpoint({{"kind": "gpt", "v": torch.zeros(1000)}}, path)
 """
 
 
@@ -260,7 +260,7 @@ def test_configurator_takes_key_space_value_and_prints_help(capsys):
             configure(DEFAULTS, ["--max_iters=3", flag], docs={"max_iters": "total iterations"}, prog="x.py")
         assert e.value.code == 0
         out = capsys.readouterr().out
-        assert out.startswith("usage: x.py") and "--max_iters=5000" in out and "total iterations" in out
+        assert out.startswith("usage: x.py") and "--max_iters=3" in out and "total iterations" in out  # the value given
         assert "--datasets={'shakespeare': 1.0}" in out and "--out_dir=out" in out
     with open(os.path.join(REPO, "train.py")) as f:  # the docs are the comments of the defaults block
         assert 'max_iters = 2000  # total training iterations' in f.read()

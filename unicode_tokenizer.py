@@ -54,7 +54,8 @@ import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from data.download import atomic_write, cache_dir, download, sha256_file
+from checkpoint import atomic_write
+from data.download import cache_dir, download, sha256_file
 
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<think>", "</think>", "<emotions>", "</emotions>",

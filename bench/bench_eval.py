@@ -29,9 +29,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
+from checkpoint import checkpoint_tokenizer
 import eval as E
 from data.benchmarks import MMLU_SUBJECTS
-from model import GPT, GPTConfig, checkpoint_tokenizer
+from model import GPT, GPTConfig
 
 WORDS = ("the of and to in is was for on that with as by at from his an were are which this be or has had "
          "not first one their its new after but who they two her she been other when there all during into "

@@ -22,7 +22,8 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 from configurator import configure, defaults_from
 from model import GPT, GPTConfig
-from train import configure_optimizer, flops_per_token, gpu_peak_flops
+from common import gpu_peak_flops
+from train import configure_optimizer, flops_per_token
 
 # -----------------------------------------------------------------------------
 shape = "quickstart"  # quickstart (4 x 128, ctx 128) | paper (16 x 1024, 32 heads, ctx 1024)
@@ -35,7 +36,7 @@ warmup = 2  # untimed steps per model (first-call allocation; compilation when c
 rounds = 6  # each round times `steps` steps of every model in turn
 steps = 2
 arms = "glyph,reference,trainable"
-peak_flops = 0.0  # 0 = look the GPU up (train.PEAK_FLOPS)
+peak_flops = 0.0  # 0 = look the GPU up (common.PEAK_FLOPS)
 seed = 0
 threads = 0  # torch CPU threads; 0 = torch's default (all cores)
 # -----------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def main(cfg):
             spent[arm].append(time.perf_counter() - t0)
             cpu[arm] += time.process_time() - c0
     tokens = cfg["rounds"] * cfg["steps"] * B * T
-    peak = gpu_peak_flops(cfg, dev)
+    peak = cfg["peak_flops"] or gpu_peak_flops(dev)
     tps = {arm: tokens / sum(spent[arm]) for arm in arms}
     tpc = {arm: tokens / cpu[arm] for arm in arms}  # per CPU-second of this process: immune to other load
     # the ratio per round (neighbouring measurements) is robust to the load of a shared machine

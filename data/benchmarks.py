@@ -26,7 +26,8 @@ import re
 import tarfile
 import zipfile
 
-from data.download import atomic_write, cache_dir, download
+from checkpoint import atomic_write
+from data.download import cache_dir, download
 
 # the original files; sizes and sha256 as the Hugging Face `datasets` loaders record them
 SOURCES = {

@@ -15,9 +15,11 @@ import multiprocessing
 import os
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from data.download import atomic_write
+from checkpoint import atomic_write
+from common import fail
 
 CHUNK_CHARS = 1 << 17  # characters of documents per task of a worker process: a task's overhead stays small
 _TOK = None  # the tokenizer of the running write_split; forked workers inherit it (built once, before the fork)
@@ -210,3 +212,85 @@ def take_bytes(docs, max_bytes):
         out.append(d)
         total += n
     return out
+
+
+# -----------------------------------------------------------------------------
+# reading: train.py's deterministic sampler over one or more prepared datasets
+
+VAL_SEED = 1337  # draws the validation batches (the default seed's, so earlier figures stay comparable)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_meta(meta, d):
+    """The meta.json entries the sampler needs, each of the right kind (one line naming the file)."""
+    path = os.path.join(d, "meta.json")
+    if not isinstance(meta, dict):
+        fail(f"{path}: expected a JSON object")
+    for key in ("tokenizer_name", "tokenizer_fingerprint", "dtype", "train_tokens", "val_tokens", "val_bytes"):
+        if key not in meta:
+            fail(f"{path} has no {key!r}: re-run the dataset's prepare script")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        fail(f"{path}: dtype={meta['dtype']!r}, expected 'uint16' or 'uint32'")
+    for key in ("train_tokens", "val_tokens", "val_bytes"):
+        if isinstance(meta[key], bool) or not isinstance(meta[key], int) or meta[key] < 1:
+            fail(f"{path}: {key}={meta[key]!r}, expected a positive whole number")
+
+
+class MixtureData:
+    """Batches are pure functions of (seed, a, b): train micro-batch b of iteration a, or validation
+    batch a of dataset b (those from VAL_SEED: the same for every seed). Nothing to save for resume
+    but the iteration number."""
+
+    def __init__(self, cfg, tok, device):
+        cfg = dict(cfg)
+        weights = cfg["datasets"]
+        if not isinstance(weights, dict) or not weights:
+            fail(f"datasets={weights!r}: expected a dict name -> weight, e.g. {{'shakespeare': 1.0}}")
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf")
+               for w in weights.values()):
+            fail(f"datasets={weights!r}: weights must be positive numbers")
+        root = cfg["data_root"] or os.path.join(REPO, "data")
+        self.names = list(weights)
+        total = sum(weights.values())
+        self.weights = np.array([weights[n] / total for n in self.names])
+        self.T, self.B, self.seed, self.device = cfg["block_size"], cfg["batch_size"], cfg["seed"], device
+        self.train, self.val, self.meta = [], [], []
+        for name in self.names:
+            d = name if os.path.isdir(str(name)) else os.path.join(root, str(name))
+            if not os.path.isdir(d):
+                fail(f"dataset {name!r}: data directory {d} not found (run python data/{name}/prepare.py)")
+            meta = read_meta(d)
+            check_meta(meta, d)
+            splits = [open_split(d, s, tok) for s in ("train", "val")]
+            for s, arr in zip(("train", "val"), splits):
+                if len(arr) <= self.T + 1:
+                    fail(f"dataset {name!r}: {s} split has {len(arr):,} tokens, not more than "
+                         f"block_size={self.T}: use a smaller block_size or more data")
+            self.train.append(splits[0])
+            self.val.append(splits[1])
+            self.meta.append(meta)
+
+    def _rows(self, arr, rng, n):
+        ix = rng.integers(0, len(arr) - self.T - 1, size=n)
+        return np.stack([arr[i:i + self.T + 1] for i in ix]).astype(np.int64)
+
+    def batch(self, split, a, b):
+        if split == "train":  # rows drawn from the mixture by weight
+            rng = np.random.default_rng([self.seed, 0, a, b])
+            src = rng.choice(len(self.names), size=self.B, p=self.weights)
+            rows = np.empty((self.B, self.T + 1), dtype=np.int64)
+            for k in range(len(self.names)):
+                sel = np.nonzero(src == k)[0]
+                if len(sel):
+                    rows[sel] = self._rows(self.train[k], rng, len(sel))
+        else:  # validation batch a of dataset b: one fixed set for every seed, run and grow.py stage
+            rng = np.random.default_rng([VAL_SEED, 1, a, b])
+            rows = self._rows(self.val[b], rng, self.B)
+        t = torch.from_numpy(rows)
+        if self.device.startswith("cuda"):
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t[:, :-1], t[:, 1:]
+
+    def bytes_per_token(self, k):
+        m = self.meta[k]
+        return m["val_bytes"] / m["val_tokens"]

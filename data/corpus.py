@@ -12,7 +12,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from data.download import atomic_write  # noqa: E402
+from checkpoint import atomic_write  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes of the fortune files
 

@@ -8,10 +8,9 @@ out, so a file without .part is always complete. An interrupted download is resu
 Range request; a .part that does not fit (longer than the file, or a finished file whose sha256 is
 wrong) is deleted and fetched again from scratch, never used.
 
-Every file we write goes through atomic_write(): a kill at any moment leaves the old file or the new
-one, never a torn one.
+Every other file we write goes through checkpoint.atomic_write(): a kill at any moment leaves the old
+file or the new one, never a torn one.
 """
-import contextlib
 import glob
 import hashlib
 import json
@@ -23,6 +22,8 @@ import sys
 import requests
 from tqdm import tqdm
 
+from checkpoint import atomic_write
+
 HF = "https://huggingface.co"
 CHUNK = 1 << 20
 TIMEOUT = 30  # seconds without a byte before we give up on a connection
@@ -33,57 +34,6 @@ def cache_dir(*parts):
     path = os.path.join(root, *parts)
     os.makedirs(path, exist_ok=True)
     return path
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode="w"):
-    """`with atomic_write(path) as f:` writes a temporary file next to `path`, flushes it to disk and
-    renames it over `path`, then flushes the folder's entry; an exception leaves `path` as it was and
-    removes the temporary file. A process killed meanwhile leaves .<name>.<pid>.partial, which
-    remove_stale_partials(path) deletes."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.partial")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path, obj):
-    """A JSON result file, written atomically (UTF-8, readable indentation)."""
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-
-
-def remove_stale_partials(path):
-    """Remove the temporary files of atomic_write(path) left by processes killed while writing."""
-    d = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
-    for name in os.listdir(d) if os.path.isdir(d) else []:
-        pid = name[len(prefix):-len(".partial")]
-        if name.startswith(prefix) and name.endswith(".partial") and pid.isdigit() and not pid_alive(int(pid)):
-            os.remove(os.path.join(d, name))
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _offline(url, what, err):

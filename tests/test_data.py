@@ -107,7 +107,7 @@ def server():
 
 
 def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
-    from data.download import atomic_write, remove_stale_partials
+    from checkpoint import atomic_write, remove_stale_partials
     path = str(tmp_path / "f.json")
     with atomic_write(path) as f:
         f.write("old")

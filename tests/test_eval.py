@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint import load_model, model_checkpoint, save_checkpoint, table_fingerprint
 import eval as E
 import merge
 from data import benchmarks as B
-from model import GPT, GPTConfig, load_model, model_checkpoint, save_checkpoint
+from model import GPT, GPTConfig
 from unicode_tokenizer import get_tokenizer
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "eval_items")
@@ -409,7 +410,7 @@ def test_result_records_the_frozen_substrate(tok, tmp_path):
     E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "arc_easy", "--limit", "1", "--protocol", "loglik",
             "--out", out, "--device", "cpu"])
     sub = json.load(open(out))["substrate"]
-    assert sub["table_key"] == "0123456789abcdef" and sub["table_fingerprint"] == m.table_fingerprint is not None
+    assert sub["table_key"] == "0123456789abcdef" and sub["table_fingerprint"] == table_fingerprint(m.frozen_table) is not None
 
 
 def test_help_shows_every_default(capsys):

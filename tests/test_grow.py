@@ -13,10 +13,11 @@ import sys
 import pytest
 import torch
 
+from checkpoint import load_model, read_checkpoint
 import grow as G
 import train as T
 from configurator import configure
-from model import GPT, GPTConfig, load_model, read_checkpoint
+from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(d_model=32, n_head=2, block_size=32, batch_size=4, table_dim=16, learning_rate=1e-2,

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from checkpoint import checkpoint_tokenizer, load_model, model_checkpoint, save_checkpoint, table_fingerprint
 import merge as M
-from model import GPT, GPTConfig, checkpoint_tokenizer, load_model, model_checkpoint, save_checkpoint, table_fingerprint
+from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 65536  # the real vocabulary, for the experts saved with the real tokenizer's fingerprint
@@ -247,7 +248,7 @@ def test_mismatched_tokenizer_or_table_is_refused_naming_both_fingerprints(exper
     other_table = make_expert(3, random_table(9), 1, 32, 2, 32)
     p_tab = str(tmp_path / "tab.pt")
     save_checkpoint(model_checkpoint(other_table, tok), p_tab)
-    fp0, fp1 = experts[0].table_fingerprint, other_table.table_fingerprint
+    fp0, fp1 = table_fingerprint(experts[0].frozen_table), table_fingerprint(other_table.frozen_table)
     with pytest.raises(ValueError, match=f"frozen table mismatch.*{fp0}.*{fp1}"):
         M.build_merge([expert_files[0], p_tab])
     trainable = make_expert(4, random_table(0), 1, 32, 2, 32, embedding="trainable")
@@ -319,8 +320,9 @@ def test_out_replaces_an_existing_file_only_when_asked(expert_files, tmp_path):
 
 
 def test_options_take_either_flag_style_and_help_lists_every_key(capsys):
-    conf, paths = M.split_argv(["a.pt", "--out", "m.pt", "b.pt", "--overwrite", "--mode=probs", "c.py", "-h"])
-    assert paths == ["a.pt", "b.pt"] and conf == ["--out", "m.pt", "--overwrite", "--mode=probs", "c.py", "-h"]
+    from configurator import parse
+    got = parse(M.DEFAULTS, ["a.pt", "--out", "m.pt", "b.pt", "--overwrite", "--mode=probs"], False, positional="experts")
+    assert got == {"experts": ["a.pt", "b.pt"], "out": "m.pt", "overwrite": True, "mode": "probs"}
     with pytest.raises(SystemExit) as e:
         M.main(["-h"])
     out = capsys.readouterr().out
@@ -367,5 +369,3 @@ def test_one_substrate_within_float_noise_is_merged_another_is_refused(tok):
     with pytest.raises(ValueError, match=f"frozen table mismatch: a.pt .* vs c.pt .*substrate key "
                                          f"{info['key']} vs {other_info['key']}"):
         M.check_compatible(["a.pt", "c.pt"], [ckpts[0], ckpts[2]])
-    with pytest.raises(ValueError, match="experts 0 and 1: .*different frozen tables"):
-        M.MergedGPT([experts[0], experts[2]])

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from checkpoint import load_model, table_fingerprint
 import reproduce as R
 import reproduce_report as report
-from model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_results_name_the_frozen_table_and_record_the_real_benchmark(toy):
     import eval as E
     run = toy["results"]["frozen_vs_trainable"]["runs"]["glyph"][0]
     model, _ = load_model(os.path.join(toy["out"], "runs", "glyph_s1", "ckpt.pt"))
-    assert run["table_fingerprint"] == model.table_fingerprint
+    assert run["table_fingerprint"] == table_fingerprint(model.frozen_table)
     assert run["substrate_key"] == model.table_info.get("key")  # None only for a table cached before keys existed
     assert toy["results"]["frozen_vs_trainable"]["runs"]["trainable"][0]["table_fingerprint"] is None
     again = E.evaluate(model, R.get_tokenizer("bvv241-2-3"), ["mmlu"], "loglik", R.EVAL_DIR,

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint import ctrl_c_after_saving, read_checkpoint, table_fingerprint
 import train as T
 from configurator import Config
-from model import GPT, GPTConfig, read_checkpoint
+from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=1, n_head=2, d_model=32, block_size=32, batch_size=4, table_dim=16,
@@ -44,7 +45,7 @@ def test_training_lowers_loss_and_never_touches_the_frozen_table(data_root, tmp_
     ck = read_checkpoint(str(tmp_path / "ckpt.pt"))
     assert torch.equal(ck["model"]["transformer.wte.weight"], table_before)
     assert ck["iter_num"] == 20 and ck["tokenizer_name"] == "bvv241-2-3"
-    assert ck["table_info"]["fingerprint"] == model.table_fingerprint
+    assert ck["table_info"]["fingerprint"] == table_fingerprint(model.frozen_table)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(v.numel() for s in ck["optimizer"]["state"].values() for v in s.values() if v.dim()) == 2 * n_trainable
     assert 0 < res["val_bpb"] < res["val_loss"] * 2  # bits per byte is reported
@@ -151,8 +152,9 @@ def precious_out(tmp_path):
 
 
 def bad_run(data_root, out, match, **kw):
+    """overwrite=True: even a run allowed to replace out_dir's files leaves them alone when it fails."""
     with pytest.raises((ValueError, FileNotFoundError), match=match) as e:
-        T.train(cfg_for(data_root, out, max_iters=2, **kw))
+        T.train(cfg_for(data_root, out, max_iters=2, **{"overwrite": True, **kw}))
     assert "\n" not in str(e.value)
 
 
@@ -368,7 +370,7 @@ def test_resume_hints_when_out_dir_holds_no_ckpt(data_root, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "log.jsonl").write_text('{"iter": 0}\n')  # killed before the first save
-    with pytest.raises(ValueError, match="stopped before its first checkpoint .*eval_interval=250.*--overwrite=True"):
+    with pytest.raises(ValueError, match=r"stopped before its first checkpoint \(nothing to resume\); start over with --overwrite=True"):
         T.main([f"--out_dir={out}", "--init_from=resume"])
     grown = tmp_path / "grown"
     grown.mkdir()
@@ -446,10 +448,10 @@ def test_ctrl_c_during_a_save_lands_after_it(tmp_path):
     """An interrupt inside torch.save's writer would surface as a RuntimeError ('could not save ...
     disk full?'); train.py defers it until the checkpoint is written, then stops cleanly."""
     import signal
-    from model import save_checkpoint
+    from checkpoint import save_checkpoint
     path = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
-        with T.ctrl_c_after_saving():
+        with ctrl_c_after_saving():
             os.kill(os.getpid(), signal.SIGINT)
             save_checkpoint({"w": torch.zeros(3)}, str(path))
     assert torch.load(path)["w"].shape == (3,)  # the save finished before the interrupt took effect

@@ -1,0 +1,125 @@
+"""
+The runtime every script shares (as nanochat keeps common.py apart from gpt.py): which device and
+precision a run uses, DDP setup and teardown under torchrun, and one way for every script to turn a
+bad input into one line naming what was wrong (script_main).
+"""
+import os
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a substring of torch.cuda.get_device_name()
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), ("H200", 989.4e12),
+              ("GH200", 989.4e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12),
+              ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("V100", 125e12)]
+
+
+def fail(msg):
+    """Refuse a bad input: a ValueError with a one-line message; script_main prints it and exits 1."""
+    raise ValueError(msg)
+
+
+def script_main(prog, main, argv=None):
+    """Run main(argv) the way every script ends: a bad input (ValueError, a ConfigError among them) or a
+    failed read/write (OSError) is one line `prog: error: ...` and exit status 1 (said once under
+    torchrun: every rank fails the same way), Ctrl-C is exit status 130, and DDP is torn down."""
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except (ValueError, OSError) as e:
+        sys.exit(f"{prog}: error: {e}" if int(os.environ.get("RANK", 0)) == 0 else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resolve_device(want):
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' / 'cuda:N' only where they exist."""
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want != "cpu" and not (want == "cuda" or want.startswith("cuda:") and want[5:].isdigit()):
+        fail(f"device={want!r}: expected auto, cpu, cuda or cuda:N")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"device={want!r}, but torch sees no CUDA GPU here (torch {torch.__version__}): use --device=cpu")
+    if want.startswith("cuda:") and int(want[5:]) >= torch.cuda.device_count():
+        fail(f"device={want!r}, but there are {torch.cuda.device_count()} CUDA GPUs")
+    return want
+
+
+def resolve_dtype(dtype, device):
+    """The compute precision: 'auto' is bfloat16 on a GPU that has it, float32 otherwise; the CPU path is
+    float32 throughout (CPU autocast is slow and inexact)."""
+    if dtype not in DTYPES:
+        fail(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    if not device.startswith("cuda"):
+        return "float32"
+    if dtype == "auto":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        fail(f"dtype=bfloat16, but {torch.cuda.get_device_name(device)} has no bfloat16: use float16 or float32")
+    return dtype
+
+
+def autocast(device, dtype="auto"):
+    """The context a forward pass runs in: autocast to resolve_dtype's precision on a GPU, nothing in
+    float32 (and on the CPU)."""
+    dtype = resolve_dtype(dtype, str(device))
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+
+
+def gpu_peak_flops(device):
+    """The GPU's dense bf16 peak (PEAK_FLOPS), for MFU; None on a CPU or an unlisted GPU."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((f for key, f in PEAK_FLOPS if key in name), None)
+
+
+@dataclass
+class Runtime:
+    device: str  # where this process computes: 'cpu', 'cuda', or this rank's 'cuda:N'
+    dtype: str  # float32 | bfloat16 | float16
+    ddp: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def device_type(self):
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+
+def setup_runtime(device="auto", dtype="auto"):
+    """-> Runtime. Under torchrun (RANK/LOCAL_RANK/WORLD_SIZE set) joins the process group: NCCL with
+    one GPU per rank, gloo on CPU with the cores shared by the node's ranks."""
+    device = resolve_device(device)
+    rt = Runtime(device, resolve_dtype(dtype, device))
+    if rt.device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if int(os.environ.get("RANK", -1)) == -1:
+        return rt
+    rt.ddp, rt.rank, rt.local_rank, rt.world = True, int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), \
+        int(os.environ["WORLD_SIZE"])
+    if rt.device_type == "cuda":
+        rt.device = f"cuda:{rt.local_rank}"
+        torch.cuda.set_device(rt.device)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", rt.world))))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if rt.device_type == "cuda" else "gloo")
+    return rt
