@@ -2,24 +2,29 @@
 Frozen glyph embedding tables (Bochkov 2025): every token id gets a vector computed once from the
 picture of its Unicode glyphs in GNU Unifont, never trained.
 
-Pipeline (docs/design.md section 2, the released bvv241 builder, step by step):
-  1. draw each character with Pillow (Unifont 15.0.01 .otf at the cell size) where the builder
-     places it, from Pillow's getbbox, side by side; every distinct character is drawn once (with
-     the ink it spills into its neighbours' cells), cached per font, and strips are composed with numpy
-  2. a fixed "augmentation" (rotation, shift, noise, blur, threshold): the builder re-seeds inside
-     every call, so it is ONE transform per strip width; we compute it once per width and apply
-     it to all tokens of that width at once with numpy
-  3. squash the 32 x 32n strip back to one 32x32 cell (nearest neighbour columns)
-  4. binarize, 5. PCA over all rows (deterministic signs, null-space axes zeroed), L2-normalise each row.
+The recipe is the released bvv241 builder's (docs/design.md section 2); this file follows it in order:
+  1. draw       each character of a token with Pillow from the pinned Unifont 15.0.01 .otf
+                (glyph_font.py) where the builder places it, side by side: a strip of n cells
+  2. distort    the builder's fixed "augmentation": rotation, shift, sparse noise, blur. It re-seeds
+                inside every call, so it is ONE transform per strip width: computed once per width
+                as index maps and applied to all the tokens of that width at once with numpy
+  3. squash     the strip back to one cell (Pillow's nearest-neighbour pick of columns)
+  4. binarise   threshold at 128: one 0/1 bitmap per token
+  5. PCA        of all the tokens' bitmaps, from exact integer pixel counts (signs fixed, the
+                null-space axes zeroed: the same table on every machine)
+  6. normalise  project each bitmap on the leading table_dim axes and L2-normalise the row
+Then the kinds of frozen table (glyph, glyph_unique, binary16, random), a table's identity, its
+file, and the command line.
 
-A table's identity is its substrate key (substrate_key: tokenizer, recipe, font sha256, cell, dim, a
-digest of the integer bitmaps), and two tables with one key are the same substrate when they agree
-within SUBSTRATE_TOL (check_same_substrate), whatever LAPACK computed them.
+A table's identity is its substrate key (substrate_key: tokenizer, recipe, font sha256, cell, width,
+a digest of the integer bitmaps), and two tables with one key are the same substrate when they
+agree within SUBSTRATE_TOL (check_same_substrate), whatever LAPACK computed them.
 
 Usage:
     from glyph_embed import frozen_table, render
     table, info = frozen_table(tok, kind="glyph", table_dim=1024)     # [V, 1024] float32, cached on disk
-    python glyph_embed.py --tokenizer bvv241-2-3 --dim 1024 --out table.pt --report --sheet s.png
+    python glyph_embed.py --tokenizer=bvv241-2-3 --table_dim=1024 --out=table.pt --report --sheet=s.png
+    python glyph_embed.py --help                                      # every key, its default and meaning
 """
 import contextlib
 import hashlib
@@ -33,196 +38,94 @@ import numpy as np
 import torch
 
 from checkpoint import all_finite, atomic_write, table_fingerprint
-from data.download import cache_dir, download, sha256_file
+from common import script_main
+from configurator import configure, defaults_from, key_docs
+from data.download import cache_dir
+from glyph_font import cache_load, cache_save, cache_write, content_digest, load_font
 
 # -----------------------------------------------------------------------------
-# font: GNU Unifont 15.0.01 OpenType, drawn by Pillow exactly as the released builder draws it
+# command-line defaults (python glyph_embed.py --key=value ...); the functions below take them as arguments
+tokenizer = "bvv241-2-3"  # a name or path that unicode_tokenizer.get_tokenizer accepts
+strings_json = ""  # instead of tokenizer: any HF tokenizer.json, its stored vocab strings drawn (fingerprint = their hash)
+kind = "glyph"  # glyph | glyph_unique | binary16 | random (frozen_table says what each is)
+table_dim = 1024  # columns of the table: PCA components (glyph), code width (random); binary16 is 16 wide
+cell = 0  # glyph cell in pixels: 32 (up to 1024 columns) or 64 (up to 4096); 0 = 32, or 64 above 1024
+constants = "bvv241-2-3"  # the distortion's constants (RECIPES): bvv241-2-3 | bvv241-max
+font = ""  # another font file (.otf/.ttf); "" = $GLYPHGPT_UNIFONT, else the pinned Unifont 15.0.01
+out = ""  # also write the table here ({'table', 'info'}, torch.save)
+report = False  # print the collision report (groups of ids with identical rows)
+sheet = ""  # write a PNG of sample glyph bitmaps here
+min_dist = False  # print the exact minimum distance between distinct rows (slow)
+cache = True  # read and write the cached bitmaps+PCA and table ($GLYPHGPT_CACHE); False rebuilds them (drawn characters stay cached)
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_from(globals())
 
-# One pinned font everywhere: Debian bookworm's fonts-unifont 1:15.0.01-2 (unifont.otf). Upstream's
-# unifont-15.0.01.otf is tried first but accepted only if it is this same file (same sha256);
-# otherwise the Debian package itself is fetched and the .otf taken out of it.
-UNIFONT_VERSION = "15.0.01"
-UNIFONT_SHA256 = "db1960227adcb14640063e7384fdcd2867aaf819d9ca4866bca289d4db9a9f67"  # Debian's unifont.otf
-UNIFONT_OTF_URL = f"https://ftpmirror.gnu.org/unifont/unifont-{UNIFONT_VERSION}/unifont-{UNIFONT_VERSION}.otf"
-UNIFONT_DEB_URL = "https://deb.debian.org/debian/pool/main/u/unifont/fonts-unifont_15.0.01-2_all.deb"
-UNIFONT_DEB_SHA256 = "cd46245f1b228d1277ed2b453ce893fde1cf4bf4ec317e82b0079395bdc9c2b5"
-UNIFONT_DEB_MEMBER = "./usr/share/fonts/opentype/unifont/unifont.otf"
-DEBIAN_UNIFONT = "/usr/share/fonts/opentype/unifont/unifont.otf"
-
-
-def otf_from_deb(deb, member=UNIFONT_DEB_MEMBER):
-    """The bytes of one file inside a .deb (an ar archive holding data.tar.*), without dpkg."""
-    import io
-    import tarfile
-    with open(deb, "rb") as f:
-        data = f.read()
-    pos = 8  # "!<arch>\n", then 60-byte member headers, members padded to even length
-    while pos + 60 <= len(data):
-        name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58])
-        if name.startswith("data.tar"):
-            with tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])) as tar:
-                return tar.extractfile(member).read()
-        pos += 60 + size + (size & 1)
-    raise ValueError(f"{deb}: no data.tar member (not a Debian package?)")
+TIMINGS = {}  # stage -> (wall s, process CPU s) of the last build, for bench_glyph.py and the command line
 
 
-def download_unifont(dest=None):
-    """The pinned Unifont 15.0.01 .otf into our cache (sha256 checked), from the GNU mirror or the
-    Debian package (data/download.py: resume, sha256 check, atomic rename)."""
-    dest = dest or os.path.join(cache_dir(), f"unifont-{UNIFONT_VERSION}.otf")
-    errors = []
-    try:
-        return download(UNIFONT_OTF_URL, dest, sha256=UNIFONT_SHA256, what="GNU Unifont")
-    except SystemExit as e:  # offline, or upstream's build is not byte-identical to Debian's
-        errors.append(str(e))
-    try:
-        deb = download(UNIFONT_DEB_URL, dest + ".deb", sha256=UNIFONT_DEB_SHA256, what="GNU Unifont")
-        otf = otf_from_deb(deb)
-        if hashlib.sha256(otf).hexdigest() != UNIFONT_SHA256:
-            raise SystemExit(f"{deb}: unifont.otf inside has the wrong sha256")
-        with atomic_write(dest, "wb") as f:
-            f.write(otf)
-        os.remove(deb)
-        return dest
-    except (SystemExit, ValueError, KeyError) as e:
-        errors.append(str(e))
-    raise SystemExit(f"error: could not download GNU Unifont {UNIFONT_VERSION}: {'; '.join(errors)}. Install the "
-                     f"Debian package 'fonts-unifont', or pass an .otf path (--font / $GLYPHGPT_UNIFONT)")
+@contextlib.contextmanager
+def timed(stage):
+    w, c = time.perf_counter(), time.process_time()
+    yield
+    TIMINGS[stage] = (time.perf_counter() - w, time.process_time() - c)
 
-
-def find_font(path=None):
-    """An explicit path or $GLYPHGPT_UNIFONT (any font: the user asked for it), else the pinned
-    Unifont 15.0.01: the Debian file if it is that file, our cache, else download."""
-    explicit = path or os.environ.get("GLYPHGPT_UNIFONT")
-    if explicit:
-        if not os.path.exists(explicit):
-            raise FileNotFoundError(f"font file not found: {explicit}")
-        return explicit
-    cached = os.path.join(cache_dir(), f"unifont-{UNIFONT_VERSION}.otf")
-    for p in (DEBIAN_UNIFONT, cached):
-        if os.path.exists(p) and sha256_file(p) == UNIFONT_SHA256:
-            return p
-        if os.path.exists(p):
-            print(f"note: {p} is not GNU Unifont {UNIFONT_VERSION} (sha256 {sha256_file(p)[:16]}), not used",
-                  file=sys.stderr)
-    return download_unifont()
-
-
-class Font:
-    """A font file drawn by Pillow at the size of the cell, one placed character at a time."""
-
-    def __init__(self, path):
-        from PIL import ImageFont
-        self.path, self.sha256 = path, sha256_file(path)
-        self.pinned = self.sha256 == UNIFONT_SHA256
-        if not self.pinned:
-            print(f"note: glyphs drawn with {path} (sha256 {self.sha256[:16]}), not the pinned GNU Unifont "
-                  f"{UNIFONT_VERSION}: the table's substrate key says so", file=sys.stderr)
-        try:
-            ImageFont.truetype(path, 32)
-        except OSError as e:
-            raise ValueError(f"{path}: Pillow cannot read it as a font ({e}); expected GNU Unifont .otf") from None
-        self._pillow, self._cells = {}, {}
-
-    def pillow(self, size):
-        """Pillow's basic layout (FreeType alone), pinned: with libraqm installed Pillow would shape
-        text with HarfBuzz instead, which gives a lone combining mark an advance of 16 instead of 0
-        and refuses line-break characters. The released builder's boxes (docs/design.md section 2)
-        are the basic layout's."""
-        from PIL import ImageFont
-        if size not in self._pillow:
-            self._pillow[size] = ImageFont.truetype(self.path, size, layout_engine=ImageFont.Layout.BASIC)
-        return self._pillow[size]
-
-    def draw_char(self, ch, cell):
-        """The builder's drawing of one character in its cell, on a 3-cell-wide canvas so that ink
-        spilling into the neighbouring cells (zero-advance combining marks) is kept: [cell, 3 cell]
-        bool, True = ink. Pillow's box (l, t, r, b) is not the ink box (docs/design.md section 2)."""
-        from PIL import Image, ImageDraw
-        font = self.pillow(cell)
-        img = Image.new("L", (3 * cell, cell), color=255)
-        try:  # what the builder does when Pillow refuses a character (line breaks): nothing drawn
-            l, t, r, b = font.getbbox(ch)
-            ImageDraw.Draw(img).text((cell + (cell - (r - l)) // 2, (cell - (b - t)) // 2 - t), ch, fill=0, font=font)
-        except Exception:
-            pass
-        a = np.asarray(img)
-        if ((a != 0) & (a != 255)).any():
-            raise ValueError(f"{self.path}: U+{ord(ch):04X} is drawn with grey pixels; a bitmap font "
-                             f"(Unifont) is needed for exact 1-bit glyphs")
-        return a == 0
-
-    def char_cells(self, cps, cell=32):
-        """(own [k, cell, cell], left [k, ...], right [k, ...]) uint8 1 = ink: what each code point
-        draws into its own cell and into the cells left / right of it. Drawn once per font and
-        cell size, cached on disk (verified by digest)."""
-        have = self._cells.get(cell)
-        if have is None:
-            have = cache_load(os.path.join(cache_dir(), "glyph", f"chars_{self.sha256[:16]}_c{cell}_basic.npz"))
-            have = have or {"cps": np.zeros(0, np.int64), "cells": np.zeros((0, 3, cell * cell // 8), np.uint8)}
-        cps = np.asarray(cps, dtype=np.int64)
-        missing = np.setdiff1d(cps, have["cps"])
-        if len(missing):
-            with timed("draw"):
-                drawn = np.stack([self.draw_char(chr(c), cell).reshape(cell, 3, cell).transpose(1, 0, 2)
-                                  for c in missing.tolist()])
-            allc = np.concatenate([have["cps"], missing])
-            cells = np.concatenate([have["cells"], np.packbits(drawn.reshape(len(missing), 3, -1), axis=2)])
-            order = np.argsort(allc)
-            have = {"cps": allc[order], "cells": cells[order]}
-            cache_save(os.path.join(cache_dir(), "glyph", f"chars_{self.sha256[:16]}_c{cell}_basic.npz"), have)
-        self._cells[cell] = have
-        i = np.searchsorted(have["cps"], cps)
-        c = np.unpackbits(have["cells"][i], axis=2).reshape(len(cps), 3, cell, cell)
-        return c[:, 1], c[:, 0], c[:, 2]
-
-
-_FONTS = {}
-
-
-def load_font(path=None):
-    p = find_font(path)
-    if p not in _FONTS:
-        _FONTS[p] = Font(p)
-    return _FONTS[p]
 
 # -----------------------------------------------------------------------------
-# cache entries verified by a digest of their content, recorded when written
+# 1. draw: each token's characters side by side, as the builder places them
 
-def content_digest(arrays):
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
-        h.update(a.reshape(-1).view(np.uint8))
-    return h.hexdigest()
+def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
+    """Bitmap [cell, cell] uint8 of one token string, 1 = ink."""
+    return render_batch([text], cell, recipe, font, constants)[0]
 
 
-def cache_save(path, arrays):
-    """numpy arrays -> path (.npz), with the sha256 of their content; atomic."""
-    with atomic_write(path, "wb") as f:
-        np.savez(f, _digest=np.array(content_digest(arrays)), **arrays)
+def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
+    """Bitmaps [len(texts), cell, cell] uint8 (1 = ink) of many strings. recipe "faithful" is the
+    builder's (steps 1-4), "clean" only draws and squashes. Every distinct character is drawn once
+    (Font.char_cells); the strips of all strings of one length and one script class are composed
+    and then distorted, squashed and binarised together (render_group)."""
+    if recipe not in ("faithful", "clean"):
+        raise ValueError(f"recipe must be 'faithful' or 'clean', got {recipe!r}")
+    if constants not in RECIPES:
+        raise ValueError(f"constants must be one of {sorted(RECIPES)}, got {constants!r}")
+    font = font or load_font()
+    lens = np.array([len(t) for t in texts], dtype=np.int64)
+    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    uniq, inv = np.unique(cps, return_inverse=True)
+    with timed("draw"):
+        own, left, right = font.char_cells(uniq, cell)
+    # ink outside a character's own cell (combining marks reach left): kept for those few only
+    spills = np.nonzero(left.any(axis=(1, 2)) | right.any(axis=(1, 2)))[0]
+    spill_row = np.full(len(uniq) + 1, len(spills), np.int64)
+    spill_row[spills] = np.arange(len(spills))
+    blank = np.zeros((1, cell, cell), np.uint8)
+    left, right = np.concatenate([left[spills], blank]), np.concatenate([right[spills], blank])
+    own = np.concatenate([own, blank])
+    # "easy" strings (every character Latin to U+024F or Greek..Armenian U+0370-U+058F) get the
+    # full distortion, the others only the sparse noise (HARD)
+    hard = np.concatenate([[0], np.cumsum(~((cps <= 0x24F) | ((cps >= 0x370) & (cps <= 0x58F))))])
+    easy = (hard[starts + lens] - hard[starts]) == 0
+    out = np.zeros((len(texts), cell, cell), dtype=np.uint8)
+    for n in np.unique(lens[lens > 0]):
+        for e in (False, True):
+            sel = np.nonzero((lens == n) & (easy == e))[0]
+            chunk = max(1, (1 << 22) // (cell * cell * n))   # bounded memory per step
+            for c in range(0, len(sel), chunk):
+                s = sel[c:c + chunk]
+                ix = inv[starts[s][:, None] + np.arange(n)]
+                strip = own[ix]                              # [N, n, cell, cell]
+                sr = spill_row[ix]
+                if n > 1 and (sr < len(spills)).any():       # neighbours' spilt ink, clipped at the ends
+                    strip[:, :-1] |= left[sr[:, 1:]]
+                    strip[:, 1:] |= right[sr[:, :-1]]
+                out[s] = render_group(strip, cell, bool(e) and recipe == "faithful", recipe, constants)
+    return out  # an empty string stays blank (the builder never sees one)
 
-
-def cache_load(path):
-    """The arrays of a cache entry, or None (absent; or damaged: then one line says so, to be rebuilt)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k != "_digest"}
-            if str(z["_digest"]) == content_digest(arrays):
-                return arrays
-        why = "content does not match its recorded digest"
-    except Exception as e:  # truncated, not a zip, missing digest ...
-        why = f"unreadable ({type(e).__name__})"
-    print(f"warning: cache entry {path}: {why}; rebuilding it", file=sys.stderr)
-    return None
 
 # -----------------------------------------------------------------------------
-# the fixed distortion of the released builder, as index maps computed once per strip width
+# 2. distort: the builder's fixed rotation, shift and noise, as index maps computed once per strip width
 
-# bvv241-2-3 constants (the default) and bvv241-max / -abs / -nemo constants: (R degrees, S px, p noise)
+# (R degrees, S px, p noise) of "easy" strings: bvv241-2-3 (the default) and bvv241-max / -abs / -nemo
 RECIPES = {"bvv241-2-3": (4, 2, 0.01), "bvv241-max": (7, 3, 0.03)}
 HARD = (0, 0, 0.001)  # strings not purely Latin (to U+024F) or Greek..Armenian (U+0370-U+058F)
 
@@ -255,18 +158,8 @@ def distortion_map(width, cell, R, S, p):
     return _MAPS[key]
 
 
-def gaussian_blur_batch(img):
-    """Pillow GaussianBlur(0.5) of every [H, W] uint8 image in img [N, H, W], bit-exact, in 2 calls:
-    Pillow blurs rows then columns with uint8 rounding in between, so a tall stack blurs its rows
-    exactly, and a wide stack (images side by side) blurs its columns exactly."""
-    from PIL import Image, ImageFilter
-    N, H, W = img.shape
-    tall = Image.fromarray(np.ascontiguousarray(img.reshape(N * H, W)))
-    a = np.asarray(tall.filter(ImageFilter.GaussianBlur((0.5, 0)))).reshape(N, H, W)
-    wide = Image.fromarray(np.ascontiguousarray(a.transpose(1, 0, 2).reshape(H, N * W)))
-    b = np.asarray(wide.filter(ImageFilter.GaussianBlur((0, 0.5)))).reshape(H, N, W)
-    return b.transpose(1, 0, 2)
-
+# -----------------------------------------------------------------------------
+# 3. squash: only the columns that survive the resize to one cell are computed
 
 def kept_columns(n, cell):
     """Pillow's NEAREST resize of a 1-bit strip [cell, cell*n] to [cell, cell]: column x <- floor((x+0.5)n)."""
@@ -307,6 +200,9 @@ def plan(n, cell, easy, recipe, constants):
     return _PLANS[key]
 
 
+# -----------------------------------------------------------------------------
+# 4. binarise: the plan applied to a batch of strips, blurred and thresholded as the builder does
+
 def render_group(strip, cell, easy, recipe, constants):
     """strip [N, n, cell, cell] cells of N strings of n characters -> bitmaps [N, cell, cell] 1 = ink."""
     N, n = strip.shape[:2]
@@ -321,6 +217,8 @@ def render_group(strip, cell, easy, recipe, constants):
         ink[:, mask] = 1                                 # noise pixels become ink
     if blur is None:
         return ink                                       # hard scripts / clean: already the kept columns
+    # Pillow blurs rows, then columns, rounding to uint8 in between: a tall stack of images blurs
+    # their rows exactly in one call, a wide one (images side by side) their columns
     img = (1 - ink) * np.uint8(255)                      # the builder's 8-bit image: ink 0, paper 255
     from PIL import Image, ImageFilter
     if blur == "full":                                   # rows of the whole strip, then the kept columns
@@ -334,95 +232,9 @@ def render_group(strip, cell, easy, recipe, constants):
     return (img < 128).astype(np.uint8)                  # threshold
 
 
-def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
-    """Bitmaps [len(texts), cell, cell] uint8 (1 = ink) of many strings, vectorised per strip width."""
-    if recipe not in ("faithful", "clean"):
-        raise ValueError(f"recipe must be 'faithful' or 'clean', got {recipe!r}")
-    if constants not in RECIPES:
-        raise ValueError(f"constants must be one of {sorted(RECIPES)}, got {constants!r}")
-    font = font or load_font()
-    lens = np.array([len(t) for t in texts], dtype=np.int64)
-    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    uniq, inv = np.unique(cps, return_inverse=True)
-    own, left, right = font.char_cells(uniq, cell)
-    # ink outside a character's own cell (combining marks reach left): kept for those few only
-    spills = np.nonzero(left.any(axis=(1, 2)) | right.any(axis=(1, 2)))[0]
-    spill_row = np.full(len(uniq) + 1, len(spills), np.int64)
-    spill_row[spills] = np.arange(len(spills))
-    blank = np.zeros((1, cell, cell), np.uint8)
-    left, right = np.concatenate([left[spills], blank]), np.concatenate([right[spills], blank])
-    own = np.concatenate([own, blank])
-    hard = np.concatenate([[0], np.cumsum(~((cps <= 0x24F) | ((cps >= 0x370) & (cps <= 0x58F))))])
-    easy = (hard[starts + lens] - hard[starts]) == 0
-    out = np.zeros((len(texts), cell, cell), dtype=np.uint8)
-    for n in np.unique(lens[lens > 0]):
-        for e in (False, True):
-            sel = np.nonzero((lens == n) & (easy == e))[0]
-            chunk = max(1, (1 << 22) // (cell * cell * n))   # bounded memory per step
-            for c in range(0, len(sel), chunk):
-                s = sel[c:c + chunk]
-                ix = inv[starts[s][:, None] + np.arange(n)]
-                strip = own[ix]                              # [N, n, cell, cell]
-                sr = spill_row[ix]
-                if n > 1 and (sr < len(spills)).any():       # neighbours' spilt ink, clipped at the ends
-                    strip[:, :-1] |= left[sr[:, 1:]]
-                    strip[:, 1:] |= right[sr[:, :-1]]
-                out[s] = render_group(strip, cell, bool(e) and recipe == "faithful", recipe, constants)
-    return out  # an empty string stays blank (the builder never sees one)
-
-
-def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
-    """Bitmap [cell, cell] uint8 of one token string, 1 = ink."""
-    return render_batch([text], cell, recipe, font, constants)[0]
-
-
 # -----------------------------------------------------------------------------
-# tables
+# 5. PCA of all the bitmaps, the same on every machine
 
-def bytes_to_unicode():
-    """GPT-2's printable stand-in for every byte: how byte-level vocabularies store their tokens."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def token_strings_of(tokenizer):
-    """(surface strings, fingerprint, name) of a tokenizer or of a plain list of strings.
-    Byte-level (tiktoken) tokens are rendered in their stored form, e.g. 'Ġpainted' (docs/design.md section 1: bvv241-nemo),
-    so partial UTF-8 characters get distinct pictures instead of all becoming U+FFFD."""
-    if isinstance(tokenizer, (list, tuple)):
-        strings = list(tokenizer)
-        fp = hashlib.sha256(json.dumps(strings, ensure_ascii=False).encode()).hexdigest()[:16]
-        return strings, fp, "list"
-    enc = getattr(tokenizer, "enc", None)
-    if enc is not None and hasattr(enc, "decode_single_token_bytes"):
-        b2u = bytes_to_unicode()
-        strings = []
-        for i in range(tokenizer.vocab_size):
-            try:
-                strings.append("".join(b2u[b] for b in enc.decode_single_token_bytes(i)))
-            except KeyError:  # ids that are no token (cl100k_base has a few)
-                strings.append("")
-    else:
-        strings = list(tokenizer.token_strings())
-    if len(strings) != tokenizer.vocab_size:
-        raise ValueError(f"tokenizer {tokenizer.name!r}: token_strings() has {len(strings)} entries, "
-                         f"vocab_size is {tokenizer.vocab_size}")
-    return strings, tokenizer.fingerprint, getattr(tokenizer, "name", "?")
-
-
-# A table's identity is its substrate key (what it was built from, down to a digest of the integer
-# bitmaps), never the hash of its float bytes: the last bits of an eigendecomposition depend on the
-# LAPACK/BLAS in use. Two tables with the same key are the same substrate when they agree within
-# SUBSTRATE_TOL everywhere (check_same_substrate).
-SUBSTRATE_TOL = 1e-6
 NULL_VARIANCE = 1e-9  # components with eigenvalue <= this x the largest are numerically zero: zeroed
 PCA_CONVENTION = "cov-f64;eigh;null<=1e-9*max->zero;sign:max|loading|>0;proj-f64->f32;l2"
 
@@ -473,82 +285,11 @@ def eigenpairs(C, eigh="torch"):
         torch.set_num_threads(threads)
 
 
-def project(X, mu, W, dim):
-    """Rows of (X - mu) @ W[:, :dim], L2-normalised: computed in float64, rounded once to float32.
-    The zeroed null-space axes (the last columns of W) project to exact zeros, so they are not
-    multiplied (433 of the 4096 axes of the 131,072-token 64x64 table)."""
-    live = np.flatnonzero(np.any(W[:, :dim] != 0, axis=0))
-    live = int(live[-1]) + 1 if len(live) else 0
-    Wd = torch.from_numpy(np.ascontiguousarray(W[:, :live]))
-    off = torch.from_numpy(mu) @ Wd
-    out = torch.zeros(X.shape[0], dim, dtype=torch.float32)
-    chunk = max(1, (1 << 24) // dim)                     # 128 MB of float64 rows at a time, in place
-    for i in range(0, X.shape[0], chunk):
-        y = torch.from_numpy(X[i:i + chunk]).to(torch.float64) @ Wd
-        y.sub_(off)
-        y.div_(y.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        out[i:i + chunk, :live] = y
-    return out
-
-
-KEY_FIELDS = ("kind", "tokenizer_fingerprint", "recipe", "constants", "font_sha256", "cell", "dim",
-              "bitmaps_sha256", "pca", "unique_eps")
-
-
-def substrate_key(info):
-    """16 hex chars naming what a table is: a sha256 of its KEY_FIELDS."""
-    fields = {k: info.get(k) for k in KEY_FIELDS}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def max_abs_difference(a, b, chunk=8192):
-    """max |a - b| over two [V, w] tables, in float64, a block of rows at a time (no V x w copy)."""
-    m = 0.0
-    for i in range(0, a.shape[0], chunk):
-        d = (a[i:i + chunk].double() - b[i:i + chunk].double()).abs().max().item() if a.numel() else 0.0
-        m = max(m, d) if d == d else float("nan")
-        if m != m:
-            break
-    return m
-
-
-def check_same_substrate(a_info, a_table, b_info, b_table, where):
-    """Refuse (ValueError, one line) two frozen tables that are not the same substrate: different
-    keys, or the same key but values further apart than SUBSTRATE_TOL. Returns max |difference|.
-    A missing key (a table of an older version) falls back to the numerical check alone."""
-    a_info, b_info = a_info or {}, b_info or {}
-    ka, kb = a_info.get("key"), b_info.get("key")
-    if ka and kb and ka != kb:
-        diff = [f"{k} {a_info.get(k)!r} vs {b_info.get(k)!r}" for k in KEY_FIELDS if a_info.get(k) != b_info.get(k)]
-        raise ValueError(f"{where}: different frozen tables: substrate key {ka} vs {kb}"
-                         f"{' (' + '; '.join(diff) + ')' if diff else ''}")
-    if a_table is None or b_table is None:
-        if a_table is None and b_table is None:
-            return 0.0
-        raise ValueError(f"{where}: one side has a frozen table, the other a trainable embedding")
-    if tuple(a_table.shape) != tuple(b_table.shape):
-        raise ValueError(f"{where}: frozen tables of shapes {tuple(a_table.shape)} and {tuple(b_table.shape)}")
-    d = max_abs_difference(a_table, b_table)
-    if not d <= SUBSTRATE_TOL:
-        raise ValueError(f"{where}: frozen tables (key {ka or kb}) differ by up to {d:.3g}, more than the "
-                         f"tolerance {SUBSTRATE_TOL:g} for one substrate")
-    return d
-
-
-TIMINGS = {}  # stage -> (wall s, process CPU s) of the last build, for bench_glyph.py and the CLI
-
-
-@contextlib.contextmanager
-def timed(stage):
-    w, c = time.perf_counter(), time.process_time()
-    yield
-    TIMINGS[stage] = (time.perf_counter() - w, time.process_time() - c)
-
-
 def glyph_basis(strings, tok_fp, cell=32, recipe="faithful", constants="bvv241-2-3", font=None,
                 use_cache=True, eigh="torch"):
-    """Bitmaps (packed) + full PCA of a vocabulary, cached on disk (each dim is then one matmul).
-    The cache entry is verified against the digest recorded with it, and rebuilt when wrong."""
+    """Steps 1-5 for a vocabulary: its bitmaps (packed) and their full PCA, cached on disk, so that
+    a table of any width is then one projection. The cache entry is verified against the digest
+    recorded with it, and rebuilt when wrong."""
     font = font or load_font()
     path = os.path.join(cache_dir(), "glyph", f"basis_{tok_fp}_{recipe}_{constants}_{cell}_{font.sha256[:16]}.npz")
     b = cache_load(path) if use_cache else None
@@ -566,19 +307,96 @@ def glyph_basis(strings, tok_fp, cell=32, recipe="faithful", constants="bvv241-2
     return b
 
 
+# -----------------------------------------------------------------------------
+# 6. project and normalise
+
+def project(X, mu, W, table_dim):
+    """Rows of (X - mu) @ W[:, :table_dim], L2-normalised: computed in float64, rounded once to float32.
+    The zeroed null-space axes (the last columns of W) project to exact zeros, so they are not
+    multiplied (433 of the 4096 axes of the 131,072-token 64x64 table)."""
+    live = np.flatnonzero(np.any(W[:, :table_dim] != 0, axis=0))
+    live = int(live[-1]) + 1 if len(live) else 0
+    Wd = torch.from_numpy(np.ascontiguousarray(W[:, :live]))
+    off = torch.from_numpy(mu) @ Wd
+    out = torch.zeros(X.shape[0], table_dim, dtype=torch.float32)
+    chunk = max(1, (1 << 24) // table_dim)               # 128 MB of float64 rows at a time, in place
+    for i in range(0, X.shape[0], chunk):
+        y = torch.from_numpy(X[i:i + chunk]).to(torch.float64) @ Wd
+        y.sub_(off)
+        y.div_(y.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        out[i:i + chunk, :live] = y
+    return out
+
+
+# -----------------------------------------------------------------------------
+# the tables: which strings a tokenizer's ids stand for, the kinds of table, the cached build
+
+TABLE_KINDS = ("glyph", "glyph_unique", "binary16", "random")
+
+
+def bytes_to_unicode():
+    """GPT-2's printable stand-in for every byte: how byte-level vocabularies store their tokens."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def token_strings_of(tokenizer):
+    """(surface strings, fingerprint, name) of a tokenizer or of a plain list of strings.
+    Byte-level (tiktoken) tokens are rendered in their stored form, e.g. 'Ġpainted' (docs/design.md section 1: bvv241-nemo),
+    so partial UTF-8 characters get distinct pictures instead of all becoming U+FFFD."""
+    if isinstance(tokenizer, (list, tuple)):
+        strings = list(tokenizer)
+        fp = hashlib.sha256(json.dumps(strings, ensure_ascii=False).encode()).hexdigest()[:16]
+        return strings, fp, "list"
+    enc = getattr(tokenizer, "enc", None)
+    if enc is not None and hasattr(enc, "decode_single_token_bytes"):
+        b2u = bytes_to_unicode()
+        strings = []
+        for i in range(tokenizer.vocab_size):
+            try:
+                strings.append("".join(b2u[b] for b in enc.decode_single_token_bytes(i)))
+            except KeyError:  # ids that are no token (cl100k_base has a few)
+                strings.append("")
+    else:
+        strings = list(tokenizer.token_strings())
+    if len(strings) != tokenizer.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.name!r}: token_strings() has {len(strings)} entries, "
+                         f"vocab_size is {tokenizer.vocab_size}")
+    return strings, tokenizer.fingerprint, getattr(tokenizer, "name", "?")
+
+
+def table_width(kind, table_dim):
+    """Columns of a frozen table of `kind` asked for table_dim wide: binary16 codes are 16 wide whatever
+    table_dim says (binary16_table), the others table_dim."""
+    return 16 if kind == "binary16" else table_dim
+
+
 def binary16_table(V):
     """Each id written as its 16 binary digits (most significant first), as 0./1. floats."""
     ids = np.arange(V, dtype=np.int64)
     return torch.from_numpy(((ids[:, None] >> np.arange(15, -1, -1)) & 1).astype(np.float32))
 
 
-def random_table(V, dim, seed=1337):
-    """Unique random +-1 codes, seeded; collisions (impossible in practice for dim >= 32) are redrawn."""
+def random_table(V, table_dim, seed=1337):
+    """Distinct random +-1 codes, seeded: drawn at once, then the ids whose code repeats an earlier
+    id's are redrawn until none is left. That ends quickly only with at least twice as many codes
+    as ids, so a narrower width is refused."""
+    need = (V - 1).bit_length() + 1  # the least width with 2**width >= 2V
+    if table_dim < need:
+        raise ValueError(f"kind=random: table_dim={table_dim} is too narrow for {V:,} distinct random +-1 codes; "
+                         f"the minimum is table_dim={need} (2**{need} = {2 ** need:,} codes, twice the ids)")
     g = torch.Generator().manual_seed(seed)
-    t = torch.randint(0, 2, (V, dim), generator=g).to(torch.float32) * 2 - 1
+    t = torch.randint(0, 2, (V, table_dim), generator=g).to(torch.float32) * 2 - 1
     while len(torch.unique(t, dim=0)) < V:
         dup = _duplicate_ids(t.numpy())
-        t[dup] = torch.randint(0, 2, (len(dup), dim), generator=g).to(torch.float32) * 2 - 1
+        t[dup] = torch.randint(0, 2, (len(dup), table_dim), generator=g).to(torch.float32) * 2 - 1
     return t
 
 
@@ -601,41 +419,12 @@ def collision_groups(table):
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
-def build_table(strings, tok_fp, kind="glyph", dim=1024, cell=32, constants="bvv241-2-3", font=None,
-                use_cache=True, eigh="torch"):
-    """(table, the fields of its substrate key)."""
-    V = len(strings)
-    if kind == "binary16":
-        t = binary16_table(V)
-        return t, {"recipe": "binary16", "bitmaps_sha256": content_digest({"t": t.numpy()})}
-    if kind == "random":
-        t = random_table(V, dim)
-        return t, {"recipe": "random-pm1-seed1337", "bitmaps_sha256": content_digest({"t": t.numpy()})}
-    if kind not in ("glyph", "glyph_unique"):
-        raise ValueError(f"kind must be one of glyph, glyph_unique, binary16, random; got {kind!r}")
-    if not 1 <= dim <= cell * cell:
-        raise ValueError(f"dim={dim} is not possible with {cell}x{cell} glyph cells (1..{cell * cell}); "
-                         f"use cell=64 for up to 4096")
-    b = glyph_basis(strings, tok_fp, cell, "faithful", constants, font, use_cache, eigh)
-    X = np.unpackbits(b["packed"], axis=1)[:, :cell * cell]
-    with timed("project"):
-        t = project(X, b["mu"], b["W"], dim)
-    extra = {}
-    if kind == "glyph_unique":
-        t, extra = make_unique(t)
-    return t, {"recipe": "faithful-pillow-basic-layout", "constants": list(RECIPES[constants]) + [constants], "font_sha256": font.sha256,
-               "font_pinned": font.pinned, "cell": cell, "bitmaps_sha256": hashlib.sha256(b["packed"]).hexdigest(),
-               "pca": PCA_CONVENTION, **extra}
-
-
-def make_unique(t, eps=None, seed=0):
+def make_unique(t, eps=1e-2, seed=0):
     """Break every tie deterministically: in each group of identical rows the lowest id keeps its row,
     each other id moves by a small id-seeded random step (then re-normalised), so the table becomes
     injective while each row stays within ~eps of its faithful row."""
     groups = collision_groups(t)
     movers = np.array([i for g in groups for i in g[1:]], dtype=np.int64)
-    if eps is None:
-        eps = 1e-2
     if len(movers):
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn(len(movers), t.shape[1], generator=g)
@@ -685,47 +474,128 @@ def min_pairwise_distance(t, chunk=2048):
     return best
 
 
-def table_width(kind, table_dim):
-    """Columns of a frozen table of `kind` asked for table_dim wide: binary16 codes are 16 wide whatever
-    table_dim says (binary16_table), the others table_dim."""
-    return 16 if kind == "binary16" else table_dim
+def build_table(strings, tok_fp, kind="glyph", table_dim=1024, cell=32, constants="bvv241-2-3", font=None,
+                use_cache=True, eigh="torch"):
+    """(table, the fields of its substrate key)."""
+    V = len(strings)
+    if kind == "binary16":
+        t = binary16_table(V)
+        return t, {"recipe": "binary16", "bitmaps_sha256": content_digest({"t": t.numpy()})}
+    if kind == "random":
+        t = random_table(V, table_dim)
+        return t, {"recipe": "random-pm1-seed1337", "bitmaps_sha256": content_digest({"t": t.numpy()})}
+    if not 1 <= table_dim <= cell * cell:
+        raise ValueError(f"table_dim={table_dim} is not possible with {cell}x{cell} glyph cells (1..{cell * cell}); "
+                         f"use cell=64 for up to 4096")
+    b = glyph_basis(strings, tok_fp, cell, "faithful", constants, font, use_cache, eigh)
+    X = np.unpackbits(b["packed"], axis=1)[:, :cell * cell]
+    with timed("project"):
+        t = project(X, b["mu"], b["W"], table_dim)
+    extra = {}
+    if kind == "glyph_unique":
+        t, extra = make_unique(t)
+    return t, {"recipe": "faithful-pillow-basic-layout", "constants": list(RECIPES[constants]) + [constants], "font_sha256": font.sha256,
+               "font_pinned": font.pinned, "cell": cell, "bitmaps_sha256": hashlib.sha256(b["packed"]).hexdigest(),
+               "pca": PCA_CONVENTION, **extra}
 
 
 def frozen_table(tokenizer, kind="glyph", table_dim=1024, cell=None, constants="bvv241-2-3", font_path=None,
                  use_cache=True, eigh="torch"):
     """(table [V, w] float32, info) for a tokenizer (or a list of token strings); built once, cached.
-    info["key"] is the table's substrate key (KEY_FIELDS), info["fingerprint"] the hash of its bytes."""
+    kind: glyph (the recipe above), glyph_unique (glyph with ties broken: make_unique), binary16 (each
+    id's 16 bits), random (distinct seeded +-1 codes). info["key"] is the table's substrate key
+    (KEY_FIELDS), info["fingerprint"] the hash of its bytes."""
+    if kind not in TABLE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(TABLE_KINDS)}; got {kind!r}")
+    if constants not in RECIPES:
+        raise ValueError(f"constants must be one of {', '.join(RECIPES)}; got {constants!r}")
     strings, tok_fp, _ = token_strings_of(tokenizer)
-    dim = table_width(kind, table_dim)
-    cell = cell or (64 if dim > 1024 else 32)
+    table_dim = table_width(kind, table_dim)
+    cell = cell or (64 if table_dim > 1024 else 32)
     font = None
     if kind in ("glyph", "glyph_unique"):
         font = load_font(font_path)
     fsha = font.sha256[:16] if font else "nofont"
-    path = os.path.join(cache_dir(), "glyph", f"{tok_fp}_{kind}_{constants}_c{cell}_d{dim}_{fsha}.pt")
+    path = os.path.join(cache_dir(), "glyph", f"{tok_fp}_{kind}_{constants}_c{cell}_d{table_dim}_{fsha}.pt")
     if use_cache and os.path.exists(path):
         try:
             table, info = load_table(path, tok_fp)
             if info.get("key") == substrate_key(info):
                 return table, info
-            print(f"warning: {path}: cache entry of an older version (no substrate key); rebuilding it", file=sys.stderr)
+            print(f"warning: {path}: cache entry whose substrate key does not match its fields; rebuilding it",
+                  file=sys.stderr)
         except ValueError as e:  # a damaged cache entry is rebuilt, never used
             print(f"warning: {e}; rebuilding it", file=sys.stderr)
-    table, extra = build_table(strings, tok_fp, kind, dim, cell, constants, font, use_cache, eigh)
+    table, extra = build_table(strings, tok_fp, kind, table_dim, cell, constants, font, use_cache, eigh)
     if not all_finite(table):
         raise ValueError(f"the {kind} table built for tokenizer {tok_fp} has non-finite values: not used")
     info = {"kind": kind, "dim": table.shape[1], "tokenizer_fingerprint": tok_fp, **extra}
     info["key"] = substrate_key(info)
     info["fingerprint"] = table_fingerprint(table)
     if use_cache:
-        save_table(table, info, path)
+        cache_write(path, lambda f: torch.save({"table": table, "info": info}, f))
     return table, info
 
+
+# -----------------------------------------------------------------------------
+# a table's identity: what it was built from, and when two tables are one substrate
+
+# A table's identity is its substrate key (what it was built from, down to a digest of the integer
+# bitmaps), never the hash of its float bytes: the last bits of an eigendecomposition depend on the
+# LAPACK/BLAS in use. Two tables with the same key are the same substrate when they agree within
+# SUBSTRATE_TOL everywhere (check_same_substrate). The field names are a stored format (info["dim"]
+# is the table's width).
+SUBSTRATE_TOL = 1e-6
+KEY_FIELDS = ("kind", "tokenizer_fingerprint", "recipe", "constants", "font_sha256", "cell", "dim",
+              "bitmaps_sha256", "pca", "unique_eps")
+
+
+def substrate_key(info):
+    """16 hex chars naming what a table is: a sha256 of its KEY_FIELDS."""
+    fields = {k: info.get(k) for k in KEY_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def max_abs_difference(a, b, chunk=8192):
+    """max |a - b| over two [V, w] tables, in float64, a block of rows at a time (no V x w copy)."""
+    m = 0.0
+    for i in range(0, a.shape[0], chunk):
+        d = (a[i:i + chunk].double() - b[i:i + chunk].double()).abs().max().item() if a.numel() else 0.0
+        m = max(m, d) if d == d else float("nan")
+        if m != m:
+            break
+    return m
+
+
+def check_same_substrate(a_info, a_table, b_info, b_table, where):
+    """Refuse (ValueError, one line) two frozen tables that are not the same substrate: different
+    keys, or the same key but values further apart than SUBSTRATE_TOL. Returns max |difference|.
+    A side whose info has no key is checked by the numerical comparison alone."""
+    a_info, b_info = a_info or {}, b_info or {}
+    ka, kb = a_info.get("key"), b_info.get("key")
+    if ka and kb and ka != kb:
+        diff = [f"{k} {a_info.get(k)!r} vs {b_info.get(k)!r}" for k in KEY_FIELDS if a_info.get(k) != b_info.get(k)]
+        raise ValueError(f"{where}: different frozen tables: substrate key {ka} vs {kb}"
+                         f"{' (' + '; '.join(diff) + ')' if diff else ''}")
+    if a_table is None or b_table is None:
+        if a_table is None and b_table is None:
+            return 0.0
+        raise ValueError(f"{where}: one side has a frozen table, the other a trainable embedding")
+    if tuple(a_table.shape) != tuple(b_table.shape):
+        raise ValueError(f"{where}: frozen tables of shapes {tuple(a_table.shape)} and {tuple(b_table.shape)}")
+    d = max_abs_difference(a_table, b_table)
+    if not d <= SUBSTRATE_TOL:
+        raise ValueError(f"{where}: frozen tables (key {ka or kb}) differ by up to {d:.3g}, more than the "
+                         f"tolerance {SUBSTRATE_TOL:g} for one substrate")
+    return d
+
+
+# -----------------------------------------------------------------------------
+# a table's file
 
 def save_table(table, info, path):
     if not all_finite(table):
         raise ValueError(f"{path}: refusing to save a table with non-finite values")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "wb") as f:
         torch.save({"table": table, "info": info}, f)
 
@@ -749,6 +619,7 @@ def load_table(path, tokenizer_or_fp=None):
             raise ValueError(f"{path}: built for tokenizer fingerprint {info.get('tokenizer_fingerprint')}, "
                              f"but the tokenizer in use has {fp}")
     return table, info
+
 
 # -----------------------------------------------------------------------------
 # reports, sample sheet, command line
@@ -796,59 +667,42 @@ def sample_sheet(path, texts=("A", "the", "中", "<pad>", "ing"), cell=32, const
 
 def strings_from_tokenizer_json(path):
     """id -> stored token string of an HF tokenizer.json (model.vocab + added_tokens); gaps -> ''."""
-    with open(path, encoding="utf-8") as f:
-        j = json.load(f)
-    vocab = dict((v, k) for k, v in j.get("model", {}).get("vocab", {}).items())
-    for a in j.get("added_tokens", []):
-        vocab[a["id"]] = a["content"]
-    if not vocab:
-        raise ValueError(f"{path}: no model.vocab / added_tokens found (not an HF tokenizer.json?)")
+    from unicode_tokenizer import read_json  # one line naming the file: missing, not UTF-8, not JSON
+    j = read_json(path)
+    try:
+        vocab = {i: s for s, i in j.get("model", {}).get("vocab", {}).items()}
+        vocab.update((a["id"], a["content"]) for a in j.get("added_tokens", []))
+    except (AttributeError, TypeError, KeyError):  # not the objects a tokenizer.json holds
+        vocab = {}
+    if not vocab or not all(type(i) is int and i >= 0 and isinstance(s, str) for i, s in vocab.items()):
+        raise ValueError(f"{path}: no model.vocab / added_tokens mapping token strings to ids (not an HF tokenizer.json?)")
     return [vocab.get(i, "") for i in range(max(vocab) + 1)]
 
 
-def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(description="Build a frozen glyph embedding table for a tokenizer.")
-    ap.add_argument("--tokenizer", default="bvv241-2-3", help="name or path accepted by unicode_tokenizer.get_tokenizer")
-    ap.add_argument("--strings_json", default=None,
-                    help="instead of --tokenizer: any HF tokenizer.json, rendered from its stored vocab strings "
-                         "(the table's tokenizer fingerprint is then a hash of those strings)")
-    ap.add_argument("--kind", default="glyph", choices=["glyph", "glyph_unique", "binary16", "random"])
-    ap.add_argument("--dim", type=int, default=1024)
-    ap.add_argument("--cell", type=int, default=None, help="32 (<= 1024 dims) or 64 (<= 4096 dims)")
-    ap.add_argument("--constants", default="bvv241-2-3", choices=sorted(RECIPES))
-    ap.add_argument("--font", default=None, help="another font file (.otf/.ttf; default: $GLYPHGPT_UNIFONT, else the pinned "
-                                                       "Unifont 15.0.01 from Debian, the cache or a download)")
-    ap.add_argument("--out", default=None, help="write {'table', 'info'} here (torch.save)")
-    ap.add_argument("--report", action="store_true", help="print the collision report")
-    ap.add_argument("--sheet", default=None, help="write a PNG of sample glyph bitmaps here")
-    ap.add_argument("--min_dist", action="store_true", help="also print the exact minimum distance between distinct rows (slow)")
-    ap.add_argument("--no_cache", action="store_true")
-    a = ap.parse_args(argv)
-    try:
-        if a.strings_json:
-            tok = strings_from_tokenizer_json(a.strings_json)
-        else:
-            from unicode_tokenizer import get_tokenizer
-            tok = get_tokenizer(a.tokenizer)
-        strings = token_strings_of(tok)[0]
-        t0 = time.time()
-        table, info = frozen_table(tok, a.kind, a.dim, a.cell, a.constants, a.font, use_cache=not a.no_cache)
-        stages = ", ".join(f"{k} {w:.1f}s" for k, (w, c) in TIMINGS.items())
-        print(f"{a.kind} table {tuple(table.shape)} in {time.time() - t0:.1f}s ({stages or 'cached'}): {json.dumps(info)}")
-        if a.out:
-            save_table(table, info, a.out)
-            print(f"wrote {a.out}")
-        if a.report:
-            print(collision_report(table, strings))
-        if a.min_dist:
-            print(f"minimum distance between distinct rows: {min_pairwise_distance(table):.6f}")
-        if a.sheet:
-            sample_sheet(a.sheet, cell=a.cell or 32, constants=a.constants, font=load_font(a.font))
-            print(f"wrote {a.sheet}")
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+def main(argv):
+    cfg = configure(DEFAULTS, argv, docs=key_docs(__file__), prog="glyph_embed.py")
+    if cfg.strings_json:
+        tok = strings_from_tokenizer_json(cfg.strings_json)
+    else:
+        from unicode_tokenizer import get_tokenizer
+        tok = get_tokenizer(cfg.tokenizer)
+    strings = token_strings_of(tok)[0]
+    t0 = time.time()
+    table, info = frozen_table(tok, cfg.kind, cfg.table_dim, cfg.cell, cfg.constants, cfg.font or None,
+                               use_cache=cfg.cache)
+    stages = ", ".join(f"{k} {w:.1f}s" for k, (w, c) in TIMINGS.items())
+    print(f"{cfg.kind} table {tuple(table.shape)} in {time.time() - t0:.1f}s ({stages or 'cached'}): {json.dumps(info)}")
+    if cfg.out:
+        save_table(table, info, cfg.out)
+        print(f"wrote {cfg.out}")
+    if cfg.report:
+        print(collision_report(table, strings))
+    if cfg.min_dist:
+        print(f"minimum distance between distinct rows: {min_pairwise_distance(table):.6f}")
+    if cfg.sheet:
+        sample_sheet(cfg.sheet, cell=cfg.cell or 32, constants=cfg.constants, font=load_font(cfg.font or None))
+        print(f"wrote {cfg.sheet}")
 
 
 if __name__ == "__main__":
-    main()
+    script_main("glyph_embed.py", main)

@@ -72,26 +72,26 @@ def case(args):
         out["speedup_all"] = out["pillow_per_token_all_s_extrapolated"] / out["batched_all_s"]
     else:
         t0, c0 = time.time(), time.process_time()
-        table, info = ge.frozen_table(strings, "glyph", args.dim, cell=args.cell, constants=args.constants)
+        table, info = ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants)
         out["build_s"] = time.time() - t0
         out["build_cpu_s"] = time.process_time() - c0
         for k, (w, c) in ge.TIMINGS.items():
             out[f"{k}_s"], out[f"{k}_cpu_s"] = w, c
         out["shape"] = list(table.shape)
-        if args.dim <= 1024:  # (the big table: one build is enough)
+        if args.table_dim <= 1024:  # (the big table: one build is enough)
             t0 = time.time()
-            ge.frozen_table(strings, "glyph", args.dim, cell=args.cell, constants=args.constants, use_cache=False)
+            ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants, use_cache=False)
             out["rebuild_s"] = time.time() - t0
         out["fingerprint"] = info["fingerprint"]
         out["key"] = info.get("key")
         del table  # the truncations below are measured without the full table in memory
         for d in (512, 256, 64, 32):
-            if d < args.dim:
+            if d < args.table_dim:
                 t0 = time.time()
                 ge.frozen_table(strings, "glyph", d, cell=args.cell, constants=args.constants)
                 out[f"dim{d}_from_cached_basis_s"] = time.time() - t0
         t0 = time.time()
-        ge.frozen_table(strings, "glyph", args.dim, cell=args.cell, constants=args.constants)
+        ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants)
         out["cache_load_s"] = time.time() - t0
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(out))
@@ -104,7 +104,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch threads of every case")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--module", default=None, help="glyph_embed.py file to measure (default: this repo's)")
-    ap.add_argument("--dim", type=int, default=1024, help=argparse.SUPPRESS)
+    ap.add_argument("--table_dim", type=int, default=1024, help=argparse.SUPPRESS)
     ap.add_argument("--cell", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--constants", default="bvv241-2-3", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -113,7 +113,7 @@ def main():
     load_module(args.module)
     cases = [["--case", "table"]] + ([] if args.module else [["--case", "render_ratio"]])
     if args.big:
-        cases.append(["--tokenizer", "bvv241-max", "--case", "table", "--dim", "4096", "--cell", "64",
+        cases.append(["--tokenizer", "bvv241-max", "--case", "table", "--table_dim", "4096", "--cell", "64",
                       "--constants", "bvv241-max"])
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.threads} threads, tokenizer {args.tokenizer}, "
           f"module {args.module or 'glyph_embed.py'}")

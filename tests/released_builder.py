@@ -6,7 +6,7 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-import glyph_embed as ge
+from glyph_font import load_font
 
 
 def builder_render(text, pil_font, cell=32, constants=(4, 2, 0.01)):
@@ -44,4 +44,4 @@ def builder_render(text, pil_font, cell=32, constants=(4, 2, 0.01)):
 def builder_font(size):
     """Pillow without libraqm, as in the builder's notebook (its boxes are docs/design.md section 2's:
     U+0301 has box (-12, 0, 0, 28)); here libraqm may be installed, so the basic layout is asked for."""
-    return ImageFont.truetype(ge.load_font().path, size, layout_engine=ImageFont.Layout.BASIC)
+    return ImageFont.truetype(load_font().path, size, layout_engine=ImageFont.Layout.BASIC)

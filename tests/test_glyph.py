@@ -1,6 +1,6 @@
-"""Tests of glyph_embed.py: bitmaps (checked against an independent re-run of the released builder:
-Pillow drawing the pinned Unifont OTF token by token), PCA tables, the substrate key and the
-numerical equality of tables, verified caches, bad input."""
+"""Tests of glyph_embed.py and glyph_font.py: bitmaps (checked against an independent re-run of the
+released builder: Pillow drawing the pinned Unifont OTF token by token), PCA tables, the substrate key
+and the numerical equality of tables, verified caches, the pinned font, the command line, bad input."""
 import io
 import os
 import random
@@ -9,9 +9,11 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 import glyph_embed as ge
+import glyph_font as gf
+from common import script_main
 from tests.released_builder import builder_font, builder_render
 
 
@@ -21,7 +23,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def font():
-    return ge.load_font()  # the pinned Unifont 15.0.01 (Debian's file, our cache or a download)
+    return gf.load_font()  # the pinned Unifont 15.0.01 (Debian's file, our cache or a download)
 
 
 def small_vocab():
@@ -88,14 +90,6 @@ def test_faithful_vs_clean_latin_vs_cjk():
     assert ge.draws(7, 3, 0.03, (1, 1))[:3] == pytest.approx((1.9520, -3, 2), abs=1e-4)
 
 
-def test_batched_blur_is_bit_exact():
-    rng = np.random.RandomState(0)
-    imgs = (rng.rand(7, 32, 96) < 0.3).astype(np.uint8) * 255
-    ours = ge.gaussian_blur_batch(imgs)
-    for a, b in zip(imgs, ours):
-        assert np.array_equal(np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(0.5))), b)
-
-
 # --- tables and their substrate key --------------------------------------------------------------
 
 def test_glyph_table_properties():
@@ -104,7 +98,7 @@ def test_glyph_table_properties():
     assert t.shape == (len(V), 1024) and t.dtype == torch.float32
     assert torch.allclose(t.norm(dim=1), torch.ones(len(V)), atol=1e-5)
     assert set(info) >= set(ge.KEY_FIELDS) - {"unique_eps"} | {"key", "fingerprint"}
-    assert info["font_sha256"] == ge.UNIFONT_SHA256 and info["key"] == ge.substrate_key(info)
+    assert info["font_sha256"] == gf.UNIFONT_SHA256 and info["key"] == ge.substrate_key(info)
     idx = {s: i for i, s in enumerate(V)}
     assert torch.equal(t[idx[" "]], t[idx["\n"]]) and torch.equal(t[idx["and"]], t[idx["ard"]])
     assert not torch.equal(t[idx["a"]], t[idx["b"]])
@@ -229,17 +223,17 @@ def test_damaged_cache_entries_are_rebuilt(capsys):
     t2, info2 = ge.frozen_table(V, "glyph", 32)
     assert f"cache entry {basis}" in capsys.readouterr().err
     assert torch.isfinite(t2).all() and info2["key"] == info["key"] and torch.equal(t, t2)
-    assert ge.cache_load(basis) is not None                        # rewritten, verified
+    assert gf.cache_load(basis) is not None                        # rewritten, verified
 
     [table_file] = cache_files("_d32_")
     flip_bytes(table_file, 0.6)
     t3, info3 = ge.frozen_table(V, "glyph", 32)
     assert "rebuilding" in capsys.readouterr().err and torch.equal(t3, t)
 
-    ge.Font(font().path).char_cells([ord("A"), 0x4E2D], 32)        # a fresh Font: writes this cache's entry
+    gf.Font(font().path).char_cells([ord("A"), 0x4E2D], 32)        # a fresh Font: writes this cache's entry
     [chars] = cache_files("chars_")
     flip_bytes(chars, 0.7)
-    own = ge.Font(font().path).char_cells([ord("A"), 0x4E2D], 32)[0]
+    own = gf.Font(font().path).char_cells([ord("A"), 0x4E2D], 32)[0]
     assert f"cache entry {chars}" in capsys.readouterr().err
     assert np.array_equal(own, font().char_cells([ord("A"), 0x4E2D], 32)[0])
 
@@ -278,8 +272,8 @@ def test_table_file_roundtrip_and_checks(tmp_path):
 
 def test_another_font_only_when_asked_and_then_said(tmp_path, capsys):
     other = "/usr/share/fonts/opentype/unifont/unifont_upper.otf"   # a real OTF that is not the pin
-    assert font().pinned and ge.find_font() in (ge.DEBIAN_UNIFONT, os.path.join(ge.cache_dir(), "unifont-15.0.01.otf"))
-    f = ge.Font(other)
+    assert font().pinned and gf.find_font() in (gf.DEBIAN_UNIFONT, os.path.join(gf.cache_dir(), "unifont-15.0.01.otf"))
+    f = gf.Font(other)
     assert not f.pinned and "not the pinned GNU Unifont 15.0.01" in capsys.readouterr().err
     _, info = ge.frozen_table(["a", "b", "ab"], "glyph", 8, font_path=other, use_cache=False)
     _, pinned = ge.frozen_table(["a", "b", "ab"], "glyph", 8, use_cache=False)
@@ -290,7 +284,7 @@ def test_otf_is_taken_out_of_the_debian_package(tmp_path):
     payload = b"OTTO fake font bytes"
     tar_bytes = io.BytesIO()
     with tarfile.open(fileobj=tar_bytes, mode="w:xz") as tar:
-        ti = tarfile.TarInfo(ge.UNIFONT_DEB_MEMBER)
+        ti = tarfile.TarInfo(gf.UNIFONT_DEB_MEMBER)
         ti.size = len(payload)
         tar.addfile(ti, io.BytesIO(payload))
     members = [(b"debian-binary", b"2.0\n"), (b"control.tar.xz", b"x"), (b"data.tar.xz", tar_bytes.getvalue())]
@@ -300,32 +294,40 @@ def test_otf_is_taken_out_of_the_debian_package(tmp_path):
         deb += str(len(data)).encode().ljust(10) + b"`\n" + data + (b"\n" if len(data) % 2 else b"")
     p = tmp_path / "f.deb"
     p.write_bytes(deb)
-    assert ge.otf_from_deb(str(p)) == payload
+    assert gf.otf_from_deb(str(p)) == payload
 
 
 def test_download_error_is_one_line_naming_urls(tmp_path, monkeypatch):
-    monkeypatch.setattr(ge, "UNIFONT_OTF_URL", "http://127.0.0.1:9/unifont-15.0.01.otf")  # nothing listens
-    monkeypatch.setattr(ge, "UNIFONT_DEB_URL", "http://127.0.0.1:9/fonts-unifont_15.0.01-2_all.deb")
-    with pytest.raises(SystemExit) as e:
-        ge.download_unifont(dest=str(tmp_path / "u.otf"))
+    monkeypatch.setattr(gf, "UNIFONT_OTF_URL", "http://127.0.0.1:9/unifont-15.0.01.otf")  # nothing listens
+    monkeypatch.setattr(gf, "UNIFONT_DEB_URL", "http://127.0.0.1:9/fonts-unifont_15.0.01-2_all.deb")
+    with pytest.raises(OSError) as e:
+        gf.download_unifont(dest=str(tmp_path / "u.otf"))
     msg = str(e.value)
-    assert ge.UNIFONT_OTF_URL in msg and ge.UNIFONT_DEB_URL in msg and "\n" not in msg
+    assert gf.UNIFONT_OTF_URL in msg and gf.UNIFONT_DEB_URL in msg and "\n" not in msg
     assert not os.path.exists(tmp_path / "u.otf")
 
 
 # --- bad input --------------------------------------------------------------------------------
 
 def test_bad_inputs(tmp_path):
-    with pytest.raises(ValueError, match="dim=2048"):
+    with pytest.raises(ValueError, match="table_dim=2048"):
         ge.frozen_table(["a", "b"], "glyph", 2048, cell=32, use_cache=False)
     with pytest.raises(ValueError, match="kind"):
         ge.frozen_table(["a"], "nope", use_cache=False)
     notfont = tmp_path / "notes.otf"
     notfont.write_text("hello world\n")
     with pytest.raises(ValueError, match="Pillow cannot read it as a font"):
-        ge.Font(str(notfont))
+        gf.Font(str(notfont))
     with pytest.raises(FileNotFoundError, match="nowhere.otf"):
-        ge.find_font(str(tmp_path / "nowhere.otf"))
+        gf.find_font(str(tmp_path / "nowhere.otf"))
+
+
+def run_cli(argv):
+    """glyph_embed.py as a script runs it: -> None, or the one-line error it exits with."""
+    try:
+        script_main("glyph_embed.py", ge.main, argv)
+    except SystemExit as e:
+        return str(e.code)
 
 
 def test_cli_report_and_sheet(tmp_path, capsys):
@@ -334,12 +336,65 @@ def test_cli_report_and_sheet(tmp_path, capsys):
     tj = tmp_path / "tokenizer.json"
     tj.write_text(json.dumps({"model": {"vocab": vocab}, "added_tokens": []}))
     out, sheet = tmp_path / "t.pt", tmp_path / "sheet.png"
-    ge.main(["--strings_json", str(tj), "--dim", "8", "--out", str(out), "--report", "--sheet", str(sheet)])
+    assert run_cli([f"--strings_json={tj}", "--table_dim", "8", "--out", str(out), "--report", "--sheet", str(sheet),
+                    "--cache=false"]) is None
     printed = capsys.readouterr().out
     assert "collision groups" in printed and "'and' vs 'ard': identical" in printed
     assert "' ' vs '\\n': identical" in printed and Image.open(sheet).size[0] > 100
     table, info = ge.load_table(str(out))
     assert table.shape == (9, 8) and info["dim"] == 8 and "key" in printed
-    with pytest.raises(SystemExit) as e:
-        ge.main(["--strings_json", str(tj), "--dim", "5000", "--cell", "32"])
-    assert "dim=5000" in str(e.value) and "\n" not in str(e.value)
+    d = os.path.join(os.environ["GLYPHGPT_CACHE"], "glyph")      # --cache=false: no basis, no table cached
+    assert not [f for f in (os.listdir(d) if os.path.isdir(d) else []) if not f.startswith("chars_")]
+    for argv, said in ((["--table_dim", "5000", "--cell", "32"], "table_dim=5000 is not possible"),
+                       (["--kind=nope"], "kind must be one of glyph, glyph_unique, binary16, random"),
+                       (["--constants=x"], "constants must be one of"),
+                       (["--dim=8"], "unknown config key 'dim'; did you mean table_dim?")):
+        msg = run_cli([f"--strings_json={tj}"] + argv)
+        assert msg.startswith("glyph_embed.py: error: ") and said in msg and "\n" not in msg, msg
+    tj.write_bytes(b'{"model": {"vocab": {"\xe9t\xe9": 0}}}')          # Latin-1, not UTF-8
+    msg = run_cli([f"--strings_json={tj}"])
+    assert msg.startswith(f"glyph_embed.py: error: {tj}: ") and "utf-8" in msg and "\n" not in msg
+    tj.write_text(json.dumps({"model": {"vocab": ["a"]}}))
+    assert f"{tj}: no model.vocab" in run_cli([f"--strings_json={tj}"])
+
+
+def test_random_codes_too_narrow_are_refused_at_once():
+    """2**width codes cannot give V ids distinct codes quickly below 2**width = 2V (at 2**16 codes
+    for 65,536 ids the redrawing would take hours): refused, naming the width and the minimum."""
+    import time
+    V = [str(i) for i in range(65536)]
+    for width in (3, 16):
+        t0 = time.time()
+        with pytest.raises(ValueError, match=f"table_dim={width} is too narrow for 65,536 distinct random "
+                                             r"\+-1 codes; the minimum is table_dim=17"):
+            ge.frozen_table(V, "random", width, use_cache=False)
+        assert time.time() - t0 < 5
+    t, _ = ge.frozen_table(V, "random", 17, use_cache=False)     # the minimum: distinct, and quick
+    assert len(torch.unique(t, dim=0)) == 65536
+    assert ge.random_table(3, 3).shape == (3, 3)                 # 3 ids: 3 bits suffice (8 >= 6 codes)
+    with pytest.raises(ValueError, match="the minimum is table_dim=3"):
+        ge.random_table(3, 2)
+
+
+def test_a_failed_cache_write_warns_naming_the_path_and_goes_on(monkeypatch, capsys):
+    """A full disk under $GLYPHGPT_CACHE (/dev/full: ENOSPC on write) costs only the cache: one
+    warning line per entry naming its path, and the table is built all the same."""
+    import contextlib
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+
+    @contextlib.contextmanager
+    def full_disk(path, mode="w"):
+        with open("/dev/full", mode) as f:
+            yield f
+            f.flush()
+    V = small_vocab()[:500]
+    with monkeypatch.context() as m:
+        m.setattr(gf, "atomic_write", full_disk)
+        t, info = ge.frozen_table(V, "glyph", 16)
+    err = capsys.readouterr().err
+    d = os.path.join(os.environ["GLYPHGPT_CACHE"], "glyph")
+    for entry in ("basis_", f"{info['tokenizer_fingerprint']}_glyph_"):
+        [line] = [x for x in err.splitlines() if f"could not write cache entry {d}/{entry}" in x]
+        assert "No space left on device" in line and "going on without it" in line
+    assert torch.equal(t, ge.frozen_table(V, "glyph", 16, use_cache=False)[0])
