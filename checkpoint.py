@@ -13,10 +13,12 @@ The guarantees, written once here and used by every script:
 - A Ctrl-C during a checkpoint write takes effect once the write is done.
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import signal
+import tempfile
 import threading
 import warnings
 from dataclasses import asdict, fields
@@ -24,6 +26,7 @@ from dataclasses import asdict, fields
 import numpy as np
 import torch
 
+from common import fail, first_line, shown
 from model import GPT, GPTConfig, MergedGPT
 
 LOG_NAME = "log.jsonl"  # a run's log in its out_dir: one JSON object per line
@@ -36,12 +39,13 @@ LOG_NAME = "log.jsonl"  # a run's log in its out_dir: one JSON object per line
 def atomic_write(path, mode="w"):
     """`with atomic_write(path) as f:` writes a temporary file next to `path`, flushes it to disk and
     renames it over `path`, then flushes the folder's entry; an exception leaves `path` as it was and
-    removes the temporary file. A process killed meanwhile leaves .<name>.<pid>.partial, which
-    remove_stale_partials(path) deletes."""
+    removes the temporary file, and a failed write (full disk, a path under a file, a name too long)
+    is one OSError line naming the path. A process killed meanwhile leaves .<name>.<pid>.partial,
+    which remove_stale_partials(path) deletes."""
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.partial")
     try:
+        os.makedirs(d, exist_ok=True)
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -52,9 +56,24 @@ def atomic_write(path, mode="w"):
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_error(path, e, kept=None):
+    """The one-line OSError of a failed write: what went wrong, and what is on disk now (kept: say it
+    instead, e.g. for a folder)."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {first_line(e)}"
+    if isinstance(e, (FileExistsError, NotADirectoryError)):  # makedirs or open under a file
+        reason = "a folder on its path is a file"
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        reason += " (disk full)"
+    if kept is None:
+        kept = f"the previous {path} is intact" if os.path.isfile(path) else f"nothing was written to {path}"
+    return OSError(f"could not write {shown(path)}: {reason}" + (f"; {kept}" if kept else ""))
 
 
 def write_json(path, obj):
@@ -144,6 +163,66 @@ def open_run(cfg, overrides, mid_run_keys, ckpt_path):
     return type(cfg)({**cfg, **{k: v for k, v in saved.items() if k in cfg}, **overrides}), ckpt
 
 
+LOCK_NAME = ".lock"  # in an out_dir while a run owns it: the owner's pid
+
+
+@contextlib.contextmanager
+def hold_out_dir(out_dir):
+    """A run owns its out_dir while it runs: out_dir/.lock holds the owner's pid, and a second run (or a
+    resume) on a held out_dir is refused in one line naming the holder. A lock whose owner is dead
+    (killed) is taken over. Released on exit; an out_dir created here and left empty (the run failed on
+    a bad input) is removed again. Under torchrun only rank 0 takes it."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        yield
+        return
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir={out_dir} is a file, not a folder")
+    created = not os.path.exists(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"out_dir={out_dir}: cannot create it ({e.strerror})") from None
+    path = os.path.join(out_dir, LOCK_NAME)
+    mine = f"{path}.{os.getpid()}.partial"
+    try:
+        with open(mine, "w", encoding="utf-8") as f:  # the pid is in the file before it is the lock
+            f.write(str(os.getpid()))
+        while True:
+            try:
+                os.link(mine, path)  # atomic: fails if another run holds the lock
+                break
+            except FileExistsError:
+                pid = read_pid(path)
+                if pid and pid != os.getpid() and pid_alive(pid):
+                    raise ValueError(f"out_dir={out_dir} is in use by process {pid} (its {path}): wait for that "
+                                     f"run to end, or use another out_dir") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # its owner is dead: take it over
+    except OSError as e:
+        raise ValueError(f"out_dir={out_dir} is not writable ({e.strerror})") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(mine)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if read_pid(path) == os.getpid():
+                os.remove(path)
+        if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+
+
+def read_pid(path):
+    """The pid written in a lock file (0 when it is empty or unreadable: being written, or damaged)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
 class RunLog:
     """out_dir/log.jsonl. A resumed run first drops the lines of the iterations it is about to redo
     (and a torn last line); a fresh run over an old run's log holds its lines in memory until its
@@ -228,9 +307,39 @@ class RunFolder:
             self.log.commit()
 
 
+def check_output(out, inputs, key="out", overwrite=None):
+    """Before any work, where a script will write: never onto an input [(what, path), ...] (by any path,
+    symlink or hard link) nor a folder holding one; somewhere a file can be made (its nearest existing
+    folder is a folder that takes a new file: never an hour of work, then a failed write); an existing
+    output replaced only with overwrite (None: the caller has a rule of its own). One line each."""
+    real = os.path.realpath(out)
+    for what, p in inputs:
+        if not p or not os.path.exists(p):
+            continue
+        if os.path.realpath(p) == real or (os.path.exists(out) and os.path.samefile(out, p)):
+            fail(f"{key}={shown(out)} is the {what} {shown(p)}: writing there would destroy it; choose another --{key}")
+        if os.path.realpath(p).startswith(real.rstrip(os.sep) + os.sep):
+            fail(f"{key}={shown(out)} holds the {what} {shown(p)}: replacing it would delete it; choose another --{key}")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        fail(f"{key}={shown(out)}: {shown(parent)} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        fail(f"{key}={shown(out)}: cannot write in {shown(parent)} ({e.strerror or e})")
+    if overwrite is False and os.path.exists(out):
+        fail(f"{key}={shown(out)} exists: pass --overwrite=True to replace it, or choose another --{key}")
+
+
 def append_line(path, line):
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 def read_jsonl(path):
@@ -294,10 +403,8 @@ def save_checkpoint(obj, path):
     try:
         with ctrl_c_after_saving(), atomic_write(path, "wb") as f:
             torch.save(obj, f)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:160]
-        kept = f"the previous {path} is intact" if os.path.exists(path) else f"nothing was written to {path}"
-        raise OSError(f"could not save {path}: {reason} (disk full?); {kept}") from None
+    except RuntimeError as e:  # torch.save reports a failed write of its zip writer as RuntimeError
+        raise write_error(path, e) from None
 
 
 def model_checkpoint(model, tokenizer=None, table_info=None, **extra):
@@ -360,18 +467,6 @@ def check_tokenizer(ckpt, tok, where):
                          f"({ckpt.get('tokenizer_fingerprint')}), this run uses {tok.name!r} ({tok.fingerprint})")
 
 
-def checkpoint_tokenizer(ckpt, where, name=None):
-    """The tokenizer a checkpoint was trained with (`name` overrides the recorded name; either way it
-    must pass check_tokenizer)."""
-    from unicode_tokenizer import get_tokenizer  # (imported here: loading a model needs no tokenizer)
-    name = name or ckpt.get("tokenizer_name")
-    if not name:
-        raise ValueError(f"{where} records no tokenizer_name: pass --tokenizer")
-    tok = get_tokenizer(name)
-    check_tokenizer(ckpt, tok, where)
-    return tok
-
-
 def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
     """Rebuild a GPT from a checkpoint dict, verifying the stored table against its fingerprint."""
     known = {f.name for f in fields(GPTConfig)}
@@ -386,6 +481,7 @@ def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
     except ValueError as e:
         raise ValueError(f"{path}: model_args: {e}") from None
     sd = ckpt["model"]
+    check_finite(sd, f"{path}: not used")
     table = None
     if config.embedding != "trainable":
         table = sd.get("transformer.wte.weight")

@@ -5,11 +5,13 @@ bad input into one line naming what was wrong (script_main).
 """
 import os
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a substring of torch.cuda.get_device_name()
@@ -23,6 +25,17 @@ def fail(msg):
     raise ValueError(msg)
 
 
+def shown(path):
+    """A path as a one-line message shows it: as is, or its repr when it holds a newline or odd spaces."""
+    path = str(path)
+    return path if path and path.isprintable() and path.strip() == path else repr(path)
+
+
+def first_line(e):
+    """An exception's message cut to one line, for a one-line error of our own around it."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def script_main(prog, main, argv=None):
     """Run main(argv) the way every script ends: a bad input (ValueError, a ConfigError among them) or a
     failed read/write (OSError) is one line `prog: error: ...` and exit status 1 (said once under
@@ -31,6 +44,8 @@ def script_main(prog, main, argv=None):
         main(sys.argv[1:] if argv is None else argv)
     except (ValueError, OSError) as e:
         sys.exit(f"{prog}: error: {e}" if int(os.environ.get("RANK", 0)) == 0 else 1)
+    except MemoryError:  # e.g. a batch_size far beyond the machine: numpy/torch say only "MemoryError"
+        sys.exit(f"{prog}: error: out of memory: use a smaller batch_size, block_size or model")
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
@@ -123,3 +138,54 @@ def setup_runtime(device="auto", dtype="auto"):
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if rt.device_type == "cuda" else "gloo")
     return rt
+
+
+class Progress:
+    """What a training run shows while it runs: a tqdm bar with the printed lines above it, throughput
+    and MFU, and Weights & Biases when wandb_log is set. Only the master process shows anything."""
+
+    def __init__(self, cfg, rt, start, flops_per_token, tokens_per_iter):
+        self.show, self.world, self.fpt, self.tokens_per_iter = rt.master, rt.world, flops_per_token, tokens_per_iter
+        self.peak = cfg["peak_flops"] or gpu_peak_flops(rt.device)
+        self.bar = tqdm(total=cfg["max_iters"], initial=start, disable=not (rt.master and cfg["progress"]),
+                        dynamic_ncols=True, leave=False)
+        self.wandb = None
+        if cfg["wandb_log"] and rt.master:
+            import wandb
+            wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=dict(cfg))
+            self.wandb = wandb
+        self.t_last, self.tokens = time.time(), 0
+
+    def write(self, line):
+        if self.show:
+            self.bar.write(line)
+
+    def evaluated(self, it, ev):
+        per = " ".join(f"{n} {v['loss']:.4f}/{v['bpb']:.3f}" for n, v in ev["val"].items()) if len(ev["val"]) > 1 else ""
+        self.write(f"step {it}: val loss {ev['val_loss']:.4f}, {ev['val_bpb']:.4f} bits/byte {per}")
+        if self.wandb and self.show:
+            self.wandb.log({"iter": it, "val/loss": ev["val_loss"], "val/bpb": ev["val_bpb"]})
+
+    def stepped(self):
+        self.bar.update(1)
+        self.tokens += self.tokens_per_iter
+
+    def logged(self, it, loss, lr):
+        """-> the log record's fields for a training-loss line: loss, lr, tokens/s (since the last line), MFU."""
+        now = time.time()
+        tps = self.tokens / max(now - self.t_last, 1e-9)
+        self.t_last, self.tokens = now, 0
+        rec = dict(loss=loss, lr=lr, tokens_per_s=round(tps, 1))
+        line = f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {tps:,.0f} tok/s"
+        if self.peak:
+            rec["mfu"] = self.fpt * tps / (self.world * self.peak)
+            line += f", mfu {100 * rec['mfu']:.1f}%"
+        self.write(line)
+        if self.show:
+            self.bar.set_postfix(loss=f"{loss:.3f}")
+            if self.wandb:
+                self.wandb.log({"iter": it, "train/loss": loss, "lr": lr, "tokens_per_s": tps})
+        return rec
+
+    def close(self):
+        self.bar.close()

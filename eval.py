@@ -13,13 +13,25 @@ Two protocols:
           every answer continuation given the prompt; `acc`, and `acc_norm` (normalised by the
           answer's length in UTF-8 bytes). SQuAD v2 and translation stay generative, greedy.
 
-  python eval.py --ckpt out/ckpt.pt                      # the paper's five tasks, paper protocol
-  python eval.py --ckpt out/ckpt.pt --tasks mmlu,arc_easy --protocol loglik
-  python eval.py --ckpt out/merged.pt --tasks all --val_data data/wiki_en --out results/merged.json
+  python eval.py --ckpt=out/ckpt.pt                      # the paper's five tasks, paper protocol
+  python eval.py --ckpt=out/ckpt.pt --tasks=mmlu,arc_easy --protocol=loglik --limit=50
+  python eval.py --ckpt=out/merged.pt --tasks=all --val_data=data/wiki_en --out=results/merged.json
   python eval.py --compare out/eval_ckpt_paper.json out-trainable/eval_ckpt_paper.json
+  python eval.py --help                                  # every option, its default and meaning
+
+Tasks: mmlu, arc_easy, arc_challenge, commonsense_qa, hellaswag, boolq, squad_v2, opus_en_ru,
+opus_ru_en, opus_en_zh, opus_zh_en, bpb (bits per byte on --val_data). Groups: paper =
+mmlu,arc_easy,arc_challenge,commonsense_qa,squad_v2 (the default), translation = the four opus_*, all.
+
+Options are the house style (configurator.py): --key=value or --key value, a bare --flag for a
+boolean, config files of `key = value` lines (ending in .py); the other positional arguments are
+the result files of --compare.
 
 Results go next to the checkpoint, named after it and the protocol (out/ckpt.pt ->
-out/eval_ckpt_paper.json), or to --out; a result file of another checkpoint is never overwritten.
+out/eval_ckpt_paper.json), or to --out; a result file of another checkpoint is never overwritten,
+and --out is never an input (the checkpoint, a --compare file) nor a folder. Every value and the
+place of the result file are checked before the model is loaded; the result file is written before
+the table is printed.
 
 Data: the benchmarks' original files, downloaded once (sha256-checked) into $GLYPHGPT_CACHE/eval, or
 read from `--data_dir DIR` laid out like the originals (the layout: data/benchmarks.py):
@@ -32,34 +44,58 @@ scored once, and when what is left of every option is one token (MMLU/ARC letter
 out of ONE forward pass of the prompt. Rows are sorted by length and padded into batches capped by
 rows and by tokens; for our GPT only the scored positions go through the 65,536-wide output head.
 """
-import argparse
 import hashlib
 import json
 import math
 import os
 import random
 import re
+import sys
 import time
+import unicodedata
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from checkpoint import checkpoint_tokenizer, load_model, write_json
-from common import autocast
-import prompts as P
-from data import benchmarks as B
+import prompts
+from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, write_json
+from common import autocast, fail, resolve_device, resolve_dtype, script_main, shown
+from configurator import configure, defaults_from, key_docs
+from data import benchmarks
 from model import GPT, sample_next
+from unicode_tokenizer import checkpoint_tokenizer
 
 # -----------------------------------------------------------------------------
-# defaults: where the released script is silent these are our choices, recorded in every result
+# command-line defaults (python eval.py --help lists them). Where the released script is silent the
+# values are our choices, recorded in every result file.
+ckpt = ""  # checkpoint (single or merged) to evaluate
+tasks = "paper"  # comma list of tasks and groups (listed above)
+protocol = "paper"  # paper (the papers' sampled protocol, for the papers' tasks) | loglik (log-likelihood)
+data_dir = ""  # the benchmarks' original files (layout above); "" = download them once to $GLYPHGPT_CACHE/eval
+val_data = ""  # prepared dataset folder (val.bin + meta.json) for the bpb task; "" = bpb is not run
+limit = 0  # first N items per task (per subject for MMLU); 0 = all
+runs = 10  # paper protocol: sampled runs on the same items
+temperature = 1.0  # paper protocol: sampling temperature, 0 = greedy (1.0, top_k 50: HF generate()'s sampling defaults)
+top_k = 50  # paper protocol: sample among the top_k likeliest tokens; 0 = none
+seed = 1337  # paper protocol: seeds every item's generator (with the task and the item's id)
+batch_size = 64  # max rows per forward pass
+max_tokens = 8192  # max padded tokens per forward pass
+device = "auto"  # auto | cpu | cuda | cuda:N
+dtype = "auto"  # auto (bfloat16 autocast on a GPU that has it, else float32) | float32 | bfloat16 | float16
+tokenizer = ""  # override the checkpoint's tokenizer; "" = the one it records
+out = ""  # result JSON; "" = <ckpt dir>/eval_<ckpt name>_<protocol>.json (with --compare: the table, written here)
+log_samples = False  # store every item's answers in the result JSON
+# --compare is a flag and its files are positional (a list key cannot be followed by several paths)
+compare = False  # print the result files given as positional arguments side by side (markdown) and exit
+results = []  # the result files of --compare: python eval.py --compare a.json b.json
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_from(globals())  # only the keys above: the constants below are not options
 
-PROTOCOL = "paper"   # the default task group is the paper's five tasks: score them as the paper does
-RUNS = 10            # paper protocol: runs on the same items
-TEMPERATURE = 1.0    # Hugging Face generate()'s defaults for do_sample=True, the likeliest setting
-TOP_K = 50           #   of an evaluation script that "samples" without saying how
-SEED = 1337
+PROTOCOL, RUNS, TEMPERATURE, TOP_K, SEED = protocol, runs, temperature, top_k, seed  # evaluate()'s defaults
+MIN_TEMPERATURE = 1e-6  # 0 < temperature below this: float32 logits / temperature overflow to inf (NaN samples)
+PATH_KEYS = ("ckpt", "data_dir", "val_data", "tokenizer", "out")  # with `results`: no control characters
 SQUAD_N, SQUAD_MAX_ANSWER, SQUAD_SAMPLE_SEED = 256, 8, 0  # 256 random answerable items, answer <= 8 chars
 OPUS_N = 128         # first 128 sentence pairs of the validation (dev) file, per direction
 MAX_NEW_CAP = 100    # SQuAD / translation: min(len(answer chars), 100) new tokens
@@ -117,7 +153,7 @@ def choice_item(id_, prompt, labels, gold, ll_context=None, ll_choices=None, nor
     """A multiple-choice item. Log-likelihood scoring reads the answer right after the prompt, as the
     training data writes it (prompts.with_answer): the option's label, e.g. 'B'. acc_norm divides by
     the UTF-8 length of norm_texts (default: the scored continuations)."""
-    ll_choices = [P.ANSWER_SEP + lab for lab in labels] if ll_choices is None else ll_choices
+    ll_choices = [prompts.ANSWER_SEP + lab for lab in labels] if ll_choices is None else ll_choices
     return dict(id=id_, prompt=prompt, labels=list(labels), gold=gold,
                 ll_context=prompt if ll_context is None else ll_context, ll_choices=ll_choices,
                 norm_bytes=[len(t.encode("utf-8")) for t in (norm_texts or ll_choices)], **extra)
@@ -125,10 +161,10 @@ def choice_item(id_, prompt, labels, gold, ll_context=None, ll_choices=None, nor
 
 def mmlu_items(data_dir, limit=None):
     items, seen = [], {}
-    for r in B.mmlu_records(data_dir):
+    for r in benchmarks.mmlu_records(data_dir):
         k = seen[r["subject"]] = seen.get(r["subject"], -1) + 1
         if limit is None or k < limit:  # --limit applies per subject
-            items.append(choice_item(f"{r['subject']}/{k}", P.mmlu_prompt(r["question"], r["choices"]), "ABCD",
+            items.append(choice_item(f"{r['subject']}/{k}", prompts.mmlu_prompt(r["question"], r["choices"]), "ABCD",
                                      "ABCD".index(r["answer"]), subject=r["subject"]))
     return items
 
@@ -136,10 +172,10 @@ def mmlu_items(data_dir, limit=None):
 def arc_items(path):
     """ARC and CommonsenseQA: the dataset's own labels (a few ARC items use 1-4)."""
     items = []
-    for r in B.arc_records(B.read_text(path), path):
+    for r in benchmarks.arc_records(benchmarks.read_text(path), path):
         if r["answer"] is None:
             raise ValueError(f"{path}: item {r['id']} has no answerKey (a test split without answers?)")
-        items.append(choice_item(r["id"], P.arc_prompt(r["question"], r["labels"], r["texts"]), r["labels"],
+        items.append(choice_item(r["id"], prompts.arc_prompt(r["question"], r["labels"], r["texts"]), r["labels"],
                                  r["labels"].index(r["answer"])))
     return items
 
@@ -155,35 +191,40 @@ def hellaswag_items(path):
     """HellaSwag is not in the papers: loglik uses lm-eval's completion form (context, then ' ' + each
     ending, acc_norm is the usual figure); the paper protocol lists the endings as options A-D."""
     items = []
-    for r in B.hellaswag_records(B.read_text(path), path):
+    for r in benchmarks.hellaswag_records(benchmarks.read_text(path), path):
         query = hellaswag_preprocess(r["activity_label"] + ": " + r["ctx_a"] + " " + r["ctx_b"].capitalize())
         endings = [hellaswag_preprocess(e) for e in r["endings"]]
-        labels = P.LETTERS[:len(endings)]
-        items.append(choice_item(r["id"], P.arc_prompt(query, labels, endings), labels, r["label"],
+        if len(endings) > len(prompts.LETTERS):
+            fail(f"{path}: item {r['id']}: {len(endings)} endings; the prompt letters at most "
+                 f"{len(prompts.LETTERS)} (A-J)")
+        labels = prompts.LETTERS[:len(endings)]
+        items.append(choice_item(r["id"], prompts.arc_prompt(query, labels, endings), labels, r["label"],
                                  ll_context=query, ll_choices=[" " + e for e in endings], norm_texts=endings))
     return items
 
 
 def boolq_items(path):
-    labels = [P.boolq_answer(True), P.boolq_answer(False)]
-    return [choice_item(r["id"], P.boolq_prompt(r["passage"], r["question"]), labels, 0 if r["answer"] else 1)
-            for r in B.boolq_records(B.read_text(path), path)]
+    labels = [prompts.boolq_answer(True), prompts.boolq_answer(False)]
+    return [choice_item(r["id"], prompts.boolq_prompt(r["passage"], r["question"]), labels, 0 if r["answer"] else 1)
+            for r in benchmarks.boolq_records(benchmarks.read_text(path), path)]
 
 
 def squad_items(path, n=SQUAD_N, max_answer=SQUAD_MAX_ANSWER, sample_seed=SQUAD_SAMPLE_SEED):
     """n random answerable questions whose first answer has <= max_answer characters (a fixed sample:
     the same items for every model and run; the released script shuffles unseeded)."""
-    pool = [dict(id=r["id"], prompt=P.squad_prompt(r["context"], r["question"]), answer=r["answers"][0],
+    pool = [dict(id=r["id"], prompt=prompts.squad_prompt(r["context"], r["question"]), answer=r["answers"][0],
                  max_new=min(len(r["answers"][0]), MAX_NEW_CAP))
-            for r in B.squad_records(B.read_text(path), path) if r["answers"] and len(r["answers"][0]) <= max_answer]
+            for r in benchmarks.squad_records(benchmarks.read_text(path), path)
+            if r["answers"] and len(r["answers"][0]) <= max_answer]
     if len(pool) > n:
         pool = random.Random(sample_seed).sample(pool, n)
     return pool
 
 
 def opus_items(data_dir, pair, src, tgt, n=OPUS_N):
-    lines = B.opus_lines(data_dir, pair)
-    return [dict(id=f"{src}-{tgt}/{i}", prompt=P.translate_prompt(src, tgt, s), ref=t, max_new=min(len(t), MAX_NEW_CAP))
+    lines = benchmarks.opus_lines(data_dir, pair)
+    return [dict(id=f"{src}-{tgt}/{i}", prompt=prompts.translate_prompt(src, tgt, s), ref=t,
+                 max_new=min(len(t), MAX_NEW_CAP))
             for i, (s, t) in enumerate(zip(lines[src][:n], lines[tgt][:n]))]
 
 
@@ -279,13 +320,13 @@ def encode_requests(tok, pairs):
 
 
 def logits_at(model, idx, rows, cols):
-    """Logits [N, V] of the positions (rows[i], cols[i]) of idx [B, T]. Our GPT and merge.MergedGPT:
+    """Logits [N, V] of the positions (rows[i], cols[i]) of idx [B, T]. Our GPT and model.MergedGPT:
     the output head(s) run on those positions only (with a 65,536-id vocabulary the head is most of a
     small model's work). Another model may offer model.logits_at(idx, rows, cols); anything else with
     the model interface: model(idx), then pick the positions."""
     if isinstance(model, GPT):
         return model.lm_head(model.hidden_states(idx)[rows, cols])
-    if hasattr(model, "combine") and hasattr(model, "hidden_states"):  # merge.MergedGPT: experts' heads at those rows
+    if hasattr(model, "combine") and hasattr(model, "hidden_states"):  # model.MergedGPT: experts' heads at those rows
         return model.combine([h[rows, cols] for h in model.hidden_states(idx)])
     if hasattr(model, "logits_at"):
         return model.logits_at(idx, rows, cols)
@@ -583,12 +624,32 @@ def eval_bpb(model, tok, val_data, limit=None, batch_size=4, dtype="auto", progr
     return dict(metric="bpb", n=count, mean=bpb, ci95=None, loss=nats, truncated=0), []
 
 
+def check_options(protocol=PROTOCOL, runs=RUNS, temperature=TEMPERATURE, top_k=TOP_K, seed=SEED, limit=None,
+                  batch_size=64, max_tokens=8192):
+    """The protocol and the numbers of a run, checked before any work: one line naming the key, its
+    value and what it may be. limit and top_k: None or 0 = none."""
+    if protocol not in ("paper", "loglik"):
+        fail(f"protocol={protocol!r}: expected paper or loglik")
+    whole = dict(runs=(runs, 1, ""), limit=(0 if limit is None else limit, 0, " (0 = all)"),
+                 seed=(seed, 0, ""), top_k=(0 if top_k is None else top_k, 0, " (0 = none)"),
+                 batch_size=(batch_size, 1, ""), max_tokens=(max_tokens, 1, ""))
+    for key, (v, lo, note) in whole.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            fail(f"{key}={v!r}: expected a whole number >= {lo}{note}")
+    t = temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or 0 < t < MIN_TEMPERATURE \
+            or t < 0:
+        fail(f"temperature={t!r}: expected 0 (greedy) or a finite number >= {MIN_TEMPERATURE} (smaller ones overflow "
+             f"the scaled logits)")
+
+
 def evaluate(model, tok, task_names, protocol=PROTOCOL, data_dir=None, limit=None, runs=RUNS,
              temperature=TEMPERATURE, top_k=TOP_K, seed=SEED, batch_size=64, max_tokens=8192, dtype="auto",
              val_data=None, progress=False, log_samples=False):
-    """Evaluate `model` (anything with the GPT interface) on the tasks -> {task: result dict}."""
-    if protocol not in ("paper", "loglik"):
-        raise ValueError(f"protocol {protocol!r}: expected 'paper' or 'loglik'")
+    """Evaluate `model` (anything with the GPT interface) on the tasks -> {task: result dict}.
+    limit / top_k: None or 0 = all / none."""
+    check_options(protocol, runs, temperature, top_k, seed, limit, batch_size, max_tokens)
+    limit, top_k = limit or None, top_k or None
     model.eval()  # no dropout while scoring
     opt = dict(runs=runs, temperature=temperature, top_k=top_k, seed=seed,
                batching=dict(batch_size=batch_size, max_tokens=max_tokens, dtype=dtype, progress=progress))
@@ -655,20 +716,47 @@ def default_out(ckpt, protocol):
     return os.path.join(os.path.dirname(os.path.abspath(ckpt)), f"eval_{stem}_{protocol}.json")
 
 
+def check_out(path, inputs):
+    """--out, before any work: a file path, not a folder, and checkpoint.check_output's rules."""
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        fail(f"out={shown(path)} is a folder: expected a file path (e.g. {shown(os.path.join(path, 'eval.json'))})")
+    check_output(path, inputs, "out")
+
+
+def read_json(path, what):
+    """A JSON file -> its object, or one line naming the file (unreadable, not UTF-8, not JSON)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        fail(f"{shown(path)}: not UTF-8 text ({e.reason} at byte {e.start}), so not {what}")
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5,000-digit integer, nesting too deep
+        fail(f"{shown(path)}: not JSON ({str(e)[:100] or type(e).__name__}), so not {what}")
+    except OSError as e:
+        fail(f"{shown(path)}: cannot read it ({e.strerror or e})")
+
+
 def check_overwrite(path, ckpt):
     """A result file may only be replaced by new results of the same checkpoint file."""
     if not os.path.exists(path):
         return
     try:
-        with open(path) as f:
-            old = json.load(f)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        old = read_json(path, "a result file")
+    except ValueError:
         old = None
     if not isinstance(old, dict) or "tasks" not in old:
-        raise ValueError(f"{path} exists and is not an eval.py result file: not overwritten (pass another --out)")
-    if os.path.abspath(old.get("ckpt", "")) != os.path.abspath(ckpt):
-        raise ValueError(f"{path} holds the results of {old.get('ckpt')}, not of {ckpt}: not overwritten "
-                         f"(pass another --out)")
+        fail(f"{shown(path)} exists and is not an eval.py result file: not overwritten (pass another --out)")
+    if not isinstance(old.get("ckpt"), str) or os.path.abspath(old["ckpt"]) != os.path.abspath(ckpt):
+        fail(f"{shown(path)} holds the results of {shown(str(old.get('ckpt')))}, not of {shown(ckpt)}: not "
+             f"overwritten (pass another --out)")
+
+
+def write_out(path, write):
+    """write(path) -> one line naming the path if it fails (a full disk, a folder gone meanwhile)."""
+    try:
+        write(path)
+    except (OSError, UnicodeEncodeError) as e:
+        fail(f"out={shown(path)}: could not write it ({getattr(e, 'strerror', None) or e})")
 
 
 def fmt(res, key="mean"):
@@ -695,17 +783,25 @@ def table(record):
     return "\n".join(lines)
 
 
-def compare(paths):
+def read_result(path):
+    """An eval.py result file -> its dict, checked to hold what compare_table reads (one line naming
+    the file otherwise)."""
+    r = read_json(path, "an eval.py result file")
+    if not isinstance(r, dict) or not isinstance(r.get("tasks"), dict):
+        fail(f"{shown(path)}: not an eval.py result file (no 'tasks' object)")
+    number = lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
+    for name, t in r["tasks"].items():
+        if not isinstance(t, dict) or not isinstance(t.get("metric"), str):
+            fail(f"{shown(path)}: task {name!r} has no 'metric': not an eval.py result file")
+        for entry in [t] + ([t["acc_norm"]] if "acc_norm" in t else []):
+            if not isinstance(entry, dict) or not all(number(entry.get(k)) for k in ("mean", "ci95")):
+                fail(f"{shown(path)}: task {name!r}: 'mean' / 'ci95' are not numbers: not an eval.py result file")
+    return r
+
+
+def compare_table(paths):
     """Several result files side by side, one markdown table (rows: task/metric, columns: files)."""
-    files = []
-    for p in paths:
-        try:
-            with open(p) as f:
-                files.append(json.load(f))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p}: not a readable result file ({e})") from None
-        if "tasks" not in files[-1]:
-            raise ValueError(f"{p}: not an eval.py result file (no 'tasks')")
+    files = [read_result(p) for p in paths]
     heads = [os.path.splitext(os.path.basename(p))[0] + f" ({r.get('protocol', '?')})" for p, r in zip(paths, files)]
 
     def cell(t, m):
@@ -723,88 +819,120 @@ def compare(paths):
     return "\n".join([head, "|" + "---|" * (len(heads) + 2)] + rows)
 
 
+TABLE_HEAD = "| task | metric |"  # the first line of a compare table: what --compare --out may replace
+
+
 # -----------------------------------------------------------------------------
 # command line
 
 def open_model(path, device):
+    """-> (model, checkpoint dict); anything wrong with the file is one line naming it."""
     try:
         return load_model(path, device=device)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
-        raise SystemExit(f"{path}: cannot load as a glyphgpt model: {e}") from None
+    except (ValueError, OSError):
+        raise  # checkpoint.py's one-line messages already name the file
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        fail(f"{shown(path)}: cannot load as a glyphgpt model ({type(e).__name__}: {first})")
 
 
-def parse_args(argv):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--ckpt", help="checkpoint (single or merged) to evaluate")
-    ap.add_argument("--tasks", default="paper", help=f"comma list of tasks or groups (default: paper = "
-                                                     f"{','.join(GROUPS['paper'])}); tasks: {', '.join(TASKS)}; "
-                                                     f"groups: {', '.join(GROUPS)}")
-    ap.add_argument("--protocol", default=PROTOCOL, choices=["paper", "loglik"], help=f"(default: {PROTOCOL})")
-    ap.add_argument("--data_dir", help="read the benchmarks' original files from here (default: download them "
-                                       "once into $GLYPHGPT_CACHE/eval)")
-    ap.add_argument("--val_data", help="prepared dataset directory (val.bin + meta.json) for the bpb task "
-                                       "(default: none, so bpb is not run)")
-    ap.add_argument("--limit", type=int, help="first N items per task, per subject for MMLU (default: all)")
-    ap.add_argument("--runs", type=int, default=RUNS, help=f"paper protocol: sampled runs on the same items (default: {RUNS})")
-    ap.add_argument("--temperature", type=float, default=TEMPERATURE,
-                    help=f"paper protocol: sampling temperature (default: {TEMPERATURE})")
-    ap.add_argument("--top_k", type=int, default=TOP_K, help=f"paper protocol: top-k, 0 = none (default: {TOP_K})")
-    ap.add_argument("--seed", type=int, default=SEED, help=f"paper protocol: seed of every item's generator (default: {SEED})")
-    ap.add_argument("--batch_size", type=int, default=64, help="max rows per forward pass (default: 64)")
-    ap.add_argument("--max_tokens", type=int, default=8192, help="max padded tokens per forward pass (default: 8192)")
-    ap.add_argument("--device", default=device, help=f"(default: {device})")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32"], help="auto: bf16 autocast on CUDA (default: auto)")
-    ap.add_argument("--tokenizer", help="override the checkpoint's tokenizer (default: the one it records)")
-    ap.add_argument("--out", help="result JSON (default: <ckpt dir>/eval_<ckpt name>_<protocol>.json)")
-    ap.add_argument("--log_samples", action="store_true", help="store every item's answers in the JSON (default: off)")
-    ap.add_argument("--compare", nargs="+", metavar="RESULT.json", help="print result files side by side and exit")
-    return ap.parse_args(argv)
+def check_paths(cfg):
+    """Path options: a control character (a newline, a tab) in one is a quoting slip, not a file name."""
+    for key, value in [(k, cfg[k]) for k in PATH_KEYS] + [("results", p) for p in cfg["results"]]:
+        if not isinstance(value, str) or any(unicodedata.category(c) == "Cc" for c in value):
+            fail(f"{key}={value!r}: a path or name with a control character (newline, tab, NUL, ...) is refused")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        if args.compare:
-            print(compare(args.compare))
-            return
-        if not args.ckpt:
-            raise ValueError("--ckpt is required (or --compare FILES)")
-        tasks = resolve_tasks(args.tasks)
-        notes = []
-        if "bpb" in tasks and not args.val_data:
-            if "bpb" in [s.strip() for s in args.tasks.split(",")]:
-                raise ValueError(BPB_NEEDS)
-            tasks.remove("bpb")
-            notes.append(f"bpb (bits per byte on held-out text) not run: {BPB_NEEDS}")
-        if args.runs < 1 or (args.limit is not None and args.limit < 1):
-            raise ValueError("--runs and --limit must be >= 1")
-        if args.data_dir and not os.path.isdir(args.data_dir):
-            raise ValueError(f"--data_dir {args.data_dir}: no such directory")
-        path = args.out or default_out(args.ckpt, args.protocol)
-        check_overwrite(path, args.ckpt)  # before the work, not after it
-        model, ckpt = open_model(args.ckpt, args.device)
-        tok = checkpoint_tokenizer(ckpt, args.ckpt, args.tokenizer)
-        sources = [TASKS[t]["source"] for t in tasks if "source" in TASKS[t]]
-        data_dir = args.data_dir or (B.ensure_data(sources) if sources else None)
-        t0 = time.time()
-        results = evaluate(model, tok, tasks, args.protocol, data_dir, args.limit, args.runs, args.temperature,
-                           args.top_k or None, args.seed, args.batch_size, args.max_tokens, args.dtype,
-                           args.val_data, progress=True, log_samples=args.log_samples)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"eval.py: {e}") from None
-    record = dict(ckpt=os.path.abspath(args.ckpt), kind=ckpt.get("kind"), model_fingerprint=model_fingerprint(model),
-                  substrate=substrate(model, tok), protocol=args.protocol,
-                  choices=our_choices(args.protocol, args.runs, args.temperature, args.top_k or None, args.seed, args.limit),
-                  block_size=model.config.block_size, data_dir=data_dir, device=args.device,
-                  seconds=round(time.time() - t0, 1), created=time.strftime("%Y-%m-%dT%H:%M:%S"), tasks=results)
-    write_json(path, record)
+def run_compare(cfg):
+    if not cfg.compare:
+        fail(f"positional arguments {' '.join(map(shown, cfg.results))} are result files for --compare; "
+             f"the checkpoint to evaluate is --ckpt=PATH")
+    if not cfg.results:
+        fail("--compare needs result files: python eval.py --compare a.json b.json")
+    if cfg.out:
+        check_out(cfg.out, [("--compare file", p) for p in cfg.results])
+        if os.path.exists(cfg.out):
+            try:
+                with open(cfg.out, encoding="utf-8") as f:
+                    first = f.readline()
+            except (OSError, ValueError):
+                first = ""
+            if not first.startswith(TABLE_HEAD):
+                fail(f"{shown(cfg.out)} exists and is not a comparison table: not overwritten (pass another --out)")
+    text = compare_table(cfg.results)
+    if cfg.out:
+        def write(path):
+            with atomic_write(path) as f:
+                f.write(text + "\n")
+        write_out(cfg.out, write)
+    print(text)
+    return text
+
+
+def plan(cfg):
+    """Everything about a run that can be wrong, checked before the model is loaded -> (tasks, notes,
+    device, result path)."""
+    if not cfg.ckpt:
+        fail("--ckpt=PATH is required (or --compare RESULT.json ...)")
+    check_options(cfg.protocol, cfg.runs, cfg.temperature, cfg.top_k, cfg.seed, cfg.limit, cfg.batch_size,
+                  cfg.max_tokens)
+    task_names = resolve_tasks(cfg.tasks)
+    notes = []
+    if "bpb" in task_names and not cfg.val_data:
+        if "bpb" in [t.strip() for t in cfg.tasks.split(",")]:
+            fail(BPB_NEEDS)
+        task_names.remove("bpb")
+        notes.append(f"bpb (bits per byte on held-out text) not run: {BPB_NEEDS}")
+    if cfg.data_dir and not os.path.isdir(cfg.data_dir):
+        fail(f"data_dir={shown(cfg.data_dir)}: no such folder")
+    if "bpb" in task_names and not os.path.isdir(cfg.val_data):
+        fail(f"val_data={shown(cfg.val_data)}: no such folder (a prepared data/<name> with val.bin and meta.json)")
+    dev = resolve_device(cfg.device)  # cuda on a machine without one says so here, not as a checkpoint error
+    resolve_dtype(cfg.dtype, dev)
+    if not os.path.isfile(cfg.ckpt):
+        fail(f"ckpt={shown(cfg.ckpt)}: no such checkpoint file{missing_checkpoint_hint(cfg.ckpt)}")
+    path = cfg.out or default_out(cfg.ckpt, cfg.protocol)
+    check_out(path, [("checkpoint", cfg.ckpt)])
+    check_overwrite(path, cfg.ckpt)
+    return task_names, notes, dev, path
+
+
+def run_eval(cfg):
+    task_names, notes, dev, path = plan(cfg)
+    model, ck = open_model(cfg.ckpt, dev)
+    tok = checkpoint_tokenizer(ck, cfg.ckpt, cfg.tokenizer or None)
+    sources = [TASKS[t]["source"] for t in task_names if "source" in TASKS[t]]
+    data_dir = cfg.data_dir or (benchmarks.ensure_data(sources) if sources else None)
+    t0 = time.time()
+    res = evaluate(model, tok, task_names, cfg.protocol, data_dir, cfg.limit or None, cfg.runs, cfg.temperature,
+                   cfg.top_k or None, cfg.seed, cfg.batch_size, cfg.max_tokens, cfg.dtype, cfg.val_data or None,
+                   progress=True, log_samples=cfg.log_samples)
+    record = dict(ckpt=os.path.abspath(cfg.ckpt), kind=ck.get("kind"), model_fingerprint=model_fingerprint(model),
+                  substrate=substrate(model, tok), protocol=cfg.protocol,
+                  choices=our_choices(cfg.protocol, cfg.runs, cfg.temperature, cfg.top_k or None, cfg.seed,
+                                      cfg.limit or None),
+                  block_size=model.config.block_size, data_dir=data_dir, device=dev,
+                  seconds=round(time.time() - t0, 1), created=time.strftime("%Y-%m-%dT%H:%M:%S"), tasks=res)
+    write_out(path, lambda p: write_json(p, record))  # before the table: a failing print loses nothing
     print(table(record))
     for note in notes:
         print(note)
     print(f"wrote {path}")
+    return record
+
+
+def main(argv=None):
+    """python eval.py ... (see the module's docstring); returns the result record (or the compare
+    table). Bad input: ValueError / OSError with a one-line message (script_main prints it)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(__doc__.strip() + "\n")  # the examples and the data layout, then every option (configure)
+    cfg = configure(DEFAULTS, argv, verbose=False, docs=key_docs(__file__), prog="eval.py", positional="results")
+    check_paths(cfg)
+    if cfg.compare or cfg.results:
+        return run_compare(cfg)
+    return run_eval(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    script_main("eval.py", main)

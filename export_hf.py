@@ -3,7 +3,9 @@ Share glyphgpt models the way the field does: a Hugging Face folder out, and bac
 
 $ python export_hf.py out/ckpt.pt --to=hf-model                 # a single, grown or merged checkpoint
 $ python export_hf.py out/merged.pt --to=hf-merge --eval=eval_merged_loglik.json --license=apache-2.0
+$ python export_hf.py out/ckpt.pt --to=hf-model --overwrite     # replace an earlier export
 $ python export_hf.py hf-model --to=imported.pt                  # a folder this script wrote -> checkpoint
+$ python export_hf.py --help                                     # every option
 
 Export writes a Hub-ready folder: config.json (the architecture of every expert, the merge mode and
 weights, the frozen table's fingerprint and recipe, the tokenizer's name and fingerprint),
@@ -19,33 +21,64 @@ metadata block). transformers then loads it like any remote-code model:
 Before the folder is put in place, the exported model is loaded back with transformers and its
 logits compared with glyphgpt's on a probe text (max abs difference <= 1e-5): a folder that would
 not compute what the checkpoint computes is never written. The folder appears atomically (built
-under a temporary name, then renamed); an existing one is replaced only with --force.
+under DEST.partial-PID, then renamed); an existing one is replaced only with --overwrite, and only
+when it holds nothing but an export's files (a checkpoint, a log or a .git in it are never deleted).
 
 Import reads such a folder back into a glyphgpt checkpoint (kind "gpt", or "merge" for a merge) that
 grow.py, merge.py, eval.py and sample.py take: the weights bit-identical, the fingerprints verified.
-Folders of other origins (e.g. the papers' released Bochkov/* models) are refused: their format could
-not be checked offline.
+config.json carries, under glyphgpt.recorded, a copy made at export of every field the import reads
+(the weights do not reveal e.g. a context length): a folder whose fields differ from it was edited
+after export and is refused, naming the field. Folders of other origins (e.g. the papers' released
+Bochkov/* models) are refused: their format could not be checked offline.
+
+Nothing is lost on a failure: --to is never one of the inputs (the checkpoint, the result JSONs, the
+source folder) nor a folder holding one, nor (import) a file inside the source folder; a failed write
+(a full disk) is one line naming the file, with the earlier --to intact; the leftovers of a killed
+export (DEST.partial-PID, DEST.old-PID) or import are cleared by the next run once their process is
+gone (a DEST.old-PID without its DEST is put back as DEST).
 
 Needs transformers and safetensors (requirements-test.txt); nothing else in glyphgpt does.
 """
-import argparse
+import ast
 import json
 import os
+import re
 import shutil
-import sys
+from dataclasses import fields
 
 import torch
 
-from checkpoint import checkpoint_tokenizer, load_model, model_from_checkpoint, save_checkpoint
+from checkpoint import (atomic_write, check_finite, check_output, load_model, model_from_checkpoint, pid_alive,
+                        remove_stale_partials, save_checkpoint, write_error)
+from common import fail, first_line, script_main, shown
+from configurator import configure, defaults_from, key_docs
+from model import GPTConfig
+from unicode_tokenizer import checkpoint_tokenizer
+
+# -----------------------------------------------------------------------------
+# command-line defaults: python export_hf.py SOURCE --to=DEST [--overwrite] [--eval=RESULT.json ...] [--license=ID]
+source = []  # what to read, given positionally: a glyphgpt checkpoint (export) or a folder written by export (import)
+to = ""  # what to write: the folder (export) or the checkpoint file (import); never an input or a folder holding one
+overwrite = False  # replace an existing --to (a folder only if it holds nothing but an export's files)
+eval = []  # export: eval.py result JSONs whose scores go into the model card; --eval=a.json (repeatable) or a list
+license = "other"  # export: the model card's license, a Hub license id (apache-2.0, mit, cc-by-4.0, other, ...)
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_from(globals())
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELING_FILES = ("configuration_glyphgpt.py", "modeling_glyphgpt.py")
-FORMAT = 1  # version of the folder layout below, recorded in config.json
+FOLDER_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "generation_config.json", *MODELING_FILES, "README.md")  # what export writes
+FORMAT = 2  # version of the folder layout below, recorded in config.json (2: glyphgpt.recorded)
+RECORDED = ("vocab_size", "embedding", "table_width", "experts", "merge_mode", "merge_weights", "table_info",
+            "tokenizer_name", "tokenizer_fingerprint")  # the top-level config.json fields import reads
 SPECIAL = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
 CARRIED = ("iter_num", "best_val_loss", "metrics", "substrate")  # checkpoint entries kept in config.json
 EXPERT_CARRIED = ("source", "iter_num", "datasets", "metrics")  # and those of a merge file's experts
 PROBE = "Question: Which form of energy does a solar panel change into electricity?\nAnswer: light"
 TOLERANCE = 1e-5  # max abs logit difference, float32
+MAX_CONTEXT = 2 ** 20  # the largest block_size import builds (rotary tables of 10^9 positions would fill memory)
+LICENSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")  # the Hub's license ids: apache-2.0, cc-by-nc-4.0, ...
 
 
 def need(*modules):
@@ -55,8 +88,80 @@ def need(*modules):
         return [importlib.import_module(m) for m in modules]
     except ImportError as e:
         package = (e.name or "transformers").split(".")[0]
-        raise SystemExit(f"export_hf.py needs {package}: pip install transformers==5.24.0 safetensors==0.8.0 "
-                         f"(or pip install -r requirements-test.txt)") from None
+        fail(f"{package} is not installed: pip install transformers==5.24.0 safetensors==0.8.0 "
+             f"(or pip install -r requirements-test.txt)")
+
+
+# -----------------------------------------------------------------------------
+# where the output goes: never onto an input, never over files an export did not write
+
+def remove_stale_folders(dest):
+    """The leftovers of an export of dest killed while writing (their process is gone; a live
+    writer's are kept): dest.partial-PID (a half-built folder) is removed, and dest.old-PID (the
+    folder being replaced) is removed too, or put back as dest when the kill came between the two
+    renames and dest is missing."""
+    d, base = os.path.split(dest)
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        tag = next((t for t in (".old-", ".partial-") if name.startswith(base + t)), None)
+        pid = name[len(base) + len(tag):] if tag else ""
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        path = os.path.join(d, name)
+        if tag == ".old-" and not os.path.lexists(dest):
+            os.rename(path, dest)
+            print(f"{shown(dest)}: put back from {name}, left by an export killed while replacing it")
+        elif os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def check_replaceable(dest, overwrite):
+    """An existing dest is replaced only with overwrite, and only when it is a folder holding nothing
+    but what an export writes (anything else in it would be lost)."""
+    if not os.path.lexists(dest):
+        return
+    if os.path.islink(dest) or not os.path.isdir(dest):
+        fail(f"to={shown(dest)} is a {'symbolic link' if os.path.islink(dest) else 'file'}, not a folder: "
+             f"choose another --to")
+    if not overwrite:
+        fail(f"to={shown(dest)} exists: pass --overwrite to replace it")
+    foreign = sorted(set(os.listdir(dest)) - set(FOLDER_FILES))
+    if foreign:
+        fail(f"to={shown(dest)} holds {', '.join(map(shown, foreign[:3]))}{' ...' if len(foreign) > 3 else ''}, "
+             f"which an export does not write: not replacing it (that would delete them); choose another --to")
+
+
+def write_folder(dest, fill):
+    """Build the folder under dest.partial-PID with fill(tmp), then rename it into place, so a reader
+    sees the old folder or the new one, never half of one; a failure or a Ctrl-C leaves the old one."""
+    tmp, old = f"{dest}.partial-{os.getpid()}", f"{dest}.old-{os.getpid()}"
+    kept = f"the existing {shown(dest)} is intact" if os.path.exists(dest) else f"nothing was written to {shown(dest)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    moved = done = False
+    try:
+        try:
+            os.makedirs(tmp)
+        except OSError as e:
+            raise write_error(tmp, e, kept="") from None
+        result = fill(tmp)
+        try:
+            if os.path.lexists(dest):
+                os.rename(dest, old)
+                moved = True
+            os.rename(tmp, dest)
+            done = True
+        except OSError as e:
+            raise write_error(dest, e, kept="") from None
+    except OSError as e:
+        raise OSError(f"{e}; {kept}") from None
+    finally:
+        if moved and not done:
+            os.rename(old, dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
+    return result
 
 
 # -----------------------------------------------------------------------------
@@ -93,11 +198,12 @@ def from_hf_names(tensors, k, frozen):
 # export
 
 def open_checkpoint(path):
-    """-> (model, checkpoint dict, list of expert GPTs, merge weights, merge mode)."""
+    """-> (model, checkpoint dict, list of expert GPTs, merge weights, merge mode). load_model refuses
+    non-finite weights (checkpoint.check_finite)."""
     try:
         model, ckpt = load_model(path)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
-        raise SystemExit(f"export_hf.py: {path}: cannot load as a glyphgpt checkpoint: {e}") from None
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        fail(f"{shown(path)}: cannot load as a glyphgpt checkpoint: {first_line(e)}")
     if ckpt["kind"] == "merge":
         return model, ckpt, list(model.experts), list(model.weights), model.mode
     return model, ckpt, [model], [1.0], "logits"
@@ -107,23 +213,23 @@ def open_tokenizer(ckpt, path):
     """The checkpoint's tokenizer as a tokenizer.json dict, checked against its fingerprint."""
     try:
         tok = checkpoint_tokenizer(ckpt, path)
-    except ValueError as e:
-        raise SystemExit(f"export_hf.py: {path}: {e}") from None
+    except (ValueError, OSError) as e:
+        fail(f"{shown(path)}: {first_line(e)}")
     if getattr(tok, "lossless", False):
-        raise SystemExit(f"export_hf.py: {path}: tokenizer {tok.name!r} is lossless: its escape ids for characters "
-                         f"without an id have no tokenizer.json equivalent; export a model of the plain tokenizer")
+        fail(f"{shown(path)}: tokenizer {tok.name!r} is lossless: its escape ids for characters without an id have "
+             f"no tokenizer.json equivalent; export a model of the plain tokenizer")
     if hasattr(tok, "to_hf_json"):
         return tok, tok.to_hf_json()
     if hasattr(tok, "tok"):  # a general tokenizer.json run by the `tokenizers` library
         return tok, json.loads(tok.tok.to_str())
-    raise SystemExit(f"export_hf.py: {path}: tokenizer {tok.name!r} (tiktoken) has no tokenizer.json form to ship")
+    fail(f"{shown(path)}: tokenizer {tok.name!r} (tiktoken) has no tokenizer.json form to ship")
 
 
 def plain_json(value, where):
     try:
         return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"export_hf.py: {where} cannot be written to config.json: {e}") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        fail(f"{where} cannot be written to config.json: {first_line(e)}")
 
 
 def special_ids(tok):
@@ -140,7 +246,7 @@ def hf_config(ckpt, experts, weights, mode, tok):
     if ckpt["kind"] == "merge":  # where each expert came from, as the merge file records it
         glyphgpt["experts"] = [plain_json({k: ent.get(k) for k in EXPERT_CARRIED}, f"expert {i}")
                                for i, ent in enumerate(ckpt["experts"])]
-    return dict(
+    cfg = dict(
         architectures=["GlyphGPTForCausalLM"], model_type="glyphgpt",
         auto_map={"AutoConfig": "configuration_glyphgpt.GlyphGPTConfig",
                   "AutoModelForCausalLM": "modeling_glyphgpt.GlyphGPTForCausalLM"},
@@ -155,6 +261,9 @@ def hf_config(ckpt, experts, weights, mode, tok):
         num_hidden_layers=sum(e.config.n_layer for e in experts),
         hidden_size=experts[0].config.d_model, num_attention_heads=experts[0].config.n_head,
         tie_word_embeddings=False, use_cache=True, torch_dtype="float32", glyphgpt=glyphgpt)
+    # the weights do not reveal every field (a context length, the merge weights): import compares these
+    glyphgpt["recorded"] = plain_json({k: cfg[k] for k in RECORDED}, "the recorded fields")
+    return cfg
 
 
 def eval_results(paths):
@@ -162,13 +271,13 @@ def eval_results(paths):
     out = []
     for p in paths:
         try:
-            with open(p) as f:
+            with open(p, encoding="utf-8") as f:
                 res = json.load(f)
             for task, r in res["tasks"].items():
                 if isinstance(r, dict) and isinstance(r.get("mean"), (int, float)):
-                    out.append((task, r.get("metric", "acc"), r["mean"], res.get("protocol")))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SystemExit(f"export_hf.py: --eval {p}: not an eval.py result JSON ({type(e).__name__}: {e})") from None
+                    out.append((str(task), str(r.get("metric", "acc")), r["mean"], res.get("protocol")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            fail(f"--eval={shown(p)}: not an eval.py result JSON ({type(e).__name__}: {first_line(e)})")
     return out
 
 
@@ -219,77 +328,75 @@ def model_card(cfg, results, license_, name):
 
 
 @torch.no_grad()
-def check_logits(folder, model, tok):
+def check_logits(folder, model, tok, dest):
     """Load the folder with transformers and compare its logits with glyphgpt's on PROBE."""
     transformers, = need("transformers")
     transformers.utils.logging.disable_progress_bar()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    try:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    except Exception as e:  # whatever transformers raises: the folder is not written
+        fail(f"{shown(dest)}: transformers cannot load the exported folder ({type(e).__name__}: {first_line(e)}); "
+             f"nothing written")
     ids = tok.encode(PROBE)[:model.config.block_size]
     x = torch.tensor([ids])
     ours, _ = model(x)
     theirs = hf(x).logits
     diff = float((ours.float() - theirs.float()).abs().max())
     if not diff <= TOLERANCE:
-        raise SystemExit(f"export_hf.py: the exported model's logits differ from the checkpoint's by {diff:.3g} "
-                         f"(> {TOLERANCE}): nothing written")
+        fail(f"{shown(dest)}: the exported model's logits differ from the checkpoint's by {diff:.3g} "
+             f"(> {TOLERANCE}): nothing written")
     return diff
 
 
-def write_folder(dest, force, fill):
-    """Build the folder under a temporary name with fill(tmp), then rename it into place, so a reader
-    sees the old folder or the new one, never half of one."""
-    dest = os.path.abspath(dest.rstrip("/"))
-    if os.path.exists(dest) and not force:
-        raise SystemExit(f"export_hf.py: {dest} exists: pass --force to replace it")
-    tmp = f"{dest}.partial-{os.getpid()}"
-    old = f"{dest}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        result = fill(tmp)
-        if os.path.exists(dest):
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    return result
-
-
-def export(ckpt_path, dest, force=False, evals=(), license_="other"):
-    """-> max abs logit difference of the written folder vs the checkpoint (transformers, float32)."""
+def export(ckpt_path, dest, overwrite=False, evals=(), license_="other"):
+    """-> max abs logit difference of the written folder vs the checkpoint (transformers, float32).
+    Every check runs before anything is written; bad input is a ValueError, a failed write an
+    OSError, each one line."""
     _, st = need("transformers", "safetensors.torch")
+    evals = list(evals)
+    if not isinstance(license_, str) or not LICENSE_ID.fullmatch(license_):
+        fail(f"--license={license_!r}: expected a Hub license id (apache-2.0, mit, cc-by-4.0, other, ...)")
+    if not dest:
+        fail("--to is empty: give the folder to write")
+    dest = os.path.abspath(dest)
+    inputs = [ckpt_path, *evals, *(os.path.join(HERE, "hf", f) for f in MODELING_FILES)]
+    check_output(dest, [("input", p) for p in inputs], "to")
+    remove_stale_folders(dest)
+    check_replaceable(dest, overwrite)
     model, ckpt, experts, weights, mode = open_checkpoint(ckpt_path)
     tok, tok_json = open_tokenizer(ckpt, ckpt_path)
     frozen = experts[0].frozen_table is not None
     tensors = {n: t.detach().float().contiguous().cpu() for n, t in to_hf_names(experts, frozen).items()}
-    bad = [n for n, t in tensors.items() if not torch.isfinite(t).all()]
-    if bad:
-        raise SystemExit(f"export_hf.py: {ckpt_path}: tensor {bad[0]} has non-finite values: refusing to export it")
     cfg = hf_config(ckpt, experts, weights, mode, tok)
-    card = model_card(cfg, eval_results(evals), license_, os.path.basename(os.path.abspath(dest.rstrip("/"))))
+    card = model_card(cfg, eval_results(evals), license_, os.path.basename(dest))
     block = cfg["max_position_embeddings"]
     ids = special_ids(tok)  # naming a token the vocabulary lacks would make transformers add one
     special = {k: s for k, s in SPECIAL.items() if ids[s] is not None}
+    files = {  # name -> write(path)
+        "model.safetensors": lambda p: st.save_file(tensors, p, metadata={"format": "pt"}),
+        "config.json": lambda p: dump(p, cfg),
+        "tokenizer.json": lambda p: dump(p, tok_json),
+        "tokenizer_config.json": lambda p: dump(p, dict(
+            tokenizer_class="PreTrainedTokenizerFast", model_max_length=block, clean_up_tokenization_spaces=False,
+            add_bos_token=False, add_eos_token=False, **special)),
+        "special_tokens_map.json": lambda p: dump(p, special),
+        "generation_config.json": lambda p: dump(p, dict(  # sample.py's defaults
+            bos_token_id=cfg["bos_token_id"], eos_token_id=cfg["eos_token_id"], pad_token_id=cfg["pad_token_id"],
+            do_sample=True, temperature=0.8, top_k=200)),
+        **{f: (lambda p, f=f: shutil.copyfile(os.path.join(HERE, "hf", f), p)) for f in MODELING_FILES},
+        "README.md": lambda p: write_text(p, card),
+    }
+    assert set(files) == set(FOLDER_FILES)
 
     def fill(tmp):
-        st.save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        dump(os.path.join(tmp, "config.json"), cfg)
-        dump(os.path.join(tmp, "tokenizer.json"), tok_json)
-        dump(os.path.join(tmp, "tokenizer_config.json"),
-             dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=block, clean_up_tokenization_spaces=False,
-                  add_bos_token=False, add_eos_token=False, **special))
-        dump(os.path.join(tmp, "special_tokens_map.json"), special)
-        dump(os.path.join(tmp, "generation_config.json"),  # sample.py's defaults
-             dict(bos_token_id=cfg["bos_token_id"], eos_token_id=cfg["eos_token_id"], pad_token_id=cfg["pad_token_id"],
-                  do_sample=True, temperature=0.8, top_k=200))
-        for f in MODELING_FILES:
-            shutil.copyfile(os.path.join(HERE, "hf", f), os.path.join(tmp, f))
-        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
-        return check_logits(tmp, model, tok)
+        for name, write in files.items():
+            try:
+                write(os.path.join(tmp, name))
+            except Exception as e:  # OSError, or a library's own error type (safetensors) for a failed write
+                raise write_error(os.path.join(dest, name), e, kept="") from None
+        return check_logits(tmp, model, tok, dest)
 
-    return write_folder(dest, force, fill)
+    return write_folder(dest, fill)
 
 
 def dump(path, obj):
@@ -298,65 +405,204 @@ def dump(path, obj):
         f.write("\n")
 
 
+def write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 # -----------------------------------------------------------------------------
 # import
 
-def read_folder(folder):
-    """-> (config dict, {name: tensor}) of a folder written by export()."""
-    st, = need("safetensors.torch")
+def difference(a, b, where):
+    """The first place where two JSON values differ, as 'experts[0].block_size=4096 (recorded 32)';
+    None when they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(b) + [k for k in a if k not in b]:
+            if k not in a or k not in b:
+                return f"{where}.{k} is {'missing' if k not in a else 'not recorded'}"
+            d = difference(a[k], b[k], f"{where}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := difference(x, y, f"{where}[{i}]"))), None)
+    same = json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN here
+    return None if same else f"{where}={json.dumps(a)[:60]} (recorded {json.dumps(b)[:60]})"
+
+
+def number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_config(folder):
+    """-> config.json of a folder written by export(), every field import reads checked: its type,
+    and that it equals the copy the export recorded (glyphgpt.recorded)."""
     path = os.path.join(folder, "config.json")
+    where = shown(path)
     try:
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"export_hf.py: {path}: cannot read it ({e})") from None
-    fmt = (cfg.get("glyphgpt") or {}).get("format") if isinstance(cfg, dict) else None
+    except FileNotFoundError:
+        fail(f"{shown(folder)} has no config.json: not a folder written by export_hf.py")
+    except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON, nested too deep
+        fail(f"{where}: cannot read it as JSON ({type(e).__name__}: {first_line(e)})")
+    if not isinstance(cfg, dict):
+        fail(f"{where} holds a JSON {type(cfg).__name__}, expected an object")
+    g = cfg.get("glyphgpt")
+    fmt = g.get("format") if isinstance(g, dict) else None
     if cfg.get("model_type") != "glyphgpt" or fmt != FORMAT:
-        raise SystemExit(f"export_hf.py: {path}: model_type {cfg.get('model_type')!r}, glyphgpt format {fmt!r}: "
-                         f"only folders written by this export_hf.py (format {FORMAT}) can be imported")
+        if cfg.get("model_type") == "glyphgpt" and fmt == 1:
+            fail(f"{where}: glyphgpt format 1 (an older export_hf.py) does not record its fields, so an edit "
+                 f"could not be detected: export the checkpoint again with this export_hf.py (format {FORMAT})")
+        fail(f"{where}: model_type {str(cfg.get('model_type'))[:40]!r}, glyphgpt format {str(fmt)[:20]}: "
+             f"only folders written by this export_hf.py (format {FORMAT}) can be imported")
+    rec = g.get("recorded")
+    if not isinstance(rec, dict) or sorted(rec) != sorted(RECORDED):
+        fail(f"{where}: glyphgpt.recorded must hold {', '.join(RECORDED)} (the fields recorded at export)")
+    for k in RECORDED:
+        if k not in cfg:
+            fail(f"{where} has no {k!r}")
+        d = difference(cfg[k], rec[k], k)
+        if d:
+            fail(f"{where}: {d}: config.json was edited after export (the weights cannot tell which is right); "
+                 f"restore it or export again")
+    experts, kind = cfg["experts"], g.get("kind")
+    if not isinstance(experts, list) or not experts or not all(isinstance(e, dict) for e in experts):
+        fail(f"{where}: 'experts' must be a non-empty list of model_args objects")
+    if kind not in ("gpt", "merge") or kind == "gpt" and len(experts) != 1:
+        fail(f"{where}: glyphgpt.kind={str(kind)[:20]!r} with {len(experts)} expert(s): expected 'gpt' with 1 or 'merge'")
+    names = {f.name for f in fields(GPTConfig)}
+    for k, e in enumerate(experts):
+        if set(e) != names:
+            odd = sorted(names - set(e)) or sorted(set(e) - names)
+            fail(f"{where}: experts[{k}] {'lacks' if names - set(e) else 'has unknown'} "
+                 f"{', '.join(map(str, odd))[:80]}: expected glyphgpt's model_args ({', '.join(sorted(names))})")
+        b = e["block_size"]  # the one shape the weights do not bound: its rotary tables are built in full
+        if type(b) is int and b > MAX_CONTEXT:
+            fail(f"{where}: experts[{k}].block_size={b} exceeds {MAX_CONTEXT:,} tokens: not a glyphgpt model")
+        for key in ("embedding", "vocab_size"):
+            if e.get(key) != cfg[key]:
+                fail(f"{where}: experts[{k}].{key}={str(e.get(key))[:40]!r}, the folder's {key} is {str(cfg[key])[:40]!r}")
+    checks = dict(embedding=lambda v: isinstance(v, str), vocab_size=lambda v: type(v) is int and v > 0,
+                  table_width=lambda v: v is None if cfg["embedding"] == "trainable" else type(v) is int and v > 0,
+                  merge_mode=lambda v: isinstance(v, str),
+                  merge_weights=lambda v: isinstance(v, list) and len(v) == len(experts) and all(map(number, v)),
+                  table_info=lambda v: isinstance(v, dict), tokenizer_name=lambda v: isinstance(v, str) and v,
+                  tokenizer_fingerprint=lambda v: isinstance(v, str) and v)
+    for key, ok in checks.items():
+        if not ok(cfg[key]):
+            fail(f"{where}: {key}={json.dumps(cfg[key])[:60]} is not valid")
+    prov = g.get("experts")
+    if prov is not None and not (isinstance(prov, list) and len(prov) == len(experts)
+                                 and all(isinstance(e, dict) for e in prov)):
+        fail(f"{where}: glyphgpt.experts must be one object per expert")
+    return cfg
+
+
+def read_tensors(folder, cfg):
+    """-> {name: tensor} of model.safetensors: every tensor float32, finite, and belonging to an expert
+    (or the shared table)."""
+    st, = need("safetensors.torch")
+    path = os.path.join(folder, "model.safetensors")
     try:
-        tensors = st.load_file(os.path.join(folder, "model.safetensors"))
-    except Exception as e:  # missing, truncated or foreign file
-        raise SystemExit(f"export_hf.py: {folder}/model.safetensors: cannot read it ({str(e)[:160]})") from None
-    return cfg, tensors
+        tensors = st.load_file(path)
+    except Exception as e:  # missing, truncated or foreign file (safetensors raises its own error type)
+        fail(f"{shown(path)}: cannot read it ({type(e).__name__}: {first_line(e)})")
+    frozen = cfg["embedding"] != "trainable"
+    known = re.compile(r"experts\.(\d+)\..+")
+    for name, t in tensors.items():
+        m = known.fullmatch(name)
+        if not (frozen and name == "table" or m and int(m[1]) < len(cfg["experts"])):
+            fail(f"{shown(path)}: tensor {name[:60]!r} belongs to no expert of config.json")
+        if t.dtype != torch.float32:
+            fail(f"{shown(path)}: tensor {name[:60]!r} is {t.dtype}, an export writes float32")
+    if frozen and "table" not in tensors:
+        fail(f"{shown(path)}: embedding {cfg['embedding']!r} but no frozen 'table' tensor")
+    # the shapes config.json gives, checked before a model of that shape is built
+    if frozen and tuple(tensors["table"].shape) != (cfg["vocab_size"], cfg["table_width"]):
+        fail(f"{shown(path)}: table is {list(tensors['table'].shape)}, config.json gives "
+             f"[vocab_size, table_width] = {[cfg['vocab_size'], cfg['table_width']]}")
+    for k, e in enumerate(cfg["experts"]):
+        head = tensors.get(f"experts.{k}.lm_head.weight")
+        if head is None or tuple(head.shape) != (cfg["vocab_size"], e["d_model"]):
+            fail(f"{shown(path)}: experts.{k}.lm_head.weight is {None if head is None else list(head.shape)}, "
+                 f"config.json gives [vocab_size, d_model] = {[cfg['vocab_size'], e['d_model']]}")
+        layers = {n.split(".")[3] for n in tensors if n.startswith(f"experts.{k}.h.") and n.count(".") > 3}
+        n = e["n_layer"]
+        if type(n) is not int or len(layers) != n or layers != {str(i) for i in range(n)}:
+            fail(f"{shown(path)}: expert {k} has {len(layers)} blocks, config.json gives n_layer={str(n)[:20]}")
+    check_finite(tensors, f"{shown(path)}: not imported")
+    return tensors
 
 
-def imported_tokenizer(folder, cfg, out):
-    """-> tokenizer_name for the checkpoint: the recorded name when it resolves here to the same
-    tokenizer, else a copy of the folder's tokenizer.json next to the checkpoint."""
-    from unicode_tokenizer import get_tokenizer
-    shipped = get_tokenizer(os.path.join(folder, "tokenizer.json"))
-    want = cfg.get("tokenizer_fingerprint")
+def imported_tokenizer(folder, cfg):
+    """-> (tokenizer_name for the checkpoint, None) when the recorded name resolves here to the same
+    tokenizer, else (None, the folder's tokenizer.json bytes) to copy next to the checkpoint."""
+    from unicode_tokenizer import RELEASED, get_tokenizer
+    path = os.path.join(folder, "tokenizer.json")
+    try:
+        shipped = get_tokenizer(path)
+    except Exception as e:  # our ValueError, or the `tokenizers` library's own error for a general file
+        fail(f"{shown(path)}: not a usable tokenizer.json ({first_line(e)})")
+    want = cfg["tokenizer_fingerprint"]
     if shipped.fingerprint != want:
-        raise SystemExit(f"export_hf.py: {folder}/tokenizer.json has fingerprint {shipped.fingerprint}, config.json "
-                         f"records {want}")
-    try:
-        if get_tokenizer(cfg["tokenizer_name"]).fingerprint == want:
-            return cfg["tokenizer_name"]
-    except (ValueError, OSError):
-        pass
+        fail(f"{shown(path)} has fingerprint {shipped.fingerprint}, config.json records {str(want)[:40]}")
+    name = cfg["tokenizer_name"]
+    local = name.removesuffix("-lossless") in (*RELEASED, "bvv241-2-3-local") or os.path.isfile(name)
+    if local:  # (never a name that downloads: hf:..., tiktoken)
+        try:
+            if get_tokenizer(name).fingerprint == want:
+                return name, None
+        except Exception:  # a path on the exporter's machine that holds something else here: copy it
+            pass
+    with open(path, "rb") as f:
+        return None, f.read()
+
+
+def import_folder(folder, out, overwrite=False):
+    """Folder written by export() -> glyphgpt checkpoint file `out`; -> the checkpoint dict. Every
+    check runs before anything is written; bad input is a ValueError, a failed write an OSError,
+    each one line."""
+    need("safetensors.torch")
+    if not out:
+        fail("--to is empty: give the checkpoint file to write")
+    folder_real = os.path.realpath(folder)
+    inputs = [folder] + [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
+    check_output(out, [("source", p) for p in inputs], "to")
+    if os.path.realpath(out).startswith(folder_real.rstrip(os.sep) + os.sep):
+        fail(f"to={shown(out)} is inside the source folder {shown(folder)}: write the checkpoint elsewhere")
+    if os.path.isdir(out):
+        fail(f"to={shown(out)} is a folder: give the checkpoint file's path, e.g. "
+             f"--to={shown(os.path.join(out, 'imported.pt'))}")
+    if os.path.exists(out) and not overwrite:
+        fail(f"to={shown(out)} exists: pass --overwrite to replace it")
     copy = os.path.abspath(out) + ".tokenizer.json"
-    shutil.copyfile(os.path.join(folder, "tokenizer.json"), copy)
-    return copy
-
-
-def import_folder(folder, out, force=False):
-    """Folder written by export() -> glyphgpt checkpoint file `out`; -> the checkpoint dict."""
-    if os.path.exists(out) and not force:
-        raise SystemExit(f"export_hf.py: {out} exists: pass --force to replace it")
-    cfg, tensors = read_folder(folder)
+    for p in (out, copy):
+        remove_stale_partials(p)
+    cfg = read_config(folder)
+    tensors = read_tensors(folder, cfg)
+    tok_name, tok_bytes = imported_tokenizer(folder, cfg)
+    old_copy = None
+    if tok_bytes is not None:
+        tok_name = copy
+        if os.path.isdir(copy):
+            fail(f"{shown(copy)} (the tokenizer next to --to) is a folder: choose another --to")
+        if os.path.exists(copy):
+            with open(copy, "rb") as f:
+                old_copy = f.read()
+            if old_copy != tok_bytes and not overwrite:
+                fail(f"{shown(copy)} exists and holds another tokenizer: pass --overwrite to replace it")
     frozen = cfg["embedding"] != "trainable"
     g = cfg["glyphgpt"]
-    tok_name = imported_tokenizer(folder, cfg, out)
     common = dict(tokenizer_name=tok_name, tokenizer_fingerprint=cfg["tokenizer_fingerprint"],
-                  table_info=dict(cfg.get("table_info") or {}))
+                  table_info=dict(cfg["table_info"]))
     ckpts = [dict(kind="gpt", model_args=dict(args), model=from_hf_names(tensors, k, frozen), **common)
              for k, args in enumerate(cfg["experts"])]
     carried = {k: g[k] for k in CARRIED if k in g}
     for c, ent in zip(ckpts, g.get("experts") or []):  # read back by merge.merge_checkpoint
         c.update(iter_num=ent.get("iter_num"), metrics=ent.get("metrics"), config=dict(datasets=ent.get("datasets")))
     try:
-        models = [model_from_checkpoint(c, "cpu", f"{folder} (expert {k})") for k, c in enumerate(ckpts)]
+        models = [model_from_checkpoint(c, "cpu", f"{shown(folder)} (expert {k})") for k, c in enumerate(ckpts)]
         if g["kind"] == "merge":
             import merge
             merged = merge.MergedGPT(models, cfg["merge_weights"], cfg["merge_mode"])
@@ -365,31 +611,81 @@ def import_folder(folder, out, force=False):
                 ent["source"] = src.get("source")
         else:
             ckpt = dict(ckpts[0], **carried)
-    except (ValueError, KeyError) as e:
-        raise SystemExit(f"export_hf.py: {folder}: {e}") from None
-    save_checkpoint(ckpt, out)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        fail(f"{shown(folder)}: {first_line(e)}")
+    if tok_bytes is not None and tok_bytes != old_copy:
+        try:
+            with atomic_write(copy, "wb") as f:
+                f.write(tok_bytes)
+        except OSError as e:
+            raise write_error(copy, e, kept="") from None
+    try:
+        save_checkpoint(ckpt, out)
+    except BaseException:  # the tokenizer copy goes with the checkpoint: put the old one back
+        if tok_bytes is not None and tok_bytes != old_copy:
+            if old_copy is None:
+                os.remove(copy)
+            else:
+                with atomic_write(copy, "wb") as f:
+                    f.write(old_copy)
+        raise
     return ckpt
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("source", help="a glyphgpt checkpoint (export) or a folder written by export (import)")
-    ap.add_argument("--to", required=True, help="the folder to write (export) or the checkpoint file (import)")
-    ap.add_argument("--force", action="store_true", help="replace an existing destination")
-    ap.add_argument("--eval", action="append", default=[], metavar="RESULT.json",
-                    help="export: eval.py result file(s) whose scores go into the model card's model-index")
-    ap.add_argument("--license", default="other", help="export: the model card's license (a Hub license id)")
-    a = ap.parse_args(argv)
-    if os.path.isdir(a.source):
-        ckpt = import_folder(a.source, a.to, a.force)
-        print(f"imported {a.source} -> {a.to} (kind {ckpt['kind']}, tokenizer {ckpt['tokenizer_name']})")
-    elif os.path.isfile(a.source):
-        diff = export(a.source, a.to, a.force, a.eval, a.license)
-        print(f"exported {a.source} -> {a.to}; transformers' logits match glyphgpt's to {diff:.2g} (max abs)")
+# -----------------------------------------------------------------------------
+# command line
+
+def gather(argv, key):
+    """configurator sets a key once; --KEY may be given several times, each a path or a Python list
+    of paths: -> argv with one --KEY=[...] in place of the first."""
+    items, out, first, args = [], [], None, list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == f"--{key}" and args and not args[0].startswith("--"):
+            value = args.pop(0)
+        elif arg.startswith(f"--{key}="):
+            value = arg[len(key) + 3:]
+        else:
+            out.append(arg)
+            continue
+        first = len(out) if first is None else first
+        if value.lstrip().startswith("["):
+            try:
+                paths = ast.literal_eval(value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                paths = None
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                fail(f"command line: --{key}={shown(value)[:80]}: expected a path or a Python list of paths")
+            items += paths
+        else:
+            items.append(value)
+    if first is not None:
+        out.insert(first, f"--{key}={items!r}")
+    return out
+
+
+def main(argv):
+    if any(a == "--force" or a.startswith("--force=") for a in argv):
+        fail("command line: --force is now --overwrite (the flag train.py and merge.py use)")
+    cfg = configure(DEFAULTS, gather(argv, "eval"), docs=key_docs(__file__), prog="export_hf.py",
+                    positional="source")
+    if len(cfg.source) != 1:
+        fail(f"expected one SOURCE (a checkpoint to export or a folder to import), got {len(cfg.source)}: "
+             f"python export_hf.py SOURCE --to=DEST")
+    src = cfg.source[0]
+    if not cfg.to:
+        fail("--to is required: the folder to write (export) or the checkpoint file to write (import)")
+    if os.path.isdir(src):
+        if cfg.eval or cfg.license != DEFAULTS["license"]:
+            fail(f"{shown(src)} is a folder, so this is an import: --eval and --license are for an export")
+        ckpt = import_folder(src, cfg.to, cfg.overwrite)
+        print(f"imported {src} -> {cfg.to} (kind {ckpt['kind']}, tokenizer {ckpt['tokenizer_name']})")
+    elif os.path.isfile(src):
+        diff = export(src, cfg.to, cfg.overwrite, cfg.eval, cfg.license)
+        print(f"exported {src} -> {cfg.to}; transformers' logits match glyphgpt's to {diff:.2g} (max abs)")
     else:
-        raise SystemExit(f"export_hf.py: {a.source}: no such checkpoint file or folder")
+        fail(f"{shown(src)}: no such checkpoint file or folder")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    script_main("export_hf.py", main)

@@ -37,7 +37,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import train
-from checkpoint import (append_line, atomic_write, check_tokenizer, model_checkpoint, model_from_checkpoint,
+from checkpoint import (append_line, atomic_write, check_tokenizer, hold_out_dir, model_checkpoint, model_from_checkpoint,
                         read_checkpoint, read_jsonl, run_checkpoint, save_checkpoint)
 from common import fail, script_main, setup_runtime
 from configurator import configure, defaults_from, key_docs
@@ -468,7 +468,8 @@ def print_plan(cfg, stages, vocab_size, base):
 def main(argv):
     cfg = configure(DEFAULTS, argv, docs=key_docs(train.__file__, __file__), prog="grow.py")
     try:
-        grow(cfg)
+        with hold_out_dir(cfg["out_dir"]):  # one growth at a time in an out_dir
+            grow(cfg)
     except KeyboardInterrupt:  # Ctrl-C: where things stand, in one line (as train.py says it)
         print(f"interrupted; finished stages and the running stage's last checkpoint are kept in {cfg['out_dir']}: "
               f"resume with the same command, python grow.py {' '.join(argv)}", file=sys.stderr)

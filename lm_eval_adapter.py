@@ -5,7 +5,7 @@ lm-evaluation-harness adapter: lets `lm_eval` evaluate glyphgpt checkpoints and 
     from lm_eval_adapter import GlyphLM
     lm = GlyphLM(ckpt="out/ckpt.pt")     # or GlyphLM(model=model, tokenizer=tok)
     lm_eval.simple_evaluate(model=lm, tasks=["arc_easy"])   # harness tasks (their data: HF hub)
-    python lm_eval_adapter.py --ckpt out/ckpt.pt --tasks arc_easy,hellaswag --limit 100
+    python lm_eval_adapter.py --ckpt=out/ckpt.pt --tasks=arc_easy,hellaswag --limit=100
 
 It implements the harness's LM interface (loglikelihood, loglikelihood_rolling, generate_until) with
 nothing but the model interface every glyphgpt model has: model(idx) -> (logits [B, T, V], _),
@@ -14,9 +14,7 @@ the harness's own HFLM does it without its caches: (context + continuation)[-(bl
 longest first, `batch_size` rows per forward. It is deliberately the plain reference: eval.py's
 grouped scorer must return the same numbers (tests/test_eval.py) and bench/bench_eval.py measures the difference.
 """
-import argparse
 import json
-import sys
 
 import torch
 from torch.nn import functional as F
@@ -25,7 +23,10 @@ from tqdm import tqdm
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from checkpoint import checkpoint_tokenizer
+from checkpoint import atomic_write, check_output
+from common import fail, script_main
+from configurator import configure, defaults_from, key_docs
+from unicode_tokenizer import checkpoint_tokenizer
 
 
 @register_model("glyphgpt")
@@ -123,23 +124,34 @@ class GlyphLM(TemplateLM):
         return out
 
 
-def main(argv=None):
+# -----------------------------------------------------------------------------
+# the command line (configurator.py's style, as every script)
+ckpt = ""  # the checkpoint (single or merged) to evaluate
+tasks = ""  # comma list of harness task names, e.g. arc_easy,hellaswag
+limit = 0  # first N items per task; 0 = all
+batch_size = 8  # rows per forward pass
+out = ""  # write the harness's results dict here (JSON); "" = print only
+DEFAULTS = defaults_from(globals())
+
+
+def main(argv):
     import lm_eval
-    ap = argparse.ArgumentParser(description="Evaluate a glyphgpt checkpoint with lm-evaluation-harness tasks")
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--tasks", required=True, help="comma list of harness task names")
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--out", help="write the harness's results dict here (JSON)")
-    args = ap.parse_args(argv)
-    lm = GlyphLM(ckpt=args.ckpt, batch_size=args.batch_size)
-    res = lm_eval.simple_evaluate(model=lm, tasks=args.tasks.split(","), limit=args.limit, log_samples=False)
     from lm_eval.utils import make_table
-    print(make_table(res))
-    if args.out:
-        with open(args.out, "w") as f:
+    cfg = configure(DEFAULTS, argv, verbose=False, docs=key_docs(__file__), prog="lm_eval_adapter.py")
+    if not cfg.ckpt or not cfg.tasks:
+        fail("--ckpt and --tasks are required, e.g. --ckpt=out/ckpt.pt --tasks=arc_easy")
+    for key in ("limit", "batch_size"):
+        if cfg[key] < (0 if key == "limit" else 1):
+            fail(f"{key}={cfg[key]}: expected a whole number >= {0 if key == 'limit' else 1}")
+    if cfg.out:
+        check_output(cfg.out, [("checkpoint", cfg.ckpt)], "out")
+    lm = GlyphLM(ckpt=cfg.ckpt, batch_size=cfg.batch_size)
+    res = lm_eval.simple_evaluate(model=lm, tasks=cfg.tasks.split(","), limit=cfg.limit or None, log_samples=False)
+    if cfg.out:
+        with atomic_write(cfg.out) as f:
             json.dump(res["results"], f, indent=1, default=str)
+    print(make_table(res))
 
 
 if __name__ == "__main__":
-    main()
+    script_main("lm_eval_adapter.py", main)

@@ -36,8 +36,9 @@ import time
 from dataclasses import asdict
 
 import train
-from checkpoint import check_tokenizer, model_from_checkpoint, read_checkpoint, save_checkpoint
-from common import autocast, resolve_device, script_main
+from checkpoint import (check_output, check_tokenizer, model_from_checkpoint, read_checkpoint, remove_stale_partials,
+                        save_checkpoint)
+from common import autocast, fail, resolve_device, script_main
 from configurator import configure, defaults_from, key_docs
 from data.common import MixtureData
 from glyph_embed import check_same_substrate
@@ -139,30 +140,29 @@ def build_merge(paths, weights=None, mode="logits"):
 def check_out(out, paths, overwrite):
     """The merge file never replaces an expert (whatever path, symlink or hard link names it), nor
     any other file unless overwrite is set."""
-    for p in paths:
-        if os.path.exists(p) and os.path.exists(out) and \
-                (os.path.realpath(out) == os.path.realpath(p) or os.path.samefile(out, p)):
-            raise ValueError(f"out={out} is the expert {p}: the merge would replace it; choose another --out")
     if os.path.isdir(out):
         raise ValueError(f"out={out} is a directory: give the merge file's path, e.g. --out={os.path.join(out, 'merged.pt')}")
-    if os.path.exists(out) and not overwrite:
-        raise ValueError(f"out={out} exists: pass --overwrite=True to replace it, or choose another --out")
+    check_output(out, [("expert", p) for p in paths], "out", overwrite)
 
 
-def evaluate_domains(models, names, cfg, tok, device):
-    """-> {model label: {dataset: {"loss", "bpb"}}} on train.py's fixed validation batches; a line
-    per model as it goes (a model takes seconds to minutes)."""
+def validation_data(names, cfg, tok, device):
+    """-> (train.py config, MixtureData) of the datasets to score: opened (and checked) before anything
+    is written."""
     tcfg = {**train.DEFAULTS, "datasets": {n: 1.0 for n in names}, "data_root": cfg["data_root"],
             "batch_size": cfg["batch_size"], "block_size": cfg["block_size"], "eval_iters": cfg["eval_iters"],
             "seed": cfg["seed"]}
-    data = MixtureData(tcfg, tok, device)
-    ctx = autocast(device)
-    print(f"validation: {cfg['eval_iters']} batches x {cfg['batch_size']} x {cfg['block_size']} tokens per dataset, "
-          f"{len(names)} dataset(s), {len(models)} models", flush=True)
+    return tcfg, MixtureData(tcfg, tok, device)
+
+
+def evaluate_domains(models, tcfg, data, device):
+    """-> {model label: {dataset: {"loss", "bpb"}}} on train.py's fixed validation batches; a line
+    per model as it goes (a model takes seconds to minutes)."""
+    print(f"validation: {tcfg['eval_iters']} batches x {tcfg['batch_size']} x {tcfg['block_size']} tokens per "
+          f"dataset, {len(data.names)} dataset(s), {len(models)} models", flush=True)
     results = {}
     for i, (label, m) in enumerate(models.items(), 1):
         t0 = time.time()
-        results[label] = train.evaluate(m, data, tcfg, ctx)["val"]
+        results[label] = train.evaluate(m, data, tcfg, autocast(device))["val"]
         print(f"  {i}/{len(models)} {label}: {time.time() - t0:.1f} s", flush=True)
     return results
 
@@ -181,16 +181,23 @@ def main(argv):
     dev = resolve_device(cfg["device"])
     names = [n for n in cfg["datasets"].split(",") if n]
     # -- everything that can fail on bad input happens before the merge file is written --
+    for key in ("eval_iters", "batch_size"):
+        if cfg[key] < 1:
+            fail(f"{key}={cfg[key]}: expected a positive whole number")
+    for key in ("block_size", "seed"):
+        if cfg[key] < 0:
+            fail(f"{key}={cfg[key]}: expected a whole number >= 0")
     check_out(cfg["out"], paths, cfg["overwrite"])
     merged, ck = build_merge(paths, cfg["weights"] or None, cfg["mode"])
-    tok = None
     if names:
         from unicode_tokenizer import get_tokenizer
         tok = get_tokenizer(ck["tokenizer_name"])
         check_tokenizer(ck, tok, "the experts")
         cfg["block_size"] = cfg["block_size"] or merged.config.block_size
         if cfg["block_size"] > merged.config.block_size:
-            raise ValueError(f"block_size={cfg['block_size']} exceeds the merge's context {merged.config.block_size}")
+            fail(f"block_size={cfg['block_size']} exceeds the merge's context {merged.config.block_size}")
+        tcfg, data = validation_data(names, cfg, tok, dev)
+    remove_stale_partials(cfg["out"])  # of a merge killed while writing
     save_checkpoint(ck, cfg["out"])
     print(f"{merged.describe()}\nwrote {cfg['out']} ({os.path.getsize(cfg['out']) / 1e6:.1f} MB)")
     if not names:
@@ -201,7 +208,7 @@ def main(argv):
         for p, e in zip(paths, merged.experts):
             models[f"expert {p}"] = e
     models[f"merge ({cfg['mode']}, weights {','.join(f'{w:.3g}' for w in merged.weights)})"] = merged
-    results = evaluate_domains(models, names, cfg, tok, dev)
+    results = evaluate_domains(models, tcfg, data, dev)
     print(format_table(results, names))
     return results
 

@@ -208,7 +208,7 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
         self.init_weights(self)
-        self.table_info = {}  # glyph_embed's info dict (kind, table_dim, key, fingerprint, ...), set by whoever builds the model
+        self.table_info = {}  # what the frozen table is (glyph_embed's info: kind, dim, key, fingerprint), set by its builder
 
     def init_weights(self, module):
         """nanoGPT's init of module (the model, or one new block): N(0, 0.02), zero biases, then the

@@ -1,6 +1,7 @@
 """
 Reproduce the papers' experiments end to end, at the scale of a 2-core CPU (docs/design.md).
-One command per experiment; every run is seeded, and a re-run skips what is already done.
+Name one experiment or several (run in the order given); every run is seeded, and a re-run skips
+what is already done. --help lists the options.
 
 $ python reproduce.py frozen_vs_trainable   # 1. paper 1: frozen glyph table vs trainable vs 16-bit code, 3 seeds (--seeds N: the first N)
 $ python reproduce.py grow_vs_mono          # 2. paper 2: 3 stages of 2 layers vs a 6-layer monolith, same tokens
@@ -8,6 +9,7 @@ $ python reproduce.py merge                 # 3. paper 2: en+ru and en+zh expert
 $ python reproduce.py unique                # 4. ours: the injective glyph table vs the faithful one, 3 seeds
 $ python reproduce.py all                   # the four, in this order (42 min side by side on an idle 2-core machine, 2026-11-27)
 $ python reproduce.py all --scale toy       # the same pipeline in seconds (tests/test_reproduce.py runs it)
+$ python reproduce.py frozen_vs_trainable merge --scale=toy --out=/tmp/repro   # several, in this order
 $ python reproduce.py scaling               # GPU-hour estimates of the papers' full-size runs
 Two invocations may run side by side (a run being trained by one is waited for by the other), e.g. on
 2 cores, one thread each (how docs/results.md's numbers were made):
@@ -29,29 +31,37 @@ accuracies are a pipeline check on a handful of items, not a measurement (docs/r
 This file runs the experiments and writes their JSON; reproduce_report.py turns those numbers into
 seed statistics, verdicts, markdown tables and plots.
 """
-import argparse
 import importlib.util
 import json
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
 import torch
 
+import eval
+import grow
+import merge
+import reproduce_report
+import train
+from checkpoint import load_model, pid_alive, read_jsonl, run_checkpoint, save_checkpoint, write_json
+from common import fail, script_main
+from configurator import configure, defaults_from, key_docs
+from unicode_tokenizer import get_tokenizer
+
+# -----------------------------------------------------------------------------
+# command-line defaults (positional arguments: config files end in .py, anything else is an experiment)
+experiments = []  # frozen_vs_trainable grow_vs_mono merge unique, all (the four), scaling; run in order; positional
+scale = "cpu"  # cpu (the four experiments in about an hour on 2 CPU cores) | toy (seconds: a check of the pipeline)
+out = ""  # output folder; "" = out/reproduce/<scale>
+assets = ""  # copy the plots here; "" = assets/ at scale cpu, nowhere at scale toy; "none" = nowhere
+threads = 0  # torch threads (0 = torch's default)
+seeds = 0  # use only the first N seeds of the scale (0, or more than it has = all of them)
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_from(globals())
+
 REPO = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, REPO)
-
-import eval as E  # noqa: E402
-import grow as G  # noqa: E402
-import merge as M  # noqa: E402
-import reproduce_report as R  # noqa: E402
-import train as T  # noqa: E402
-from checkpoint import load_model, pid_alive, run_checkpoint, save_checkpoint, write_json  # noqa: E402
-from unicode_tokenizer import get_tokenizer  # noqa: E402
-
-EXPERIMENTS = ("frozen_vs_trainable", "grow_vs_mono", "merge", "unique")
 
 # -----------------------------------------------------------------------------
 # the two scales. "cpu" was sized from measured throughput so that the four experiments fit in
@@ -117,12 +127,12 @@ def prepare_data(root, names, tok, max_bytes):
     train.py; preparing into our own folder leaves data/ to whoever else uses it.) The scripts'
     main(argv) runs in this process: the same as their command line, without a new interpreter each."""
     for name in names:
-        out = os.path.join(root, name)
-        meta = os.path.join(out, "meta.json")
+        dataset_dir = os.path.join(root, name)
+        meta = os.path.join(dataset_dir, "meta.json")
         if os.path.exists(meta) and read_json(meta).get("tokenizer_fingerprint") == tok.fingerprint:
             continue
         script = os.path.join(REPO, "data", name, "prepare.py")
-        argv = ["--out_dir", out, "--tokenizer", tok.name] + PREPARE_ARGS[name] + \
+        argv = ["--out_dir", dataset_dir, "--tokenizer", tok.name] + PREPARE_ARGS[name] + \
             (["--max_bytes", str(max_bytes)] if max_bytes else [])
         log(f"preparing {name}: python {os.path.relpath(script, REPO)} {' '.join(argv)}")
         spec = importlib.util.spec_from_file_location(f"prepare_{name}", script)
@@ -135,7 +145,7 @@ def prepare_data(root, names, tok, max_bytes):
 # one training run (train.train), then its benchmarks (eval.evaluate); skipped once result.json exists
 
 def base_config(S, ctx, datasets):
-    return {**T.DEFAULTS, "data_root": ctx["data"], "datasets": dict(datasets), "tokenizer": ctx["tok"].name,
+    return {**train.DEFAULTS, "data_root": ctx["data"], "datasets": dict(datasets), "tokenizer": ctx["tok"].name,
             "d_model": S["d_model"], "n_layer": S["n_layer"], "n_head": S["n_head"], "block_size": S["block_size"],
             "batch_size": S["batch_size"], "gradient_accumulation_steps": 1, "max_iters": S["max_iters"],
             "eval_interval": S["eval_interval"], "eval_iters": S["eval_iters"], "log_interval": S["eval_interval"],
@@ -149,11 +159,6 @@ def arm_config(S, ctx, arm, seed, datasets=EN_MIX):
     return {**base_config(S, ctx, datasets), "embedding": embedding, "table_dim": width or S["d_model"], "seed": seed}
 
 
-def read_log(path):
-    with open(path) as f:
-        return [json.loads(l) for l in f if l.strip()]
-
-
 def curve(log_rows, tokens_per_iter):
     """The validation points of a train.py log: iteration, tokens seen, loss and bpb (mixture and per dataset)."""
     return [dict(iter=r["iter"], tokens=r["iter"] * tokens_per_iter, val_loss=r["val_loss"], val_bpb=r["val_bpb"],
@@ -162,12 +167,12 @@ def curve(log_rows, tokens_per_iter):
 
 def benchmark(model, tok, S, tasks):
     """eval.py under both protocols on the fixture files -> {protocol: {task: summary}}."""
-    out = {}
+    scores = {}
     for protocol in ("loglik", "paper"):
-        res = E.evaluate(model, tok, tasks, protocol, EVAL_DIR, limit=S["eval_limit"], runs=S["eval_runs"])
-        out[protocol] = {t: dict(metric=r["metric"], n=r["n"], mean=r["mean"], ci95=r.get("ci95"),
-                                 acc_norm=(r.get("acc_norm") or {}).get("mean")) for t, r in res.items()}
-    return out
+        res = eval.evaluate(model, tok, tasks, protocol, EVAL_DIR, limit=S["eval_limit"], runs=S["eval_runs"])
+        scores[protocol] = {t: dict(metric=r["metric"], n=r["n"], mean=r["mean"], ci95=r.get("ci95"),
+                                    acc_norm=(r.get("acc_norm") or {}).get("mean")) for t, r in res.items()}
+    return scores
 
 
 def wait_for_other_invocation(out_dir, done):
@@ -231,32 +236,33 @@ def run_train(ctx, name, cfg, tasks=None):
         wait_for_other_invocation(out_dir, done)
     if os.path.exists(done):
         res = read_json(done)
-        log(f"{name}: done before, skipped ({done}): {R.loss_text(res['final']['val_loss'], res['final']['val_bpb'])}")
+        log(f"{name}: done before, skipped ({done}): "
+            f"{reproduce_report.loss_text(res['final']['val_loss'], res['final']['val_bpb'])}")
         return res
     ckpt_path = run_checkpoint(out_dir)
     resume = os.path.exists(ckpt_path)
     log(f"{name}: training ({'resuming' if resume else 'from scratch'}), embedding={cfg['embedding']}, "
         f"seed={cfg['seed']}, {cfg['max_iters']} iterations")
     t0 = time.time()
-    T.train({**cfg, "out_dir": out_dir, "init_from": "resume" if resume else "scratch"})
+    train.train({**cfg, "out_dir": out_dir, "init_from": "resume" if resume else "scratch"})
     train_s = time.time() - t0
     model, _ = load_model(ckpt_path)
     t0 = time.time()
     bench = benchmark(model, ctx["tok"], ctx["S"], tasks or ctx["S"]["eval_tasks"])
     tpi = cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
-    rows = read_log(os.path.join(out_dir, "log.jsonl"))
+    rows = read_jsonl(os.path.join(out_dir, "log.jsonl"))
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first includes start-up
     res = dict(name=name, embedding=cfg["embedding"], table_dim=cfg["table_dim"], seed=cfg["seed"],
                **table_identity(model), torch_threads=torch.get_num_threads(),
                datasets=cfg["datasets"], iters=cfg["max_iters"], tokens=cfg["max_iters"] * tpi,
-               params=model.param_counts(), flops_per_token=T.flops_per_token(model, cfg["block_size"]),
+               params=model.param_counts(), flops_per_token=train.flops_per_token(model, cfg["block_size"]),
                curve=curve(rows, tpi), final=curve(rows, tpi)[-1], benchmarks=bench,
                train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t0, 1), resumed=resume,
                tokens_per_s=round(float(np.median(speeds)), 1) if speeds else None)
     write_json(done, res)
     os.remove(os.path.join(out_dir, "running.pid"))
-    log(f"{name}: {R.loss_text(res['final']['val_loss'], res['final']['val_bpb'])} (validation, training mixture) "
-        f"after {res['tokens']:,} tokens, {train_s:.0f} s")
+    log(f"{name}: {reproduce_report.loss_text(res['final']['val_loss'], res['final']['val_bpb'])} "
+        f"(validation, training mixture) after {res['tokens']:,} tokens, {train_s:.0f} s")
     return res
 
 
@@ -305,14 +311,15 @@ def compare_arms(ctx, exp, arms, reference, title):
     jobs = [(f"{arm}_s{seed}", arm_config(S, ctx, arm, seed)) for seed in S["seeds"] for arm in arms]
     done = run_jobs(ctx, jobs)
     runs = {arm: [done[f"{arm}_s{seed}"] for seed in S["seeds"]] for arm in arms}
-    summaries = {arm: R.summarise_arm(rs) for arm, rs in runs.items()}
-    verdicts = {arm: R.verdict(summaries[arm], summaries[reference], ARM_LABELS[arm], ARM_LABELS[reference])
-                for arm in arms if arm != reference}
+    summaries = {arm: reproduce_report.summarise_arm(rs) for arm, rs in runs.items()}
+    verdicts = {arm: reproduce_report.verdict(summaries[arm], summaries[reference], ARM_LABELS[arm],
+                                              ARM_LABELS[reference]) for arm in arms if arm != reference}
     result = dict(experiment=exp, scale=ctx["scale"], settings=S, datasets=EN_MIX, arms=summaries,
                   verdicts=verdicts, runs={arm: rs for arm, rs in runs.items()},
                   eval_data=f"fixtures in {os.path.relpath(EVAL_DIR, REPO)} (a few items per task)")
-    md = f"### {title}\n\n{R.arms_table(summaries, ARM_LABELS)}\n\n" + "\n".join(f"- {v['text']}" for v in verdicts.values())
-    plot = R.plot_arms(os.path.join(ctx["out"], f"{exp}.png"), runs, ARM_LABELS, title)
+    md = f"### {title}\n\n{reproduce_report.arms_table(summaries, ARM_LABELS)}\n\n" + \
+        "\n".join(f"- {v['text']}" for v in verdicts.values())
+    plot = reproduce_report.plot_arms(os.path.join(ctx["out"], f"{exp}.png"), runs, ARM_LABELS, title)
     return finish(ctx, exp, result, md, [plot])
 
 
@@ -341,13 +348,12 @@ def unique(ctx):
 
 def stage_models(cfg, out_dir):
     """Each grown stage's model with requires_grad set as grow.py trained it: (stage, model, flops/token)."""
-    stages = G.make_plan(cfg)
-    out = []
-    for st in stages:
+    rows = []
+    for st in grow.make_plan(cfg):
         model, _ = load_model(os.path.join(out_dir, f"stage_{st['stage']}.pt"))
-        G.prepare_stage(model, {**st, "lora": False}, cfg, first_from_scratch=st["stage"] == 1)
-        out.append((st, model, T.flops_per_token(model, cfg["block_size"])))
-    return out
+        grow.prepare_stage(model, {**st, "lora": False}, cfg, first_from_scratch=st["stage"] == 1)
+        rows.append((st, model, train.flops_per_token(model, cfg["block_size"])))
+    return rows
 
 
 def grow_vs_mono(ctx):
@@ -363,7 +369,7 @@ def grow_vs_mono(ctx):
 
     # the grown model: grow.grow runs (or resumes) the whole schedule in runs/grown
     grow_dir = os.path.join(ctx["runs"], "grown")
-    gcfg = {**G.DEFAULTS, **arm_config(S, ctx, "glyph", seed), "out_dir": grow_dir, "n_layer": depth,
+    gcfg = {**grow.DEFAULTS, **arm_config(S, ctx, "glyph", seed), "out_dir": grow_dir, "n_layer": depth,
             "growth": growth, "stage_iters": stage_iters, "stage_lr": [S["learning_rate"]] * n_stages,
             "new_block_init": "zero_proj", "warmup_iters": max(1, S["warmup_iters"] // n_stages)}
     for k in ("init_from", "lr_decay_iters", "eval_only"):
@@ -374,11 +380,11 @@ def grow_vs_mono(ctx):
         log(f"grown: done before, skipped ({done})")
     else:
         t0 = time.time()
-        reports = G.grow(gcfg)
+        reports = grow.grow(gcfg)
         seconds = time.time() - t0
         stage_rows, points, flops = [], [], 0.0
         for (st, model, fpt), rep in zip(stage_models(gcfg, grow_dir), reports):
-            for p in curve(read_log(os.path.join(grow_dir, f"stage_{st['stage']}", "log.jsonl")), tpi):
+            for p in curve(read_jsonl(os.path.join(grow_dir, f"stage_{st['stage']}", "log.jsonl")), tpi):
                 points.append(dict(p, flops=flops + p["tokens"] * fpt, stage=st["stage"]))
             flops += st["iters"] * tpi * fpt
             stage_rows.append(dict(stage=st["stage"], layers=rep["layers"], trainable=rep["trainable"],
@@ -413,15 +419,16 @@ def grow_vs_mono(ctx):
     m = result["monolithic"]
     lines.append(f"| monolithic | - | 1-{depth} | {m['trainable'] / 1e6:.2f}M | {m['frozen'] / 1e6:.2f}M | {m['tokens']:,} | "
                  f"{m['total_flops']:.3e} | {m['val_bpb']:.4f} | {m['wall_seconds']:.0f} |")
-    md = f"### Grown ({R.growth_text(growth)}) vs monolithic {depth}-layer model\n\n" + "\n".join(lines)
-    plot = R.plot_grow(os.path.join(ctx["out"], f"{exp}.png"), grown, result["monolithic"], growth)
+    md = f"### Grown ({reproduce_report.growth_text(growth)}) vs monolithic {depth}-layer model\n\n" + \
+        "\n".join(lines)
+    plot = reproduce_report.plot_grow(os.path.join(ctx["out"], f"{exp}.png"), grown, result["monolithic"], growth)
     return finish(ctx, exp, result, md, [plot])
 
 
 # -----------------------------------------------------------------------------
 # experiment 3: two experts on different data, merged by averaging their logits
 
-def merge(ctx):
+def merge_experts(ctx):
     S = ctx["S"]
     exp = "merge"
     domains = ["shakespeare", "russian_offline", "chinese_offline", "sft_qa"]
@@ -440,14 +447,15 @@ def merge(ctx):
         log(f"merged: done before, skipped ({done})")
         result = read_json(done)
     else:
-        _, ck = M.build_merge(paths)  # checks: same tokenizer, same frozen table
+        _, ck = merge.build_merge(paths)  # checks: same tokenizer, same frozen table
         save_checkpoint(ck, merged_path)
         merged, _ = load_model(merged_path)  # the merge file loads like any checkpoint
         models = dict(zip(labels, [load_model(p)[0] for p in paths] + [merged]))
         t0 = time.time()
         vcfg = dict(data_root=ctx["data"], batch_size=S["batch_size"], block_size=S["block_size"],
                     eval_iters=S["eval_iters"], seed=seed)
-        domain_bpb = M.evaluate_domains(models, domains, vcfg, ctx["tok"], "cpu")  # the same batches for all
+        vcfg, vdata = merge.validation_data(domains, vcfg, ctx["tok"], "cpu")
+        domain_bpb = merge.evaluate_domains(models, vcfg, vdata, "cpu")  # the same batches for all
         bench = {label: (experts[label.split()[0]]["benchmarks"] if label.endswith("expert") else
                          benchmark(m, ctx["tok"], S, tasks)) for label, m in models.items()}
         result = dict(experiment=exp, scale=ctx["scale"], settings=S, expert_datasets=EXPERT_MIX,
@@ -464,8 +472,8 @@ def merge(ctx):
         lines.append("| " + " | ".join([label] + [f"{domain_bpb[label][d]['bpb']:.4f}" for d in domains]) + " |")
     flat = {label: {f"{p}/{t}": r for p, tasks_ in bench[label].items() for t, r in tasks_.items()} for label in labels}
     md = ("### Merge: en+ru and en+zh experts vs their logit average\n\n" + "\n".join(lines) + "\n\n" +
-          R.bench_table(flat, labels))
-    plot = R.plot_merge(os.path.join(ctx["out"], f"{exp}.png"), domain_bpb, domains)
+          reproduce_report.bench_table(flat, labels))
+    plot = reproduce_report.plot_merge(os.path.join(ctx["out"], f"{exp}.png"), domain_bpb, domains)
     return finish(ctx, exp, result, md, [plot])
 
 
@@ -502,24 +510,23 @@ SCALING = [  # (what, command, config file, extra overrides, script)
 
 def scaling_estimate(path, overrides, script):
     """-> dict(params, trainable, tokens, flops, gpu_hours at the assumed MFU) of one full-scale run."""
-    from configurator import configure
-    defaults = G.DEFAULTS if script == "grow" else T.DEFAULTS
+    defaults = grow.DEFAULTS if script == "grow" else train.DEFAULTS
     cfg = configure(defaults, [os.path.join(REPO, path)] + overrides, verbose=False)
     mfu = 0.40 if cfg["d_model"] >= 4096 else 0.30
     vocab = get_tokenizer(cfg["tokenizer"]).vocab_size  # 65,536 or 131,072 ids: the head is a large part
     tpi = cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
     if script == "grow":
-        stages, flops, tokens = G.make_plan(cfg), 0.0, 0
+        stages, flops, tokens = grow.make_plan(cfg), 0.0, 0
         for st in stages:
-            m = G.meta_model(cfg, vocab, st["depth"])
-            G.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
-            flops += st["tokens"] * T.flops_per_token(m, cfg["block_size"])
+            m = grow.meta_model(cfg, vocab, st["depth"])
+            grow.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
+            flops += st["tokens"] * train.flops_per_token(m, cfg["block_size"])
             tokens += st["tokens"]
-        counts = G.meta_model(cfg, vocab, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
+        counts = grow.meta_model(cfg, vocab, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
     else:
-        m = G.meta_model(cfg, vocab, cfg["n_layer"])
+        m = grow.meta_model(cfg, vocab, cfg["n_layer"])
         tokens = cfg["max_iters"] * tpi
-        flops = tokens * T.flops_per_token(m, cfg["block_size"])
+        flops = tokens * train.flops_per_token(m, cfg["block_size"])
         counts = m.param_counts()
     return dict(params=counts["total"], trainable_last=counts["trainable"], tokens=tokens, flops=flops, mfu=mfu,
                 gpu_hours=flops / (PEAK_H100 * mfu) / 3600)
@@ -544,42 +551,52 @@ def scaling(ctx):
 
 # -----------------------------------------------------------------------------
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("experiment", choices=EXPERIMENTS + ("all", "scaling"),
-                    help="one experiment, all four, or 'scaling' (GPU-hour estimates of the full-size runs)")
-    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    ap.add_argument("--out", default=None, help="output folder (default out/reproduce/<scale>)")
-    ap.add_argument("--assets", default=None, help="copy the plots here (default: assets/ at --scale cpu, "
-                                                   "nowhere at --scale toy); 'none' to skip")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--seeds", type=int, default=0, help="use only the first N seeds of the scale (0 = all)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = args.out or os.path.join(REPO, "out", "reproduce", args.scale)
-    assets = args.assets or (os.path.join(REPO, "assets") if args.scale == "cpu" else "none")
-    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
-    S = dict(SCALES[args.scale])
-    if args.seeds:
-        S["seeds"] = S["seeds"][:args.seeds]
-    ctx = dict(scale=args.scale, S=S, out=out, runs=os.path.join(out, "runs"),
-               data=os.path.join(out, "data"), tok=get_tokenizer("bvv241-2-3"),
-               assets=None if assets == "none" else assets, t0={})
+# the four experiments, in the order `all` runs them: the name on the command line -> what runs it
+EXPERIMENTS = {"frozen_vs_trainable": frozen_vs_trainable, "grow_vs_mono": grow_vs_mono, "merge": merge_experts,
+               "unique": unique}
+
+
+def chosen_experiments(cfg):
+    """Check every value before any work starts; -> the experiments to run, in order, each once."""
+    names = list(EXPERIMENTS) + ["all", "scaling"]
+    if not cfg.experiments:
+        fail(f"no experiment given: expected one or more of {', '.join(names)} (e.g. python reproduce.py all)")
+    for name in cfg.experiments:
+        if name not in names:
+            fail(f"experiment {name!r}: expected one or more of {', '.join(names)}")
+    if cfg.scale not in SCALES:
+        fail(f"scale={cfg.scale!r}: expected one of {', '.join(SCALES)}")
+    if cfg.seeds < 0:
+        fail(f"seeds={cfg.seeds}: expected 0 (all the scale's seeds) or N >= 1 (its first N)")
+    if cfg.threads < 0:
+        fail(f"threads={cfg.threads}: expected 0 (torch's default) or N >= 1")
+    return list(dict.fromkeys(e for name in cfg.experiments for e in (EXPERIMENTS if name == "all" else [name])))
+
+
+def main(argv):
+    cfg = configure(DEFAULTS, argv, verbose=False, docs=key_docs(__file__), prog="reproduce.py",
+                    positional="experiments")
+    todo = chosen_experiments(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_dir = cfg.out or os.path.join(REPO, "out", "reproduce", cfg.scale)
+    assets_dir = cfg.assets or (os.path.join(REPO, "assets") if cfg.scale == "cpu" else "none")
+    os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+    S = dict(SCALES[cfg.scale])
+    if cfg.seeds:
+        S["seeds"] = S["seeds"][:cfg.seeds]
+    ctx = dict(scale=cfg.scale, S=S, out=out_dir, runs=os.path.join(out_dir, "runs"),
+               data=os.path.join(out_dir, "data"), tok=get_tokenizer("bvv241-2-3"),
+               assets=None if assets_dir == "none" else assets_dir, t0={})
     torch.manual_seed(0)
-    todo = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
+    runners = {**EXPERIMENTS, "scaling": scaling}
     results = {}
     for exp in todo:
         ctx["t0"][exp] = time.time()
-        log(f"== {exp} (scale {args.scale}) -> {out}")
-        results[exp] = globals()[exp](ctx)
+        log(f"== {exp} (scale {cfg.scale}) -> {out_dir}")
+        results[exp] = runners[exp](ctx)
     return results
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"reproduce.py: error: {e}")
+    script_main("reproduce.py", main)

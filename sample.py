@@ -10,7 +10,8 @@ import os
 
 import torch
 
-from checkpoint import checkpoint_tokenizer, load_model, run_checkpoint
+from checkpoint import load_model, run_checkpoint
+from unicode_tokenizer import checkpoint_tokenizer
 from common import fail, resolve_device, script_main
 from configurator import Config, configure, defaults_from, key_docs
 

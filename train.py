@@ -26,17 +26,16 @@ devices, precision and DDP are common.py's; the data sampler is data/common.py's
 import math
 import os
 import sys
-import time
 from dataclasses import fields
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
-from checkpoint import RunFolder, check_tokenizer, model_checkpoint, model_from_checkpoint, open_run, run_checkpoint
-from common import fail, gpu_peak_flops, script_main, setup_runtime
+from checkpoint import (RunFolder, check_finite, check_tokenizer, hold_out_dir, model_checkpoint, model_from_checkpoint,
+                        open_run, run_checkpoint)
+from common import Progress, fail, script_main, setup_runtime
 from configurator import Config, defaults_from, key_docs, parse
 from data.common import MixtureData
 from model import GPT, GPTConfig
@@ -149,6 +148,7 @@ def start_model(cfg, tok, ckpt, model=None):
     source = cfg.init_from if cfg.init_from != "resume" else run_checkpoint(cfg.out_dir)
     check_tokenizer(ckpt, tok, f"checkpoint {source}")
     if model is not None:
+        check_finite(ckpt["model"], f"checkpoint {source}: not used")
         model.load_state_dict(ckpt["model"])
         return model
     if ckpt["kind"] != "gpt":
@@ -263,6 +263,21 @@ def train_step(model, params, optimizer, scaler, data, cfg, it, rt, accum):
     return loss_sum
 
 
+def stop_if_diverged(first_nonfinite, folder):
+    if first_nonfinite.item() >= 0:
+        fail(f"the training loss became non-finite at iteration {first_nonfinite.item()}: stopped; "
+             f"{folder.kept()} (a lower learning_rate, or a float32 run, may help)")
+
+
+def training_checkpoint(model, tok, folder, **state):
+    """The checkpoint of a training run: the model and the state to resume from. Never one with
+    non-finite weights: it would replace the last good checkpoint with a useless one."""
+    try:
+        return model_checkpoint(model, tok, **state)
+    except ValueError as e:
+        fail(f"iteration {state['iter_num']}: {e}: stopped without saving; {folder.kept()}")
+
+
 # -----------------------------------------------------------------------------
 # the training loop
 
@@ -314,52 +329,30 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None, overrides=None):
     # -- from here on we write to out_dir --
     folder = RunFolder(cfg.out_dir, ckpt_path, resumed_at, rt.master)
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    fpt, peak = flops_per_token(raw_model, cfg.block_size), cfg.peak_flops or gpu_peak_flops(rt.device)
-    if rt.master:
-        print(f"{raw_model.describe()}; {tokens_per_iter:,} tokens per iteration on {rt.world} rank(s), {rt.device}, "
-              f"{rt.dtype}; {fpt / 1e6:.1f} MFLOP per token")
-    if cfg.wandb_log and rt.master:
-        import wandb
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=cfg)
-
-    def stop_if_diverged():
-        if first_nonfinite.item() >= 0:
-            fail(f"the training loss became non-finite at iteration {first_nonfinite.item()}: stopped; "
-                 f"{folder.kept()} (a lower learning_rate, or a float32 run, may help)")
-
-    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not (rt.master and cfg.progress),
-               dynamic_ncols=True, leave=False)
-    result = {}
+    progress = Progress(cfg, rt, iter_num, flops_per_token(raw_model, cfg.block_size), tokens_per_iter)
+    progress.write(f"{raw_model.describe()}; {tokens_per_iter:,} tokens per iteration on {rt.world} rank(s), "
+                   f"{rt.device}, {rt.dtype}; {progress.fpt / 1e6:.1f} MFLOP per token")
     first_nonfinite = torch.full((), -1, device=rt.device)  # iteration of the first non-finite loss
-    t_last, tokens_since = time.time(), 0
+    result = {}
     while True:
         rec = {"iter": iter_num}
         # evaluate (deterministic: a resumed run re-logs the same numbers) and checkpoint
         if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only:
-            stop_if_diverged()
+            stop_if_diverged(first_nonfinite, folder)
             ev = evaluate(eval_model, data, cfg, rt.autocast(), rt.rank, rt.world)
             rec.update(ev)
             result = dict(ev, iters=iter_num)
-            if rt.master:
-                per = " ".join(f"{n} {v['loss']:.4f}/{v['bpb']:.3f}" for n, v in ev["val"].items()) \
-                    if len(ev["val"]) > 1 else ""
-                bar.write(f"step {iter_num}: val loss {ev['val_loss']:.4f}, {ev['val_bpb']:.4f} bits/byte {per}")
-                if cfg.wandb_log:
-                    wandb.log({"iter": iter_num, "val/loss": ev["val_loss"], "val/bpb": ev["val_bpb"]})
+            progress.evaluated(iter_num, ev)
             if not math.isfinite(ev["val_loss"]):
                 fail(f"iteration {iter_num}: the validation loss is {ev['val_loss']}: stopped; {folder.kept()}")
             improved = ev["val_loss"] < best_val_loss
             best_val_loss = min(best_val_loss, ev["val_loss"])
             if iter_num not in (0, resumed_at) and not cfg.eval_only and (improved or cfg.always_save_checkpoint):
-                try:
-                    ck = model_checkpoint(raw_model, tok, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                                          iter_num=iter_num, best_val_loss=best_val_loss, config=dict(cfg),
-                                          data_state=dict(seed=cfg.seed, iter_num=iter_num, datasets=dict(cfg.datasets)),
-                                          metrics=ev, **(ckpt_extra or {}))
-                except ValueError as e:  # non-finite weights: never replace a good checkpoint with them
-                    fail(f"iteration {iter_num}: {e}: stopped without saving; {folder.kept()}")
-                folder.save(ck, iter_num)
-                bar.write(f"saved {ckpt_path} (iteration {iter_num})")
+                state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), iter_num=iter_num,
+                             best_val_loss=best_val_loss, config=dict(cfg), metrics=ev,
+                             data_state=dict(seed=cfg.seed, iter_num=iter_num, datasets=dict(cfg.datasets)))
+                folder.save(training_checkpoint(raw_model, tok, folder, **state, **(ckpt_extra or {})), iter_num)
+                progress.write(f"saved {ckpt_path} (iteration {iter_num})")
         if iter_num >= cfg.max_iters or cfg.eval_only:
             if len(rec) > 1:
                 folder.write(rec)
@@ -371,32 +364,18 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None, overrides=None):
         loss_sum = train_step(model, params, optimizer, scaler, data, cfg, iter_num, rt, accum)
         # noted on the device (no sync per step), checked at the next log line or evaluation
         first_nonfinite.masked_fill_((first_nonfinite < 0) & ~torch.isfinite(loss_sum), iter_num)
-        bar.update(1)
-        tokens_since += tokens_per_iter
-
+        progress.stepped()
         if iter_num % cfg.log_interval == 0:
             if rt.ddp:
                 dist.all_reduce(loss_sum)
                 loss_sum /= rt.world
-            lossf = loss_sum.item()  # also waits for the GPU, so the timing below is real
-            stop_if_diverged()
-            now = time.time()
-            tps = tokens_since / max(now - t_last, 1e-9)
-            t_last, tokens_since = now, 0
-            rec.update(loss=lossf, lr=lr, tokens_per_s=round(tps, 1))
-            line = f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {tps:,.0f} tok/s"
-            if peak:
-                rec["mfu"] = fpt * tps / (rt.world * peak)
-                line += f", mfu {100 * rec['mfu']:.1f}%"
-            if rt.master:
-                bar.write(line)
-                bar.set_postfix(loss=f"{lossf:.3f}")
-                if cfg.wandb_log:
-                    wandb.log({"iter": iter_num, "train/loss": lossf, "lr": lr, "tokens_per_s": tps})
+            lossf = loss_sum.item()  # also waits for the GPU, so the throughput is real
+            stop_if_diverged(first_nonfinite, folder)
+            rec.update(progress.logged(iter_num, lossf, lr))
         if len(rec) > 1:
             folder.write(rec)
         iter_num += 1
-    bar.close()
+    progress.close()
     return result
 
 
@@ -408,7 +387,8 @@ def main(argv):
     cfg = Config({**DEFAULTS, **overrides})
     ckpt_path = run_checkpoint(cfg.out_dir)
     try:
-        result = train(cfg, overrides=overrides)
+        with hold_out_dir(cfg.out_dir):  # one run at a time in an out_dir
+            result = train(cfg, overrides=overrides)
     except KeyboardInterrupt:  # Ctrl-C: where things stand, in one line
         print(interrupted_hint(ckpt_path, cfg, "train.py"), file=sys.stderr)
         raise

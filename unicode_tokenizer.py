@@ -41,9 +41,9 @@ All other ids are exactly those of the default mode, so decode(encode(s)) == s f
 Usage:
     tok = get_tokenizer("bvv241-2-3")          # or "bvv241-max", "bvv241-2-3-lossless", "gpt2",
     ids = tok.encode("Hello world")            #    a tokenizer.json path, "hf:Bochkov/bvv241-2-3"
-    python unicode_tokenizer.py build en=a.txt ru=b.txt zh=c.txt --out tok.json   # our own n-grams
+    python unicode_tokenizer.py build en=a.txt ru=b.txt zh=dir/ --out=tok.json   # our own n-grams
+    python unicode_tokenizer.py --help                                           # its keys
 """
-import argparse
 import ast
 import functools
 import hashlib
@@ -54,9 +54,21 @@ import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from checkpoint import atomic_write
+from checkpoint import atomic_write, check_tokenizer
+from common import fail, script_main
+from configurator import configure, defaults_from, key_docs
 from data.download import cache_dir, download, sha256_file
 
+# -----------------------------------------------------------------------------
+# command line: python unicode_tokenizer.py build LANG=PATH ... [--key=value ...]; the command comes first
+files = []  # LANG=PATH: text to count n-grams in (a file or a folder of files), repeatable, as plain arguments (not ending in .py: that is a config file)
+layout = "bvv241-2-3"  # bvv241-2-3 (65,536 ids, 2- and 3-grams) | bvv241-max (131,072 ids, 2- to 5-grams)
+top_k = 0  # n-grams kept per language per length, >= 1; 0 = the layout's (338 | 906)
+out = ""  # the tokenizer.json to write
+ngrams_out = ""  # also write the ordered n-gram list here (one per line)
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_from(globals())
+COMMANDS = ("build",)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<think>", "</think>", "<emotions>", "</emotions>",
                   "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "[INST]", "[/INST]",
@@ -164,6 +176,8 @@ def char_has_id(cp):
 def count_ngrams(lang_files, lengths=(2, 3), top_k=338):
     """lang_files: {lang: [paths]}. Returns the union of the top_k n-grams per language per length,
     ordered as the layout wants them: longer first, then string order."""
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k}: expected at least 1 n-gram per language per length")
     chosen = set()
     for lang, paths in sorted(lang_files.items()):
         counts = {n: Counter() for n in lengths}
@@ -417,7 +431,7 @@ class UnicodeTokenizer:
         """Exact BPE with HF's rule: merge the adjacent pair with the lowest merge rank, leftmost first,
         until none is left. Candidate pairs wait in a heap ordered by (rank, position) and the symbols
         form a linked list, so a run of n characters costs O(n log n) (rescanning every pair after
-        each merge, as before, was quadratic: 240 s for 100k characters). A popped pair is used only
+        each merge would be quadratic in the run). A popped pair is used only
         if both symbols are still what they were when it was pushed. Runs separated by characters that
         are in no merge are independent: encoded one by one, short ones cached."""
         from functools import lru_cache
@@ -586,9 +600,12 @@ def read_json(path):
 
 
 def read_ngrams(path):
-    with open(path, encoding="utf-8") as f:
-        ngrams = [line.rstrip("\n") for line in f if line.rstrip("\n")]
-    return ngrams
+    """An ordered n-gram list, one per line (build's ngrams_out)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
 
 
 # -----------------------------------------------------------------------------
@@ -756,6 +773,17 @@ def get_tokenizer(name_or_path="bvv241-2-3"):
         return HFTokenizer(path, name=name)
 
 
+def checkpoint_tokenizer(ckpt, where, name=None):
+    """The tokenizer a checkpoint was trained with (`name` overrides the recorded name; either way it
+    must pass check_tokenizer)."""
+    name = name or ckpt.get("tokenizer_name")
+    if not name:
+        raise ValueError(f"{where} records no tokenizer_name: pass --tokenizer")
+    tok = get_tokenizer(name)
+    check_tokenizer(ckpt, tok, where)
+    return tok
+
+
 def download_hf(repo, filename="tokenizer.json"):
     """Fetch a tokenizer.json from the Hugging Face hub once, cache it, and check its sha256 (against
     HF_SHA256 when pinned, else against the hash recorded at first download)."""
@@ -781,34 +809,35 @@ def download_hf(repo, filename="tokenizer.json"):
 # -----------------------------------------------------------------------------
 # command line: build a tokenizer from text files
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Build a bvv241-layout tokenizer from text files: "
-                                "python unicode_tokenizer.py build en=a.txt ru=b.txt zh=dir/ --out tok.json")
-    p.add_argument("cmd", choices=["build"])
-    p.add_argument("files", nargs="+", help="LANG=PATH (a file, or a directory of files), repeatable")
-    p.add_argument("--layout", default="bvv241-2-3", choices=sorted(LAYOUTS))
-    p.add_argument("--top_k", type=int, default=None, help="n-grams per language per length (default: layout's)")
-    p.add_argument("--out", default=None, help="tokenizer.json to write")
-    p.add_argument("--ngrams_out", default=None, help="also write the ordered n-gram list (one per line)")
-    a = p.parse_args(argv)
-    vocab_size, lengths, top_k = LAYOUTS[a.layout]
+def main(argv):
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    cfg = configure(DEFAULTS, argv[1:] if command else argv, docs=key_docs(__file__),
+                    prog="unicode_tokenizer.py build LANG=PATH ...", positional="files")
+    if command not in COMMANDS:
+        fail(f"the first argument is the command ({' | '.join(COMMANDS)}), got {command or 'none'}: "
+             f"python unicode_tokenizer.py build en=a.txt ru=b.txt zh=dir/ --out=tok.json")
+    if cfg.layout not in LAYOUTS:
+        fail(f"layout={cfg.layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if not cfg.files:
+        fail("build needs at least one LANG=PATH (a text file, or a folder of them)")
+    vocab_size, lengths, top_k = LAYOUTS[cfg.layout]
     lang_files = {}
-    for spec in a.files:
+    for spec in cfg.files:
         lang, sep, path = spec.partition("=")
         if not sep or not os.path.exists(path):
-            raise SystemExit(f"build: {spec!r} is not LANG=PATH with an existing PATH")
+            fail(f"{spec!r} is not LANG=PATH with an existing PATH")
         paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs) if os.path.isdir(path) else [path]
         lang_files.setdefault(lang, []).extend(paths)
-    ngrams = count_ngrams(lang_files, lengths, a.top_k or top_k)
-    tok = UnicodeTokenizer.from_ngrams(ngrams, vocab_size, name=a.out)
+    ngrams = count_ngrams(lang_files, lengths, cfg.top_k or top_k)
+    tok = UnicodeTokenizer.from_ngrams(ngrams, vocab_size, name=cfg.out or None)
     print(f"{len(ngrams)} n-grams from {sum(map(len, lang_files.values()))} files in {len(lang_files)} languages, "
           f"{len(tok.merges)} merges, fingerprint {tok.fingerprint}")
-    if a.ngrams_out:
-        with open(a.ngrams_out, "w", encoding="utf-8") as f:
+    if cfg.ngrams_out:
+        with open(cfg.ngrams_out, "w", encoding="utf-8") as f:
             f.write("".join(g + "\n" for g in ngrams))
-    if a.out:
-        tok.save(a.out)
+    if cfg.out:
+        tok.save(cfg.out)
 
 
 if __name__ == "__main__":
-    main()
+    script_main("unicode_tokenizer.py", main)

@@ -29,7 +29,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
-from checkpoint import checkpoint_tokenizer
+from unicode_tokenizer import checkpoint_tokenizer
 import eval as E
 from data.benchmarks import MMLU_SUBJECTS
 from model import GPT, GPTConfig

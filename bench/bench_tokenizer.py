@@ -125,7 +125,7 @@ def main():
           f" | ratio {tb_hf / tb_ours:.2f}x | ids identical: {same_b}")
 
     # one long document, as it is and with its whitespace removed (then nothing cuts it into pieces:
-    # the worst case for BPE; a quadratic one shows here, the old Python fallback took 240 s for 100k)
+    # the worst case for BPE, where a quadratic one shows)
     text = "".join(docs)
     for n in (10_000, 30_000, 100_000):
         for what, doc in (("text", text[:n]), ("no whitespace", "".join(text.split())[:n])):

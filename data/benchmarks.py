@@ -105,8 +105,9 @@ def ensure_data(sources):
                 archive = os.path.join(cache_dir("eval", "downloads"), os.path.basename(s["url"]))
                 extract(download(s["url"], archive, s["sha256"], s["size"], what=f"the {src} benchmark"),
                         s["members"], data_dir)
-        except SystemExit as e:
-            raise SystemExit(f"{e}; or pass --data_dir DIR holding the original files (layout: python eval.py --help)") from None
+        except SystemExit as e:  # data/download.py's one-line refusal: one line here too (script_main prints it)
+            raise ValueError(f"{e}; or pass --data_dir=DIR holding the original files (layout: python eval.py "
+                             f"--help)") from None
         with open(done, "a") as f:
             f.write(src + "\n")
     return data_dir
@@ -119,44 +120,108 @@ def read_text(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: missing benchmark file (pass --data_dir with the original layout, "
                                 f"or leave --data_dir out to download it)")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    with open(path, "rb") as f:
+        return decode(f.read(), path)
+
+
+def decode(raw, where):
+    """UTF-8 bytes -> text, or one line naming `where` and the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}): a benchmark file must be the "
+                         f"original UTF-8 file") from None
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's way to write a lone surrogate (\ud800)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def load_json(text, where):
+    """json.loads with one-line errors naming `where` (a file or file:line): malformed JSON, numbers
+    Python will not read, nesting too deep, strings that are not valid Unicode (lone surrogates)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of 5,000 digits, [[[[... 100,000 deep
+        raise ValueError(f"{where}: not readable JSON ({type(e).__name__}: {str(e)[:100]})") from None
+    if _SURROGATE_ESCAPE.search(text) and _SURROGATE.search(json.dumps(obj, ensure_ascii=False)):
+        raise ValueError(f"{where}: a string holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode")
+    return obj
 
 
 def jsonl_rows(text, where):
-    """[(line number, object)] of a JSONL text; blank lines skipped."""
+    """[(line number, object)] of a JSONL text; blank lines skipped; every line must be one JSON object."""
     rows = []
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
         if not line.strip():
             continue
-        try:
-            rows.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}:{n}: not valid JSON ({e.msg})") from None
+        obj = load_json(line, f"{where}:{n}")
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}:{n}: expected a JSON object per line, got {shown(obj)}")
+        rows.append((n, obj))
     return rows
 
 
-def field(obj, dotted, where):
-    """obj['a']['b'] for 'a.b', or a ValueError naming the place and the key."""
+KINDS = {str: "a string", list: "a list", dict: "an object", bool: "true or false"}
+
+
+def shown(value, n=40):
+    """A value in an error message: its repr (one line), cut to n characters."""
+    text = repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def field(obj, dotted, where, kind=None):
+    """obj['a']['b'] for 'a.b', or a ValueError naming the place and the key; kind (str, list, dict,
+    bool): the type the value must have."""
     for key in dotted.split("."):
-        if not isinstance(obj, dict) or key not in obj:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected an object holding {key!r}, got {shown(obj)}")
+        if key not in obj:
             raise ValueError(f"{where}: missing key {dotted!r}")
         obj = obj[key]
+    if kind is not None and not isinstance(obj, kind):
+        raise ValueError(f"{where}: {dotted!r} is {shown(obj)}, expected {KINDS[kind]}")
     return obj
+
+
+def strings(obj, dotted, where, empty_ok=False):
+    """A field that must be a list of strings (non-empty unless empty_ok)."""
+    values = field(obj, dotted, where, list)
+    if not values and not empty_ok:
+        raise ValueError(f"{where}: {dotted!r} is an empty list")
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise ValueError(f"{where}: {dotted}[{i}] is {shown(v)}, expected a string")
+    return values
+
+
+def item_id(value, where, default):
+    """An item's id from the file (a string or a whole number), or `default` where it has none."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: id {shown(value)} is not a string or a whole number")
+    return str(value)
 
 
 def mmlu_rows(f, where):
     """One MMLU CSV (an open text file) -> [(question, [A, B, C, D], answer letter)]."""
     reader = csv.reader(f)
     rows = []
-    for row in reader:
-        at = f"{where}:{reader.line_num}"
-        if len(row) != 6:
-            raise ValueError(f"{at}: expected 6 fields (question,A,B,C,D,answer), got {len(row)}")
-        answer = row[5].strip()
-        if answer not in ("A", "B", "C", "D"):
-            raise ValueError(f"{at}: answer {row[5]!r} is not one of A, B, C, D")
-        rows.append((row[0], row[1:5], answer))
+    try:
+        for row in reader:
+            at = f"{where}:{reader.line_num}"
+            if len(row) != 6:
+                raise ValueError(f"{at}: expected 6 fields (question,A,B,C,D,answer), got {len(row)}")
+            answer = row[5].strip()
+            if answer not in ("A", "B", "C", "D"):
+                raise ValueError(f"{at}: answer {shown(row[5])} is not one of A, B, C, D")
+            rows.append((row[0], row[1:5], answer))
+    except csv.Error as e:  # a field over the csv module's size limit, ...
+        raise ValueError(f"{where}:{reader.line_num}: not readable CSV ({e})") from None
     return rows
 
 
@@ -171,8 +236,8 @@ def mmlu_records(data_dir):
     records = []
     for path in files:
         subject = os.path.basename(path)[:-len("_test.csv")]
-        with open(path, newline="", encoding="utf-8") as f:
-            records += [dict(subject=subject, question=q, choices=c, answer=a) for q, c, a in mmlu_rows(f, path)]
+        f = io.StringIO(read_text(path), newline="")
+        records += [dict(subject=subject, question=q, choices=c, answer=a) for q, c, a in mmlu_rows(f, path)]
     return records
 
 
@@ -182,8 +247,9 @@ def mmlu_tar_questions(path):
     with tarfile.open(path) as t:
         for m in t.getmembers():
             if m.isfile() and m.name.endswith(".csv") and "/auxiliary_train/" not in m.name:
-                f = io.TextIOWrapper(t.extractfile(m), encoding="utf-8", newline="")
-                questions += [q for q, _, _ in mmlu_rows(f, f"{path}:{m.name}")]
+                where = f"{path}:{m.name}"
+                f = io.StringIO(decode(t.extractfile(m).read(), where), newline="")
+                questions += [q for q, _, _ in mmlu_rows(f, where)]
     return questions
 
 
@@ -199,13 +265,18 @@ def arc_records(text, where):
 
 
 def arc_record(obj, n, at):
-    choices = field(obj, "question.choices", at)
-    labels = [field(c, "label", at) for c in choices]
+    choices = field(obj, "question.choices", at, list)
+    if not choices:
+        raise ValueError(f"{at}: 'question.choices' is an empty list")
+    labels = [field(c, "label", f"{at}: question.choices[{i}]", str) for i, c in enumerate(choices)]
+    texts = [field(c, "text", f"{at}: question.choices[{i}]", str) for i, c in enumerate(choices)]
+    if "" in labels or len(set(labels)) != len(labels):
+        raise ValueError(f"{at}: the labels {shown(labels, 80)} must be distinct and not empty")
     answer = obj.get("answerKey")
     if answer is not None and answer not in labels:
-        raise ValueError(f"{at}: answerKey {answer!r} is not one of the labels {labels}")
-    return dict(id=obj.get("id", str(n)), question=field(obj, "question.stem", at), labels=labels,
-                texts=[field(c, "text", at) for c in choices], answer=answer)
+        raise ValueError(f"{at}: answerKey {shown(answer)} is not one of the labels {shown(labels, 80)}")
+    return dict(id=item_id(obj.get("id"), at, str(n)), question=field(obj, "question.stem", at, str), labels=labels,
+                texts=texts, answer=answer)
 
 
 def hellaswag_records(text, where):
@@ -214,12 +285,14 @@ def hellaswag_records(text, where):
 
 
 def hellaswag_record(obj, n, at):
-    endings = field(obj, "endings", at)
-    label = str(field(obj, "label", at))
-    if not label.isdigit() or int(label) >= len(endings):
-        raise ValueError(f"{at}: label {label!r} is not an index into the {len(endings)} endings")
-    return dict(id=str(obj.get("ind", n)), activity_label=field(obj, "activity_label", at),
-                ctx_a=field(obj, "ctx_a", at), ctx_b=field(obj, "ctx_b", at), endings=endings, label=int(label))
+    endings = strings(obj, "endings", at)
+    label = field(obj, "label", at)
+    if isinstance(label, bool) or not isinstance(label, (int, str)) or not re.fullmatch(r"[0-9]+", str(label)) \
+            or int(label) >= len(endings):
+        raise ValueError(f"{at}: label {shown(label)} is not an index into the {len(endings)} endings")
+    return dict(id=item_id(obj.get("ind"), at, str(n)), activity_label=field(obj, "activity_label", at, str),
+                ctx_a=field(obj, "ctx_a", at, str), ctx_b=field(obj, "ctx_b", at, str), endings=endings,
+                label=int(label))
 
 
 def boolq_records(text, where):
@@ -230,25 +303,33 @@ def boolq_records(text, where):
 def boolq_record(obj, n, at):
     answer = field(obj, "answer", at)
     if not isinstance(answer, bool):
-        raise ValueError(f"{at}: answer {answer!r} is not true/false")
-    return dict(id=str(n), question=field(obj, "question", at), passage=field(obj, "passage", at), answer=answer)
+        raise ValueError(f"{at}: answer {shown(answer)} is not true/false")
+    return dict(id=str(n), question=field(obj, "question", at, str), passage=field(obj, "passage", at, str),
+                answer=answer)
 
 
 def squad_records(text, where):
     """SQuAD v2 JSON -> every question: dict(id, context, question, answers (texts; [] when unanswerable))."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = load_json(text, where)
     records = []
-    for a, article in enumerate(field(data, "data", where)):
-        for p, para in enumerate(field(article, "paragraphs", f"{where}: data[{a}]")):
+    for a, article in enumerate(field(data, "data", where, list)):
+        for p, para in enumerate(field(article, "paragraphs", f"{where}: data[{a}]", list)):
             at = f"{where}: data[{a}].paragraphs[{p}]"
-            context = field(para, "context", at)
-            for qa in field(para, "qas", at):
-                answers = [] if qa.get("is_impossible") else [field(x, "text", at) for x in qa.get("answers") or []]
-                records.append(dict(id=qa.get("id"), context=context, question=field(qa, "question", at),
-                                    answers=answers))
+            context = field(para, "context", at, str)
+            for q, qa in enumerate(field(para, "qas", at, list)):
+                where_qa = f"{at}.qas[{q}]"
+                question = field(qa, "question", where_qa, str)
+                impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):
+                    raise ValueError(f"{where_qa}: 'is_impossible' is {shown(impossible)}, expected true or false")
+                answers = []
+                if not impossible:
+                    given = qa.get("answers") or []
+                    if not isinstance(given, list):
+                        raise ValueError(f"{where_qa}: 'answers' is {shown(given)}, expected a list")
+                    answers = [field(x, "text", f"{where_qa}.answers[{i}]", str) for i, x in enumerate(given)]
+                records.append(dict(id=item_id(qa.get("id"), where_qa, f"{a}/{p}/{q}"), context=context,
+                                    question=question, answers=answers))
     return records
 
 

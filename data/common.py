@@ -137,7 +137,13 @@ def open_split(data_dir, split, tok=None):
     if not os.path.isfile(path) or os.path.getsize(path) != expected:
         raise ValueError(f"{path} is missing or truncated: expected {expected:,} bytes ({meta[f'{split}_tokens']:,} "
                          f"{dtype.name} tokens per meta.json)")
-    return np.memmap(path, dtype=dtype, mode="r")
+    ids = np.memmap(path, dtype=dtype, mode="r")
+    if tok is not None:  # an id the model has no row for would fail mid-run (a CUDA assert on a GPU)
+        top = max((int(ids[i:i + (1 << 26)].max()) for i in range(0, len(ids), 1 << 26)), default=0)
+        if top >= tok.vocab_size:
+            raise ValueError(f"{path} holds token id {top}, beyond the {tok.vocab_size:,} ids of tokenizer "
+                             f"{tok.name!r}: the file is damaged or was not made by this tokenizer")
+    return ids
 
 
 def split_docs(docs, val_fraction=0.05, seed=1337):
@@ -178,7 +184,9 @@ def fraction(text):
 
 
 def base_parser(description, default_out, val_fraction=0.05):
-    """The options every prepare script takes, with the same meaning in all of them."""
+    """The options every prepare script takes, with the same meaning in all of them. The prepare
+    scripts keep argparse (the other scripts use configurator.py): each runs once per corpus with a
+    few flags of its own and no config files."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--tokenizer", default=None,
                    help="anything unicode_tokenizer.get_tokenizer() accepts (default: its default)")
@@ -247,8 +255,8 @@ class MixtureData:
         if not isinstance(weights, dict) or not weights:
             fail(f"datasets={weights!r}: expected a dict name -> weight, e.g. {{'shakespeare': 1.0}}")
         if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf")
-               for w in weights.values()):
-            fail(f"datasets={weights!r}: weights must be positive numbers")
+               for w in weights.values()) or not sum(weights.values()) < float("inf"):
+            fail(f"datasets={weights!r}: weights must be positive numbers with a finite sum")
         root = cfg["data_root"] or os.path.join(REPO, "data")
         self.names = list(weights)
         total = sum(weights.values())

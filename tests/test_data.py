@@ -491,7 +491,7 @@ def near_chance(name, acc, chance, n, figures):
 
 
 def shortcut_figures(n=6000, seed=1337):
-    """The obvious shortcut rules of issue 17 fitted to n generated items, each against chance; every
+    """The obvious shortcut rules (answer = the longest option, the first, ...) fitted to n generated items, each against chance; every
     assertion fails when a rule predicts the answer better (or worse) than chance."""
     from data.sft_qa.prepare import synthetic_items
     docs = [t for _, t in synthetic_items(n, seed)]

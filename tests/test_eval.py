@@ -1,16 +1,22 @@
 """Tests of eval.py and data/benchmarks.py on the small benchmark samples in data/eval_items (the benchmarks'
 original formats)."""
+import errno
 import io
 import json
 import math
 import os
+import re
 import tarfile
+import tempfile
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from checkpoint import load_model, model_checkpoint, save_checkpoint, table_fingerprint
+from common import script_main
+from configurator import key_docs
 import eval as E
 import merge
 from data import benchmarks as B
@@ -314,8 +320,8 @@ def test_merged_model_evaluates(tok, tmp_path):
     _, ckpt = merge.build_merge(paths)
     save_checkpoint(ckpt, str(tmp_path / "merged.pt"))
     out = str(tmp_path / "merged.json")
-    E.main(["--ckpt", str(tmp_path / "merged.pt"), "--data_dir", FIX, "--tasks", "arc_easy,mmlu",
-            "--protocol", "paper", "--runs", "2", "--limit", "1", "--out", out, "--device", "cpu"])
+    E.main([f"--ckpt={tmp_path / 'merged.pt'}", f"--data_dir={FIX}", "--tasks=arc_easy,mmlu", "--protocol=paper",
+            "--runs=2", "--limit=1", f"--out={out}", "--device=cpu"])
     r = json.load(open(out))
     assert r["kind"] == "merge" and r["tasks"]["arc_easy"]["n"] == 1 and r["tasks"]["mmlu"]["n"] == 3
 
@@ -342,9 +348,9 @@ def test_cli_writes_json_and_compare_table(tok, tmp_path, capsys):
     ckpt = str(tmp_path / "forced.pt")
     save_checkpoint(model_checkpoint(model, tok), ckpt)
     out1, out2 = str(tmp_path / "a.json"), str(tmp_path / "b.json")
-    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu,arc_easy", "--protocol", "loglik", "--out", out1,
-            "--device", "cpu"])
-    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu", "--runs", "2", "--out", out2, "--device", "cpu"])
+    E.main([f"--ckpt={ckpt}", f"--data_dir={FIX}", "--tasks=mmlu,arc_easy", "--protocol=loglik", f"--out={out1}",
+            "--device=cpu"])
+    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "mmlu", "--runs", "2", "--out", out2, "--device", "cpu"])  # --key value
     r = json.load(open(out1))
     assert r["protocol"] == "loglik" and len(r["model_fingerprint"]) == 16 and r["ckpt"] == os.path.abspath(ckpt)
     assert r["substrate"] == dict(tokenizer="bvv241-2-3", tokenizer_fingerprint=tok.fingerprint, table_key=None,
@@ -369,7 +375,7 @@ def test_result_files_are_named_after_the_run_and_never_overwrite_another(tok, t
         (tmp_path / run).mkdir()
         runs[run] = str(tmp_path / run / "ckpt.pt")
         save_checkpoint(model_checkpoint(forced_gpt(letter, block_size=48), tok), runs[run])
-        E.main(["--ckpt", runs[run], "--data_dir", FIX, "--tasks", "mmlu", "--protocol", "loglik", "--device", "cpu"])
+        E.main([f"--ckpt={runs[run]}", f"--data_dir={FIX}", "--tasks=mmlu", "--protocol=loglik", "--device=cpu"])
     a, b = (json.load(open(tmp_path / run / "eval_ckpt_loglik.json")) for run in ("run_a", "run_b"))
     assert a["tasks"]["mmlu"]["mean"] == pytest.approx(100 * 3 / 7) and b["tasks"]["mmlu"]["mean"] == pytest.approx(200 / 7)
     assert not list(tmp_path.glob("*.json"))
@@ -377,22 +383,21 @@ def test_result_files_are_named_after_the_run_and_never_overwrite_another(tok, t
     # the output says what trunc 7/7 means (every MMLU prompt is longer than a 48-token context)
     assert "7/7" in out and "trunc: items whose prompt was longer than the model's context (48 tokens" in out
     # the same run again: replaced; another run's file: refused, before any work, and left as it was
-    E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "mmlu", "--protocol", "loglik", "--device", "cpu"])
+    E.main([f"--ckpt={runs['run_a']}", f"--data_dir={FIX}", "--tasks=mmlu", "--protocol=loglik", "--device=cpu"])
     theirs = str(tmp_path / "run_b" / "eval_ckpt_loglik.json")
     before = open(theirs).read()
-    with pytest.raises(SystemExit, match="eval_ckpt_loglik.json holds the results of .*run_b/ckpt.pt, not of "
+    with pytest.raises(ValueError, match="eval_ckpt_loglik.json holds the results of .*run_b/ckpt.pt, not of "
                                          ".*run_a/ckpt.pt: not overwritten"):
-        E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "mmlu", "--out", theirs, "--protocol", "loglik"])
+        E.main([f"--ckpt={runs['run_a']}", f"--data_dir={FIX}", "--tasks=mmlu", f"--out={theirs}", "--protocol=loglik"])
     assert open(theirs).read() == before
     (tmp_path / "notes.json").write_text("{}")
-    with pytest.raises(SystemExit, match="notes.json exists and is not an eval.py result file"):
-        E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "mmlu", "--out", str(tmp_path / "notes.json")])
+    with pytest.raises(ValueError, match="notes.json exists and is not an eval.py result file"):
+        E.main([f"--ckpt={runs['run_a']}", f"--data_dir={FIX}", "--tasks=mmlu", f"--out={tmp_path / 'notes.json'}"])
     # bpb needs --val_data: named alone it is an error, through the group `all` it is left out with a note
-    with pytest.raises(SystemExit, match="task bpb needs --val_data DIR"):
-        E.main(["--ckpt", runs["run_a"], "--tasks", "bpb"])
+    with pytest.raises(ValueError, match="task bpb needs --val_data DIR"):
+        E.main([f"--ckpt={runs['run_a']}", "--tasks=bpb"])
     capsys.readouterr()
-    E.main(["--ckpt", runs["run_a"], "--data_dir", FIX, "--tasks", "all", "--limit", "1", "--runs", "1",
-            "--device", "cpu"])
+    E.main([f"--ckpt={runs['run_a']}", f"--data_dir={FIX}", "--tasks=all", "--limit=1", "--runs=1", "--device=cpu"])
     out = capsys.readouterr().out
     assert "bpb (bits per byte on held-out text) not run: task bpb needs --val_data DIR" in out
     assert set(json.load(open(tmp_path / "run_a" / "eval_ckpt_paper.json"))["tasks"]) == set(E.TASKS) - {"bpb"}
@@ -407,22 +412,29 @@ def test_result_records_the_frozen_substrate(tok, tmp_path):
     m.table_info = {"kind": "random", "dim": 16, "key": "0123456789abcdef"}
     ckpt, out = str(tmp_path / "glyph.pt"), str(tmp_path / "r.json")
     save_checkpoint(model_checkpoint(m, tok), ckpt)
-    E.main(["--ckpt", ckpt, "--data_dir", FIX, "--tasks", "arc_easy", "--limit", "1", "--protocol", "loglik",
-            "--out", out, "--device", "cpu"])
+    E.main([f"--ckpt={ckpt}", f"--data_dir={FIX}", "--tasks=arc_easy", "--limit=1", "--protocol=loglik", f"--out={out}",
+            "--device=cpu"])
     sub = json.load(open(out))["substrate"]
     assert sub["table_key"] == "0123456789abcdef" and sub["table_fingerprint"] == table_fingerprint(m.frozen_table) is not None
 
 
-def test_help_shows_every_default(capsys):
-    with pytest.raises(SystemExit):
+def test_help_shows_every_option_its_default_and_meaning(capsys):
+    with pytest.raises(SystemExit) as e:
         E.main(["--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for flag in ("--tasks", "--protocol", "--runs", "--temperature", "--top_k", "--seed", "--batch_size",
-                 "--max_tokens", "--device", "--dtype", "--out", "--data_dir", "--val_data", "--limit"):
-        option_help = text.split(flag, 2)[2].split(" --")[0]  # the flag's second mention: its own entry
-        assert "(default:" in option_help, flag
-    assert f"(default: {E.PROTOCOL})" in text and "(default: paper = mmlu,arc_easy" in text
-    assert "(default: <ckpt dir>/eval_<ckpt name>_<protocol>.json)" in text
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "python eval.py --compare out/eval_ckpt_paper.json" in text and "mmlu/test/{subject}_test.csv" in text
+    docs = key_docs(E.__file__)
+    for key, default in E.DEFAULTS.items():  # every option: its default, then its comment of the defaults block
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"--{key}="))
+        assert docs[key] and line.rstrip().endswith(docs[key]), key
+    assert set(E.DEFAULTS) == {"ckpt", "tasks", "protocol", "data_dir", "val_data", "limit", "runs", "temperature",
+                               "top_k", "seed", "batch_size", "max_tokens", "device", "dtype", "tokenizer", "out",
+                               "log_samples", "compare", "results"}  # and nothing else (no constant leaks in)
+    assert (E.PROTOCOL, E.RUNS, E.TEMPERATURE, E.TOP_K, E.SEED) == ("paper", 10, 1.0, 50, 1337)
+    listed = " ".join(text.split("Tasks:", 1)[1].split("Options are")[0].split())  # the docstring's list, in --help
+    assert all(re.search(rf"\b{t}\b", listed) for t in list(E.TASKS) + list(E.GROUPS)), listed
+    assert "paper = " + ",".join(E.GROUPS["paper"]) in listed
 
 
 def test_bad_input_messages(tok, tmp_path):
@@ -447,10 +459,10 @@ def test_bad_input_messages(tok, tmp_path):
         E.load_task("boolq", str(tmp_path))
     not_model = tmp_path / "notes.pt"
     not_model.write_text("hello")
-    with pytest.raises(SystemExit, match="notes.pt: cannot load as a glyphgpt model"):
-        E.main(["--ckpt", str(not_model), "--data_dir", FIX, "--tasks", "mmlu"])
-    with pytest.raises(SystemExit, match="unknown task 'nope'"):
-        E.main(["--ckpt", str(not_model), "--tasks", "nope"])
+    with pytest.raises(ValueError, match="notes.pt: not a readable checkpoint"):
+        E.main([f"--ckpt={not_model}", f"--data_dir={FIX}", "--tasks=mmlu"])
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        E.main([f"--ckpt={not_model}", "--tasks=nope"])
 
 
 def test_download_cache_and_archive_layout(tmp_path, monkeypatch, tok):
@@ -483,3 +495,397 @@ def test_download_cache_and_archive_layout(tmp_path, monkeypatch, tok):
         f.write(body)
     assert B.ensure_data(["boolq"]) == data_dir  # verified in place: example.invalid is never asked
     assert B.boolq_records(B.read_text(os.path.join(data_dir, "boolq", "dev.jsonl")), "dev.jsonl")[0]["answer"] is True
+
+
+# ---------------------------------------------------------------------------- bad input: one line, before any work
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tok, tmp_path_factory):
+    """A small real checkpoint (trainable embedding, 16 wide, 64-token context) for the command line."""
+    path = str(tmp_path_factory.mktemp("tiny") / "ckpt.pt")
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=65536, block_size=64, n_layer=1, n_head=2, d_model=16, embedding="trainable"))
+    save_checkpoint(model_checkpoint(m, tok), path)
+    return path
+
+
+def no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the command line was checked")
+
+
+def one_line_exit(argv):
+    """script_main's answer to argv: None (a result) or its one-line message."""
+    try:
+        script_main("eval.py", E.main, argv)
+    except SystemExit as e:
+        assert isinstance(e.code, str) and e.code.startswith("eval.py: error: "), e.code
+        assert "\n" not in e.code and "Traceback" not in e.code
+        return e.code
+    return None
+
+
+BAD_VALUES = [
+    ("temperature", "-1", "temperature=-1.0: expected 0 (greedy) or a finite number >= 1e-06"),
+    ("temperature", "nan", "temperature=nan: expected 0 (greedy)"),
+    ("temperature", "inf", "temperature=inf: expected 0 (greedy)"),
+    ("temperature", "1e-9", "temperature=1e-09: expected 0 (greedy)"),  # would overflow the scaled logits
+    ("temperature", "hot", "temperature expects float (default 1.0), got 'hot'"),
+    ("top_k", "-1", "top_k=-1: expected a whole number >= 0 (0 = none)"),
+    ("runs", "0", "runs=0: expected a whole number >= 1"),
+    ("runs", "two", "runs expects int (default 10), got 'two'"),
+    ("limit", "-1", "limit=-1: expected a whole number >= 0 (0 = all)"),
+    ("limit", "0.5", "limit expects int (default 0), got '0.5'"),
+    ("seed", "-5", "seed=-5: expected a whole number >= 0"),
+    ("batch_size", "0", "batch_size=0: expected a whole number >= 1"),
+    ("max_tokens", "0", "max_tokens=0: expected a whole number >= 1"),
+    ("protocol", "greedy", "protocol='greedy': expected paper or loglik"),
+    ("dtype", "int8", "dtype='int8': expected one of auto, float32, bfloat16, float16"),
+    ("device", "gpu", "device='gpu': expected auto, cpu, cuda or cuda:N"),
+    ("tasks", "mmlu,nope", "unknown task 'nope'"),
+    ("tasks", " , ", "no task given (--tasks)"),
+    ("data_dir", "/nonexistent/eval", "data_dir=/nonexistent/eval: no such folder"),
+    ("out", "a\nb.json", "out='a\\nb.json': a path or name with a control character"),
+    ("ckpt", "/nonexistent/ckpt.pt", "ckpt=/nonexistent/ckpt.pt: no such checkpoint file (/nonexistent does not exist)"),
+    ("unknown_key", "1", "unknown config key 'unknown_key'"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
+def test_values_are_checked_before_any_work(key, value, message, tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "load_model", no_model)
+    out = tmp_path / "r.json"
+    argv = [f"--ckpt={tiny_ckpt}", f"--data_dir={FIX}", "--tasks=arc_easy", f"--out={out}", f"--{key}={value}"]
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        E.main(argv)
+    assert "\n" not in str(e.value) and not out.exists()
+    assert one_line_exit(argv) == f"eval.py: error: {e.value}"
+
+
+def test_cuda_on_a_cpu_machine_says_so_and_blames_no_file(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(E, "load_model", no_model)
+    for dev in ("cuda", "cuda:1"):
+        msg = one_line_exit([f"--ckpt={tiny_ckpt}", f"--data_dir={FIX}", "--tasks=arc_easy", f"--device={dev}"])
+        assert f"device={dev!r}, but torch sees no CUDA GPU here" in msg and "ckpt" not in msg
+    assert not list(tmp_path.iterdir()) and not [f for f in os.listdir(os.path.dirname(tiny_ckpt)) if f.endswith(".json")]
+
+
+def test_out_is_never_an_input_nor_a_folder_and_is_checked_before_the_work(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "load_model", no_model)
+    (tmp_path / "notes.txt").write_text("x")
+    os.symlink(tiny_ckpt, tmp_path / "link.pt")
+    folder = os.path.dirname(tiny_ckpt)
+    before = sorted(os.listdir(folder)), open(tiny_ckpt, "rb").read()
+    for out, message in [(tiny_ckpt, "is the checkpoint"), (str(tmp_path / "link.pt"), "is the checkpoint"),
+                         (folder, "is a folder: expected a file path"), (folder + "/", "is a folder"),
+                         (str(tmp_path / "."), "is a folder"), (str(tmp_path / "new") + "/", "is a folder"),
+                         (str(tmp_path / "notes.txt" / "r.json"), "notes.txt is a file, not a folder"),
+                         (str(tmp_path / "notes.txt"), "notes.txt exists and is not an eval.py result file")]:
+        with pytest.raises(ValueError, match=re.escape(message)) as e:
+            E.main([f"--ckpt={tiny_ckpt}", f"--data_dir={FIX}", "--tasks=arc_easy", f"--out={out}"])
+        assert "\n" not in str(e.value) and os.path.basename(out.rstrip("/")) in str(e.value)
+    assert (sorted(os.listdir(folder)), open(tiny_ckpt, "rb").read()) == before
+    assert open(tmp_path / "notes.txt").read() == "x"
+
+    def unwritable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    import checkpoint
+    monkeypatch.setattr(checkpoint.tempfile, "TemporaryFile", unwritable)  # (root writes anywhere: simulate a read-only folder)
+    with pytest.raises(ValueError, match=re.escape(f"out={tmp_path / 'sub' / 'r.json'}: cannot write in {tmp_path} "
+                                                   f"(Permission denied)")):
+        E.main([f"--ckpt={tiny_ckpt}", f"--data_dir={FIX}", "--tasks=arc_easy", f"--out={tmp_path / 'sub' / 'r.json'}"])
+
+
+def test_a_failed_write_is_one_line_and_the_file_comes_before_the_table(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    argv = [f"--ckpt={tiny_ckpt}", f"--data_dir={FIX}", "--tasks=arc_easy", "--limit=1", "--protocol=loglik"]
+    out = tmp_path / "new" / "r.json"  # a folder that does not exist yet: made at write time
+
+    def full_disk(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(E, "write_json", full_disk)
+        with pytest.raises(ValueError, match=re.escape(f"out={out}: could not write it (No space left on device)")):
+            E.main(argv + [f"--out={out}"])
+    assert not out.exists()
+
+    def broken_pipe(record):  # `python eval.py ... | head` closed early: the results are on disk already
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    monkeypatch.setattr(E, "table", broken_pipe)
+    assert one_line_exit(argv + [f"--out={out}"]) == "eval.py: error: [Errno 32] Broken pipe"
+    assert json.load(open(out))["tasks"]["arc_easy"]["n"] == 1
+
+
+def test_a_checkpoint_with_a_nan_weight_is_refused_under_both_protocols(tok, tmp_path):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=65536, block_size=64, n_layer=1, n_head=2, d_model=16, embedding="trainable"))
+    ck = model_checkpoint(m, tok)
+    ck["model"]["transformer.h.0.mlp.c_fc.weight"][0, 0] = float("nan")
+    path = str(tmp_path / "nan.pt")
+    save_checkpoint(ck, path)
+    for protocol in ("paper", "loglik"):
+        out = tmp_path / f"{protocol}.json"
+        argv = [f"--ckpt={path}", f"--data_dir={FIX}", "--tasks=arc_easy", f"--protocol={protocol}", f"--out={out}"]
+        with pytest.raises(ValueError, match=re.escape(path) + r": .*non-finite weights in transformer.h.0.mlp.c_fc.weight"):
+            E.main(argv)
+        assert "non-finite" in one_line_exit(argv) and not out.exists()
+
+
+ARC = {"id": "q1", "question": {"stem": "Which?", "choices": [{"label": "A", "text": "a"}, {"label": "B", "text": "b"}]},
+       "answerKey": "A"}
+HS = {"ind": 7, "activity_label": "Cooking", "ctx_a": "A man", "ctx_b": "cuts", "endings": ["a", "b", "c", "d"], "label": 0}
+BOOLQ = {"question": "is it", "passage": "it is", "answer": True}
+SQUAD = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": "In France.", "qas": [
+    {"id": "s1", "question": "Where?", "answers": [{"text": "France", "answer_start": 3}], "is_impossible": False}]}]}]}
+FILES = dict(arc_easy="arc/ARC-Easy/ARC-Easy-Dev.jsonl", commonsense_qa="commonsense_qa/dev_rand_split.jsonl",
+             hellaswag="hellaswag/hellaswag_val.jsonl", boolq="boolq/dev.jsonl", squad_v2="squad_v2/dev-v2.0.json",
+             mmlu="mmlu/test/anatomy_test.csv", opus_en_ru="opus100/en-ru/opus.en-ru-dev.en")
+
+
+def with_(obj, path, value):
+    """A deep copy of obj with the value at the dotted path (list indices as numbers) replaced; DROP deletes it."""
+    obj = json.loads(json.dumps(obj))
+    *head, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+    target = obj
+    for k in head:
+        target = target[k]
+    if value is DROP:
+        del target[last]
+    else:
+        target[last] = value
+    return obj
+
+
+DROP = object()
+jl = lambda *objs: "".join(json.dumps(o) + "\n" for o in objs).encode()
+MALFORMED = [
+    ("arc_easy", jl(with_(ARC, "question.choices", 5)), r":1: 'question.choices' is 5, expected a list"),
+    ("arc_easy", jl(ARC, with_(ARC, "question.choices", ["a", "b"])),
+     r":2: question.choices\[0\]: expected an object holding 'label', got 'a'"),
+    ("arc_easy", jl(with_(ARC, "question.choices.1.label", 2)), r":1: question.choices\[1\]: 'label' is 2, expected a string"),
+    ("arc_easy", jl(with_(ARC, "question.choices.1.label", "A")), r":1: the labels \['A', 'A'\] must be distinct"),
+    ("arc_easy", jl(with_(ARC, "question.choices", [])), r":1: 'question.choices' is an empty list"),
+    ("arc_easy", jl(with_(ARC, "question.stem", DROP)), r":1: missing key 'question.stem'"),
+    ("arc_easy", jl(with_(ARC, "question", "Which?")), r":1: expected an object holding 'choices', got 'Which\?'"),
+    ("arc_easy", jl(with_(ARC, "answerKey", "Z")), r":1: answerKey 'Z' is not one of the labels \['A', 'B'\]"),
+    ("arc_easy", jl(with_(ARC, "answerKey", DROP)), r": item q1 has no answerKey"),
+    ("arc_easy", jl(with_(ARC, "id", {"a": 1})), r":1: id \{'a': 1\} is not a string or a whole number"),
+    ("arc_easy", b"[1, 2]\n", r":1: expected a JSON object per line, got \[1, 2\]"),
+    ("arc_easy", b"1" * 5000 + b"\n", r":1: not readable JSON \(ValueError"),
+    ("arc_easy", b"[" * 100000 + b"\n", r":1: not readable JSON \(RecursionError"),
+    ("arc_easy", jl(ARC).replace(b"Which?", b"Which\\ud800?"), r":1: a string holds a lone surrogate escape"),
+    ("arc_easy", b"\xff\xfe{}\n", r": not UTF-8 text \(invalid start byte at byte 0\)"),
+    ("commonsense_qa", jl(with_(ARC, "question.choices.0", None)), r":1: question.choices\[0\]: expected an object"),
+    ("hellaswag", jl(with_(HS, "endings", 7)), r":1: 'endings' is 7, expected a list"),
+    ("hellaswag", jl(with_(HS, "endings", ["a", 3])), r":1: endings\[1\] is 3, expected a string"),
+    ("hellaswag", jl(with_(HS, "endings", [])), r":1: 'endings' is an empty list"),
+    ("hellaswag", jl(with_(HS, "endings", list("abcdefghijk"))), r": item 7: 11 endings; the prompt letters at most 10"),
+    ("hellaswag", jl(with_(HS, "label", "x")), r":1: label 'x' is not an index into the 4 endings"),
+    ("hellaswag", jl(with_(HS, "label", 4)), r":1: label 4 is not an index"),
+    ("hellaswag", jl(with_(HS, "label", "²")), r":1: label '²' is not an index"),
+    ("hellaswag", jl(with_(HS, "label", True)), r":1: label True is not an index"),
+    ("hellaswag", jl(with_(HS, "ctx_a", None)), r":1: 'ctx_a' is None, expected a string"),
+    ("boolq", jl(with_(BOOLQ, "answer", "yes")), r":1: answer 'yes' is not true/false"),
+    ("boolq", jl(with_(BOOLQ, "question", 5)), r":1: 'question' is 5, expected a string"),
+    ("squad_v2", json.dumps(with_(SQUAD, "data", {})).encode(), r": 'data' is \{\}, expected a list"),
+    ("squad_v2", json.dumps(with_(SQUAD, "data.0.paragraphs.0.qas.0.question", DROP)).encode(),
+     r": data\[0\].paragraphs\[0\].qas\[0\]: missing key 'question'"),
+    ("squad_v2", json.dumps(with_(SQUAD, "data.0.paragraphs.0.qas.0.answers", "France")).encode(),
+     r": data\[0\].paragraphs\[0\].qas\[0\]: 'answers' is 'France', expected a list"),
+    ("squad_v2", json.dumps(with_(SQUAD, "data.0.paragraphs.0.qas.0.is_impossible", "no")).encode(),
+     r": data\[0\].paragraphs\[0\].qas\[0\]: 'is_impossible' is 'no', expected true or false"),
+    ("squad_v2", json.dumps(with_(SQUAD, "data.0.paragraphs.0.context", 3)).encode(),
+     r": data\[0\].paragraphs\[0\]: 'context' is 3"),
+    ("squad_v2", b'{"data": [', r": not valid JSON \(Expecting value at line 1 column 11\)"),
+    ("squad_v2", b"\x80", r": not UTF-8 text"),
+    ("mmlu", b"What?,a,b,c,d,A\n\xe9t\xe9,a,b,c,d,B\n", r": not UTF-8 text \(invalid continuation byte at byte 16\)"),
+    ("mmlu", b'"' + b"x" * 200000 + b'",a,b,c,d,A\n', r":1: not readable CSV \(field larger than field limit"),
+    ("opus_en_ru", b"Hello\n\xc0\n", r": not UTF-8 text \(invalid start byte at byte 6\)"),
+]
+
+
+@pytest.mark.parametrize("task,body,message", MALFORMED, ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(MALFORMED)])
+def test_a_malformed_benchmark_file_is_one_line_naming_it(task, body, message, tmp_path):
+    path = tmp_path / FILES[task]
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)
+    if task == "opus_en_ru":
+        (tmp_path / "opus100/en-ru/opus.en-ru-dev.ru").write_text("Привет\nМир\n")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + message) as e:
+        E.load_task(task, str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_a_malformed_benchmark_file_through_the_command_line(tiny_ckpt, tmp_path):
+    path = tmp_path / "data" / FILES["arc_easy"]
+    path.parent.mkdir(parents=True)
+    path.write_bytes(jl(ARC, with_(ARC, "question.choices", 5)))
+    msg = one_line_exit([f"--ckpt={tiny_ckpt}", f"--data_dir={tmp_path / 'data'}", "--tasks=arc_easy",
+                         f"--out={tmp_path / 'r.json'}"])
+    assert msg == f"eval.py: error: {path}:2: 'question.choices' is 5, expected a list"
+    assert not (tmp_path / "r.json").exists()
+
+
+RESULT = {"protocol": "loglik", "tasks": {"arc_easy": {"metric": "acc", "n": 4, "mean": 25.0, "ci95": 49.0,
+                                                       "acc_norm": {"mean": 50.0, "ci95": 57.0}}}}
+BAD_RESULTS = [
+    (b"not json", r": not JSON \(Expecting value: line 1 column 1 \(char 0\)\), so not an eval.py result file"),
+    (b"\xff\xfe{}", r": not UTF-8 text \(invalid start byte at byte 0\), so not an eval.py result file"),
+    (b"[" * 100000, r": not JSON \(maximum recursion depth"),
+    (b"{}", r": not an eval.py result file \(no 'tasks' object\)"),
+    (b'"tasks"', r": not an eval.py result file \(no 'tasks' object\)"),
+    (b'{"tasks": 5}', r": not an eval.py result file \(no 'tasks' object\)"),
+    (b'{"tasks": {"mmlu": 5}}', r": task 'mmlu' has no 'metric'"),
+    (b'{"tasks": {"mmlu": {"mean": 1.0}}}', r": task 'mmlu' has no 'metric'"),
+    (b'{"tasks": {"mmlu": {"metric": "acc", "mean": "high"}}}', r": task 'mmlu': 'mean' / 'ci95' are not numbers"),
+    (b'{"tasks": {"mmlu": {"metric": "acc", "mean": 1, "acc_norm": 3}}}', r": task 'mmlu': 'mean' / 'ci95'"),
+]
+
+
+@pytest.mark.parametrize("body,message", BAD_RESULTS, ids=range(len(BAD_RESULTS)))
+def test_compare_of_a_malformed_file_is_one_line_naming_it(body, message, tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(RESULT))
+    bad.write_bytes(body)
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + message) as e:
+        E.main(["--compare", str(good), str(bad)])
+    assert "\n" not in str(e.value)
+
+
+def test_compare_files_out_and_positional_arguments(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(RESULT))
+    b.write_text(json.dumps(dict(RESULT, protocol="paper")))
+    for missing in (tmp_path / "nope.json", tmp_path):
+        with pytest.raises(ValueError, match=re.escape(str(missing)) + ": cannot read it"):
+            E.main(["--compare", str(a), str(missing)])
+    with pytest.raises(ValueError, match="result files for --compare; the checkpoint to evaluate is --ckpt=PATH"):
+        E.main([str(a), str(b)])
+    with pytest.raises(ValueError, match="--compare needs result files"):
+        E.main(["--compare"])
+    with pytest.raises(ValueError, match=re.escape(f"out={a} is the --compare file {a}: writing there would destroy it")):
+        E.main(["--compare", str(a), str(b), f"--out={a}"])
+    (tmp_path / "notes.md").write_text("mine\n")
+    with pytest.raises(ValueError, match="notes.md exists and is not a comparison table: not overwritten"):
+        E.main(["--compare", str(a), str(b), f"--out={tmp_path / 'notes.md'}"])
+    capsys.readouterr()
+    table = E.main(["--compare", str(a), str(b), f"--out={tmp_path / 'cmp.md'}"])
+    assert capsys.readouterr().out == table + "\n" == open(tmp_path / "cmp.md").read()
+    assert table.splitlines()[0] == "| task | metric | a (loglik) | b (paper) |"
+    assert "| arc_easy | acc_norm | 50.00 ± 57.00 | 50.00 ± 57.00 |" in table
+    E.main([f"--results=[{str(a)!r}]", "--compare", str(b), f"--out={tmp_path / 'cmp.md'}"])  # a table: replaced
+    assert open(tmp_path / "cmp.md").read().startswith("| task | metric | a (loglik) | b (paper) |")
+
+
+# ---------------------------------------------------------------------------- property tests: any command line,
+# any benchmark or result file -> a result or one of our one-line errors, never another exception
+
+PROPERTY = settings(max_examples=20, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+odd_numbers = st.sampled_from(["1e400", "-1e400", "5e-324", "nan", "-0.0", "1_0", "0x10", "true", "", "1e3", "2.5"])
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False, width=16)
+                           | st.text(max_size=5), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c,
+                                                                                                         max_size=3),
+                           max_leaves=6)
+
+
+@PROPERTY
+@given(opts=st.fixed_dictionaries({}, optional=dict(
+    temperature=st.one_of(st.floats(-1, 3).map(repr), st.floats().map(repr), odd_numbers, st.text(max_size=4)),
+    top_k=st.one_of(st.integers(-2, 70000).map(str), odd_numbers), runs=st.one_of(st.integers(-1, 3).map(str), odd_numbers),
+    limit=st.one_of(st.integers(-1, 3).map(str), odd_numbers), seed=st.one_of(st.integers(-2, 2 ** 70).map(str), odd_numbers),
+    batch_size=st.one_of(st.integers(-1, 3).map(str), odd_numbers), protocol=st.sampled_from(["paper", "loglik", "x"]),
+    out=st.one_of(st.text(max_size=8), st.sampled_from(["", ".", "ckpt", "folder/", "sub/r.json", "in/file.json"])))))
+def test_any_option_values_give_a_result_or_one_line(opts, tiny_ckpt, tmp_path):
+    work = tempfile.mkdtemp(dir=tmp_path)
+    with open(os.path.join(work, "in"), "w") as f:
+        f.write("a file where a folder is expected")
+    out = opts.get("out")
+    if out is not None:
+        out = {"ckpt": tiny_ckpt}.get(out, out)
+        if ".." not in out.split("/") and out != tiny_ckpt:
+            out = os.path.join(work, out.lstrip("/")) if out else ""  # never outside this test's folder
+        opts["out"] = out if ".." not in out.split("/") else ""
+    argv = [f"--ckpt={tiny_ckpt}", f"--data_dir={FIX}", "--tasks=arc_easy,mmlu", "--max_tokens=512"] + \
+        [f"--{k}={v}" for k, v in opts.items()]
+    msg = one_line_exit(argv)
+    event("refused" if msg else "result")  # (--hypothesis-show-statistics: both outcomes are drawn)
+    if msg is None:  # a result: written where it was asked for
+        path = opts.get("out") or E.default_out(tiny_ckpt, opts.get("protocol", "paper"))
+        record = json.load(open(path))
+        limit = int(float(opts.get("limit", "0").replace("_", ""))) or None
+        assert record["tasks"]["arc_easy"]["n"] == min(limit or 4, 4)
+
+
+MUTABLE = dict(arc_easy=(ARC, ["id", "question", "question.stem", "question.choices", "question.choices.0",
+                               "question.choices.0.label", "question.choices.1.text", "answerKey"]),
+               hellaswag=(HS, ["ind", "activity_label", "ctx_a", "ctx_b", "endings", "endings.0", "label"]),
+               boolq=(BOOLQ, ["question", "passage", "answer"]),
+               squad_v2=(SQUAD, ["data", "data.0", "data.0.paragraphs", "data.0.paragraphs.0", "data.0.paragraphs.0.context",
+                                 "data.0.paragraphs.0.qas", "data.0.paragraphs.0.qas.0", "data.0.paragraphs.0.qas.0.id",
+                                 "data.0.paragraphs.0.qas.0.question", "data.0.paragraphs.0.qas.0.answers",
+                                 "data.0.paragraphs.0.qas.0.answers.0", "data.0.paragraphs.0.qas.0.answers.0.text",
+                                 "data.0.paragraphs.0.qas.0.is_impossible"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=65536, block_size=64, n_layer=1, n_head=2, d_model=16, embedding="trainable")).eval()
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_benchmark_file_gives_items_or_one_line_naming_it(data, tok, tiny_model, tmp_path):
+    task = data.draw(st.sampled_from(sorted(FILES)))
+    if task in MUTABLE and data.draw(st.booleans()):  # a real record with one value changed or dropped
+        record, paths = MUTABLE[task]
+        value = data.draw(st.one_of(st.just(DROP), json_values))
+        record = with_(record, data.draw(st.sampled_from(paths)), value)
+        body = json.dumps(record).encode() + (b"" if task == "squad_v2" else b"\n")
+    else:
+        body = data.draw(st.one_of(st.binary(max_size=200), st.text(max_size=60).map(str.encode)))
+    d = tempfile.mkdtemp(dir=tmp_path)
+    path = os.path.join(d, FILES[task])
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(body)
+    if task == "opus_en_ru":
+        with open(os.path.join(d, "opus100/en-ru/opus.en-ru-dev.ru"), "wb") as f:
+            f.write(body)
+    try:
+        items = E.load_task(task, d)
+        event(f"{len(items) > 0} items")
+        if items:  # what was accepted can be scored
+            E.evaluate(tiny_model, tok, [task], data.draw(st.sampled_from(["paper", "loglik"])), d, runs=2)
+    except ValueError as e:
+        event("refused")
+        assert "\n" not in str(e) and path in str(e), str(e)
+
+
+@PROPERTY
+@given(body=st.one_of(st.binary(max_size=100), json_values.map(lambda v: json.dumps(v).encode()),
+                      st.fixed_dictionaries({"tasks": st.dictionaries(st.text(max_size=4), st.one_of(
+                          json_values, st.fixed_dictionaries({"metric": st.one_of(st.text(max_size=4), json_values)},
+                                                             optional=dict(mean=json_values, ci95=json_values,
+                                                                           acc_norm=json_values))), max_size=3)},
+                                             optional=dict(protocol=json_values)).map(lambda v: json.dumps(v).encode())))
+def test_any_compare_file_gives_a_table_or_one_line_naming_it(body, tmp_path, capsys):
+    path = os.path.join(tempfile.mkdtemp(dir=tmp_path), "r.json")
+    with open(path, "wb") as f:
+        f.write(body)
+    msg = one_line_exit(["--compare", path])
+    event("refused" if msg else "table")
+    assert msg is None and capsys.readouterr().out.startswith("| task | metric | r (") or path in msg
+
+
+def test_a_failed_download_is_one_line_suggesting_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLYPHGPT_CACHE", str(tmp_path / "cache"))
+
+    def offline(url, dest, *args, **kwargs):
+        raise SystemExit(f"cannot download {url} (ConnectionError): the boolq benchmark needs internet access")
+    monkeypatch.setattr(B, "download", offline)
+    with pytest.raises(ValueError, match=r"cannot download https://.*dev.jsonl \(ConnectionError\).*; or pass "
+                                         r"--data_dir=DIR holding the original files") as e:
+        B.ensure_data(["boolq"])
+    assert "\n" not in str(e.value)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from checkpoint import checkpoint_tokenizer, load_model, model_checkpoint, save_checkpoint, table_fingerprint
+from checkpoint import load_model, model_checkpoint, save_checkpoint, table_fingerprint
+from unicode_tokenizer import checkpoint_tokenizer
 import merge as M
 from model import GPT, GPTConfig
 
@@ -303,7 +304,7 @@ def test_out_never_replaces_an_expert_by_any_name(expert_files, tmp_path):
     r = subprocess.run([sys.executable, "merge.py", e0, e1, f"--out={link}", "--overwrite=True"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.strip() == f"merge.py: error: out={link} is the expert {e0}: " \
-                                                      f"the merge would replace it; choose another --out"
+                                                      f"writing there would destroy it; choose another --out"
     assert sha256(e0) == before and os.path.samefile(e0, hard) and os.path.islink(link)
 
 

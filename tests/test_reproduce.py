@@ -11,15 +11,15 @@ import time
 import pytest
 
 from checkpoint import load_model, table_fingerprint
-import reproduce as R
-import reproduce_report as report
+import reproduce
+import reproduce_report
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("repro"))
     t0 = time.time()
-    results = R.main(["all", "--scale", "toy", "--out", out, "--assets", "none"])
+    results = reproduce.main(["all", "--scale", "toy", "--out", out, "--assets", "none"])
     return dict(out=out, results=results, seconds=time.time() - t0)
 
 
@@ -32,7 +32,7 @@ PLOT_SIZES = {"frozen_vs_trainable": (1210, 440), "unique": (1210, 440), "grow_v
 
 
 def test_every_experiment_writes_results(toy):
-    for exp in R.EXPERIMENTS:
+    for exp in reproduce.EXPERIMENTS:
         with open(os.path.join(toy["out"], f"{exp}.json")) as f:
             on_disk = json.load(f)
         assert on_disk["experiment"] == exp and on_disk["scale"] == "toy"
@@ -50,7 +50,7 @@ def test_markdown_tables_show_the_json_numbers(toy):
     md = open(os.path.join(toy["out"], "frozen_vs_trainable.md")).read()
     res = toy["results"]["frozen_vs_trainable"]
     for arm, s in res["arms"].items():
-        row = next(l for l in md.splitlines() if l.startswith(f"| {R.ARM_LABELS[arm]} |"))
+        row = next(l for l in md.splitlines() if l.startswith(f"| {reproduce.ARM_LABELS[arm]} |"))
         assert f"{s['val_bpb']['mean']:.4f}" in row and f"{s['val_loss']['mean']:.4f}" in row
     assert "val loss (mix, nats)" in md and res["verdicts"]["glyph"]["text"] in md
     md = open(os.path.join(toy["out"], "grow_vs_mono.md")).read()
@@ -58,27 +58,28 @@ def test_markdown_tables_show_the_json_numbers(toy):
 
 
 def test_logs_label_every_number(toy, capsys):
-    R.main(["frozen_vs_trainable", "--scale", "toy", "--out", toy["out"], "--assets", "none"])
+    reproduce.main(["frozen_vs_trainable", "--scale", "toy", "--out", toy["out"], "--assets", "none"])
     final = toy["results"]["frozen_vs_trainable"]["runs"]["glyph"][0]["final"]
     want = f"glyph_s1: done before, skipped"
     line = next(l for l in capsys.readouterr().out.splitlines() if want in l)
     assert line.endswith(f": loss {final['val_loss']:.4f} nats, {final['val_bpb']:.3f} bits/byte")
-    assert report.loss_text(11.09961, 11.1131) == "loss 11.0996 nats, 11.113 bits/byte"
-    assert report.growth_text([1, 1, 1]) == "3 stages of 1 layer" and report.growth_text([2]) == "1 stage of 2 layers"
-    assert report.growth_text([3, 2]) == "2 stages (3+2 layers)"
-    assert report.plural(1, "seed") == "1 seed" and report.plural(3, "seed") == "3 seeds"
+    assert reproduce_report.loss_text(11.09961, 11.1131) == "loss 11.0996 nats, 11.113 bits/byte"
+    assert reproduce_report.growth_text([1, 1, 1]) == "3 stages of 1 layer"
+    assert reproduce_report.growth_text([2]) == "1 stage of 2 layers"
+    assert reproduce_report.growth_text([3, 2]) == "2 stages (3+2 layers)"
+    assert reproduce_report.plural(1, "seed") == "1 seed" and reproduce_report.plural(3, "seed") == "3 seeds"
 
 
 def test_results_name_the_frozen_table_and_record_the_real_benchmark(toy):
     """The stored benchmark is what eval.py gives for the stored model; the table is identified."""
-    import eval as E
+    import eval
     run = toy["results"]["frozen_vs_trainable"]["runs"]["glyph"][0]
     model, _ = load_model(os.path.join(toy["out"], "runs", "glyph_s1", "ckpt.pt"))
     assert run["table_fingerprint"] == table_fingerprint(model.frozen_table)
     assert run["substrate_key"] == model.table_info.get("key")  # None only for a table cached before keys existed
     assert toy["results"]["frozen_vs_trainable"]["runs"]["trainable"][0]["table_fingerprint"] is None
-    again = E.evaluate(model, R.get_tokenizer("bvv241-2-3"), ["mmlu"], "loglik", R.EVAL_DIR,
-                       limit=R.SCALES["toy"]["eval_limit"], runs=1)["mmlu"]
+    again = eval.evaluate(model, reproduce.get_tokenizer("bvv241-2-3"), ["mmlu"], "loglik", reproduce.EVAL_DIR,
+                          limit=reproduce.SCALES["toy"]["eval_limit"], runs=1)["mmlu"]
     assert run["benchmarks"]["loglik"]["mmlu"]["mean"] == again["mean"] and run["benchmarks"]["loglik"]["mmlu"]["n"] == again["n"]
 
 
@@ -88,13 +89,13 @@ def test_frozen_vs_trainable_arms_differ_only_in_the_table(toy):
     runs = {arm: rs[0] for arm, rs in res["runs"].items()}
     # same data, tokens, seed; only the embedding (and so the trainable parameter count) differs
     assert len({(r["tokens"], r["seed"], json.dumps(r["datasets"], sort_keys=True)) for r in runs.values()}) == 1
-    V, d = 65536, R.SCALES["toy"]["d_model"]
+    V, d = 65536, reproduce.SCALES["toy"]["d_model"]
     assert runs["trainable"]["params"]["trainable"] - runs["glyph"]["params"]["trainable"] == V * d
     assert runs["glyph"]["params"]["frozen"] == V * d and runs["binary16"]["params"]["frozen"] == V * 16
     for r in runs.values():
         assert finite(r["final"]["val_bpb"]) and r["curve"][0]["tokens"] == 0
         assert set(r["benchmarks"]) == {"loglik", "paper"}
-        assert set(r["benchmarks"]["paper"]) == set(R.SCALES["toy"]["eval_tasks"])
+        assert set(r["benchmarks"]["paper"]) == set(reproduce.SCALES["toy"]["eval_tasks"])
     assert "trainable" not in res["verdicts"] and "one seed" in res["verdicts"]["glyph"]["text"]
 
 
@@ -135,8 +136,10 @@ def test_unique_reports_collisions(toy):
 
 def test_second_invocation_resumes_without_training(toy, capsys):
     t0 = time.time()
-    again = R.main(["all", "--scale", "toy", "--out", toy["out"], "--assets", "none"])
-    assert "skipped" in capsys.readouterr().out
+    # the four named one by one (several positional names run in the order given) = `all`
+    again = reproduce.main(["frozen_vs_trainable", "grow_vs_mono", "merge", "unique", "--scale=toy",
+                            f"--out={toy['out']}", "--assets=none"])
+    assert "skipped" in capsys.readouterr().out and list(again) == list(reproduce.EXPERIMENTS)
     assert again["frozen_vs_trainable"]["arms"] == toy["results"]["frozen_vs_trainable"]["arms"]
     assert again["grow_vs_mono"]["grown"]["stages"] == toy["results"]["grow_vs_mono"]["grown"]["stages"]
     assert time.time() - t0 < toy["seconds"] / 2
@@ -144,19 +147,51 @@ def test_second_invocation_resumes_without_training(toy, capsys):
 
 def test_verdict_words():
     def arm(values):
-        return {"val_bpb": report.spread(values)}
-    same = report.verdict(arm([2.00, 2.02, 2.01]), arm([2.01, 1.99, 2.02]), "a", "b")
+        return {"val_bpb": reproduce_report.spread(values)}
+    same = reproduce_report.verdict(arm([2.00, 2.02, 2.01]), arm([2.01, 1.99, 2.02]), "a", "b")
     assert same["text"].startswith("no measurable difference")
-    better = report.verdict(arm([1.80, 1.81, 1.79]), arm([2.01, 1.99, 2.02]), "a", "b")
+    better = reproduce_report.verdict(arm([1.80, 1.81, 1.79]), arm([2.01, 1.99, 2.02]), "a", "b")
     assert better["text"].startswith("a better") and better["diff"] < 0
-    worse = report.verdict(arm([2.30, 2.31, 2.29]), arm([2.01, 1.99, 2.02]), "a", "b")
+    worse = reproduce_report.verdict(arm([2.30, 2.31, 2.29]), arm([2.01, 1.99, 2.02]), "a", "b")
     assert worse["text"].startswith("a worse")
 
 
-def test_bad_experiment_name_is_a_clean_error(capsys):
+def test_bad_experiment_name_is_one_line_on_the_command_line(tmp_path):
+    """Through the real command line: one stderr line naming the value and what was expected, exit
+    status 1, and nothing created."""
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, os.path.join(reproduce.REPO, "reproduce.py"), "nonsense", "--scale=toy",
+                        f"--out={out}"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.splitlines() == ["reproduce.py: error: experiment 'nonsense': expected one or more of "
+                                     "frozen_vs_trainable, grow_vs_mono, merge, unique, all, scaling"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "no experiment given: expected one or more of frozen_vs_trainable"),
+    (["all", "--scale=huge"], "scale='huge': expected one of toy, cpu"),
+    (["merge", "--seeds=-1"], "seeds=-1: expected 0 (all the scale's seeds) or N >= 1"),
+    (["merge", "--threads", "-1"], "threads=-1: expected 0 (torch's default) or N >= 1"),
+    (["merge", "--seeds=two"], "seeds expects int (default 0), got 'two'"),
+    (["merge", "--sead=1"], "unknown config key 'sead'; did you mean seeds"),
+])
+def test_bad_values_are_refused_before_any_work(tmp_path, argv, message):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        reproduce.main(argv + [f"--out={out}"])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists()
+
+
+def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as e:
-        R.main(["nonsense", "--scale", "toy"])
-    assert e.value.code == 2 and "argument experiment: invalid choice: 'nonsense'" in capsys.readouterr().err
+        reproduce.main(["--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0
+    assert all(f"--{key}=" in text for key in ("experiments", "scale", "out", "assets", "threads", "seeds"))
 
 
 def test_a_stale_run_claim_is_taken_over(tmp_path):
@@ -167,14 +202,14 @@ def test_a_stale_run_claim_is_taken_over(tmp_path):
     run = tmp_path / "glyph_s1"
     run.mkdir()
     (run / "running.pid").write_text(str(dead.pid))
-    R.wait_for_other_invocation(str(run), str(run / "result.json"))  # returns at once, claimed by us
+    reproduce.wait_for_other_invocation(str(run), str(run / "result.json"))  # returns at once, claimed by us
     assert (run / "running.pid").read_text() == str(os.getpid())
 
 
 def test_cost_estimates_follow_the_configs_vocabulary():
     """The expert configs use 131,072 ids: 16 blocks of 12d^2+13d, final norm, head and table at d=1024."""
     d, V = 1024, 131072
-    e = R.scaling_estimate("config/paper_expert_ru_470m.py", [], "train")
+    e = reproduce.scaling_estimate("config/paper_expert_ru_470m.py", [], "train")
     assert e["params"] == 16 * (12 * d * d + 13 * d) + 2 * d + (V * d + V) + V * d  # 470.1M
-    b16 = R.scaling_estimate("config/paper_glyph_335m.py", ["--embedding=binary16", "--table_dim=16"], "train")
+    b16 = reproduce.scaling_estimate("config/paper_glyph_335m.py", ["--embedding=binary16", "--table_dim=16"], "train")
     assert b16["params"] == 16 * (12 * d * d + 13 * d) + 2 * d + (65536 * d + 65536) + 65536 * 16

@@ -187,7 +187,7 @@ def cpu_seconds(fn, repeats=3):
 @pytest.mark.parametrize("name", ["bvv241-max", "bvv241-2-3"])
 def test_encoding_is_near_linear(name):
     """One long run of merging characters (no space: nothing cuts it), 4x longer takes < 10x the
-    CPU time (a quadratic BPE takes 16x; the old pure-Python one needed 240 s for 100k characters)."""
+    CPU time (a quadratic BPE takes 16x)."""
     tok = get_tokenizer(name)
     rng = random.Random(2)
     ngrams = [g for g in tok.tokens[0xD800:0xE000] if not any(c.isspace() for c in g)]
@@ -404,8 +404,40 @@ def test_bad_input(tmp_path):
     bad.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": [["a", "b"]]}}))
     with pytest.raises(ValueError, match="not in the vocabulary"):
         get_tokenizer(str(bad))
-    with pytest.raises(SystemExit, match="LANG=PATH"):
+    with pytest.raises(ValueError, match="LANG=PATH"):
         ut.main(["build", "en=" + str(tmp_path / "nope.txt")])
+    latin1 = tmp_path / "ngrams.txt"
+    latin1.write_bytes("été\nthe\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"^{latin1}: not UTF-8 text"):
+        ut.read_ngrams(str(latin1))
+
+
+def run_cli(argv):
+    """unicode_tokenizer.py as a script runs it: -> None, or the one-line error it exits with."""
+    from common import script_main
+    try:
+        script_main("unicode_tokenizer.py", ut.main, argv)
+    except SystemExit as e:
+        return str(e.code)
+
+
+def test_cli_refuses_bad_arguments_in_one_line(tmp_path):
+    specs = write_corpus(tmp_path)
+    out = tmp_path / "tok.json"
+    for argv, said in ((["build", *specs, "--top_k", "-1"], "top_k=-1: expected at least 1 n-gram"),
+                       (["build", *specs, "--top_k=-5"], "top_k=-5"),
+                       ([*specs], "the first argument is the command (build), got en="),
+                       ([], "the first argument is the command (build), got none"),
+                       (["encode", *specs], "got encode"),
+                       (["build"], "build needs at least one LANG=PATH"),
+                       (["build", *specs, "--layout=bvv241-huge"], "layout='bvv241-huge': expected one of"),
+                       (["build", *specs, "--topk=3"], "unknown config key 'topk'; did you mean top_k?")):
+        msg = run_cli(argv + [f"--out={out}"])
+        assert msg.startswith("unicode_tokenizer.py: error: ") and said in msg and "\n" not in msg, (argv, msg)
+        assert not out.exists()
+    assert run_cli(["build", *specs, "--top_k=1", f"--out={out}"]) is None and get_tokenizer(str(out)).vocab_size == 65536
+    with pytest.raises(ValueError, match="top_k=0"):                  # the library refuses it too
+        ut.count_ngrams({"en": [specs[0][3:]]}, top_k=0)
 
 
 def test_malformed_tokenizer_json_gives_one_line(tmp_path):

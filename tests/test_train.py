@@ -308,7 +308,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(data_root, run_co
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
     line = error_line(cli(data_root, f"--out_dir={run_copy}", "--init_from=resume", "--max_iters=5",
                           "--eval_interval=5", preexec_fn=small_files))
-    assert f"could not save {run_copy / 'ckpt.pt'}" in line and "previous" in line and "intact" in line
+    assert f"could not write {run_copy / 'ckpt.pt'}" in line and "previous" in line and "intact" in line
     assert (run_copy / "ckpt.pt").read_bytes() == before
     assert not [f for f in os.listdir(run_copy) if f.endswith(".partial")]
 
