@@ -262,6 +262,10 @@ class MixtureData:
         total = sum(weights.values())
         self.weights = np.array([weights[n] / total for n in self.names])
         self.T, self.B, self.seed, self.device = cfg["block_size"], cfg["batch_size"], cfg["seed"], device
+        need, have = self.B * (self.T + 1) * 8, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have:  # found now, not after minutes of swapping or a library's allocation error
+            fail(f"batch_size={self.B} x block_size={self.T}: one batch of token ids needs {need / 1e9:,.0f} GB, "
+                 f"more than this machine's {have / 1e9:,.0f} GB of memory")
         self.train, self.val, self.meta = [], [], []
         for name in self.names:
             d = name if os.path.isdir(str(name)) else os.path.join(root, str(name))

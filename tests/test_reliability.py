@@ -210,6 +210,10 @@ def test_seed_and_ids_beyond_the_vocabulary_fail_before_out_dir_is_made(data_roo
 def test_mixture_weights_with_an_infinite_sum_and_huge_batches_are_one_line(data_root, tmp_path):
     with pytest.raises(ValueError, match="weights must be positive numbers with a finite sum"):
         train.train(cfg_for(data_root, tmp_path / "a", datasets={"tiny": 1e308, "zzz": 1e308}))
+    with pytest.raises(ValueError, match=r"batch_size=1000000000000 x block_size=32: one batch of token ids needs "
+                                         r"[\d,]+ GB, more than this machine's"):
+        train.train(cfg_for(data_root, tmp_path / "a", batch_size=10 ** 12))  # at once, not after minutes of swapping
+    assert not (tmp_path / "a").exists()
 
     def oom(argv):
         raise MemoryError()
