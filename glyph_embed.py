@@ -14,7 +14,10 @@ The recipe is the released bvv241 builder's (docs/design.md section 2); this fil
                 null-space axes zeroed: the same table on every machine)
   6. normalise  project each bitmap on the leading table_dim axes and L2-normalise the row
 Then the kinds of frozen table (glyph, glyph_unique, binary16, random), a table's identity, its
-file, and the command line.
+file, a matrix from elsewhere (the released table: imported as our table file, or matched against
+our recipes), and the command line. Two choices are part of the recipe: the distortion's constants
+(by default the tokenizer's own: constants_for) and Pillow's layout engine (basic, the default, or
+raqm).
 
 A table's identity is its substrate key (substrate_key: tokenizer, recipe, font sha256, cell, width,
 a digest of the integer bitmaps), and two tables with one key are the same substrate when they
@@ -24,6 +27,8 @@ Usage:
     from glyph_embed import frozen_table, render
     table, info = frozen_table(tok, kind="glyph", table_dim=1024)     # [V, 1024] float32, cached on disk
     python glyph_embed.py --tokenizer=bvv241-2-3 --table_dim=1024 --out=table.pt --report --sheet=s.png
+    python glyph_embed.py --tokenizer=bvv241-max --import_from=released.safetensors --out=table.pt
+    python glyph_embed.py --tokenizer=bvv241-2-3 --match=released.pt  # which layout x constants reproduces it
     python glyph_embed.py --help                                      # every key, its default and meaning
 """
 import contextlib
@@ -31,6 +36,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 import time
 
@@ -38,24 +44,27 @@ import numpy as np
 import torch
 
 from checkpoint import all_finite, atomic_write, table_fingerprint
-from common import script_main
+from common import fail, script_main
 from configurator import configure, defaults_from, key_docs
-from data.download import cache_dir
-from glyph_font import cache_load, cache_save, cache_write, content_digest, load_font
+from data.download import cache_dir, sha256_file
+from glyph_font import cache_load, cache_save, cache_write, check_layout, content_digest, load_font
 
 # -----------------------------------------------------------------------------
 # command-line defaults (python glyph_embed.py --key=value ...); the functions below take them as arguments
 tokenizer = "bvv241-2-3"  # a name or path that unicode_tokenizer.get_tokenizer accepts
 strings_json = ""  # instead of tokenizer: any HF tokenizer.json, its stored vocab strings drawn (fingerprint = their hash)
-kind = "glyph"  # glyph | glyph_unique | binary16 | random (frozen_table says what each is)
+kind = "glyph"  # glyph | glyph_unique | binary16 | random | random_bits | random_float (frozen_table says what each is)
 table_dim = 1024  # columns of the table: PCA components (glyph), code width (random); binary16 is 16 wide
 cell = 0  # glyph cell in pixels: 32 (up to 1024 columns) or 64 (up to 4096); 0 = 32, or 64 above 1024
-constants = "bvv241-2-3"  # the distortion's constants (RECIPES): bvv241-2-3 | bvv241-max
+constants = ""  # the distortion's constants (RECIPES): bvv241-2-3 | bvv241-max; "" = the tokenizer's own (constants_for)
+layout = "basic"  # Pillow's layout engine the glyphs are drawn with: basic | raqm (needs libraqm; docs/design.md section 2)
 font = ""  # another font file (.otf/.ttf); "" = $GLYPHGPT_UNIFONT, else the pinned Unifont 15.0.01
 out = ""  # also write the table here ({'table', 'info'}, torch.save)
 report = False  # print the collision report (groups of ids with identical rows)
 sheet = ""  # write a PNG of sample glyph bitmaps here
 min_dist = False  # print the exact minimum distance between distinct rows (slow)
+import_from = ""  # a [V, d] matrix (.pt: tensor or dict of one; .safetensors; .npy) to check, then write with --out
+match = ""  # a [V, d] matrix (same formats, or our table file): which layout x constants reproduces it
 cache = True  # read and write the cached bitmaps+PCA and table ($GLYPHGPT_CACHE); False rebuilds them (drawn characters stay cached)
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_from(globals())
@@ -73,16 +82,17 @@ def timed(stage):
 # -----------------------------------------------------------------------------
 # 1. draw: each token's characters side by side, as the builder places them
 
-def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
+def render(text, cell=32, recipe="faithful", font=None, constants="bvv241-2-3", layout="basic"):
     """Bitmap [cell, cell] uint8 of one token string, 1 = ink."""
-    return render_batch([text], cell, recipe, font, constants)[0]
+    return render_batch([text], cell, recipe, font, constants, layout)[0]
 
 
-def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241-2-3"):
+def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241-2-3", layout="basic"):
     """Bitmaps [len(texts), cell, cell] uint8 (1 = ink) of many strings. recipe "faithful" is the
     builder's (steps 1-4), "clean" only draws and squashes. Every distinct character is drawn once
     (Font.char_cells); the strips of all strings of one length and one script class are composed
-    and then distorted, squashed and binarised together (render_group)."""
+    and then distorted, squashed and binarised together (render_group). layout: Pillow's layout
+    engine (glyph_font.LAYOUTS)."""
     if recipe not in ("faithful", "clean"):
         raise ValueError(f"recipe must be 'faithful' or 'clean', got {recipe!r}")
     if constants not in RECIPES:
@@ -93,7 +103,7 @@ def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     uniq, inv = np.unique(cps, return_inverse=True)
     with timed("draw"):
-        own, left, right = font.char_cells(uniq, cell)
+        own, left, right = font.char_cells(uniq, cell, layout)
     # ink outside a character's own cell (combining marks reach left): kept for those few only
     spills = np.nonzero(left.any(axis=(1, 2)) | right.any(axis=(1, 2)))[0]
     spill_row = np.full(len(uniq) + 1, len(spills), np.int64)
@@ -125,9 +135,19 @@ def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241
 # -----------------------------------------------------------------------------
 # 2. distort: the builder's fixed rotation, shift and noise, as index maps computed once per strip width
 
-# (R degrees, S px, p noise) of "easy" strings: bvv241-2-3 (the default) and bvv241-max / -abs / -nemo
+# (R degrees, S px, p noise) of "easy" strings: bvv241-2-3 and bvv241-max / -abs / -nemo
 RECIPES = {"bvv241-2-3": (4, 2, 0.01), "bvv241-max": (7, 3, 0.03)}
 HARD = (0, 0, 0.001)  # strings not purely Latin (to U+024F) or Greek..Armenian (U+0370-U+058F)
+
+
+def constants_for(tokenizer):
+    """The RECIPES entry a tokenizer's released table was built with, from its name (a tokenizer, or
+    the name / path it was loaded from): the 131,072-id builds bvv241-max, -abs and -nemo (also as
+    NAME-lossless, hf:..., or a path naming them) used "bvv241-max"; bvv241-2-3 "bvv241-2-3". Any other
+    tokenizer (gpt2, a plain list of strings ...) has no released table: it gets "bvv241-2-3", the
+    recipe of the first paper."""
+    name = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "name", None) or ""
+    return "bvv241-max" if re.search(r"bvv241-(max|abs|nemo)(?!\w)", name) else "bvv241-2-3"
 
 
 def draws(R, S, p, shape):
@@ -286,17 +306,18 @@ def eigenpairs(C, eigh="torch"):
 
 
 def glyph_basis(strings, tok_fp, cell=32, recipe="faithful", constants="bvv241-2-3", font=None,
-                use_cache=True, eigh="torch"):
+                use_cache=True, eigh="torch", layout="basic"):
     """Steps 1-5 for a vocabulary: its bitmaps (packed) and their full PCA, cached on disk, so that
     a table of any width is then one projection. The cache entry is verified against the digest
     recorded with it, and rebuilt when wrong."""
     font = font or load_font()
-    path = os.path.join(cache_dir(), "glyph", f"basis_{tok_fp}_{recipe}_{constants}_{cell}_{font.sha256[:16]}.npz")
+    path = os.path.join(cache_dir(), "glyph", f"basis_{tok_fp}_{recipe}_{constants}_{cell}_{font.sha256[:16]}"
+                                              f"{LAYOUT_SUFFIX[layout]}.npz")
     b = cache_load(path) if use_cache else None
     if b is not None and b["packed"].shape[0] == len(strings) and np.isfinite(b["W"]).all():
         return b
     with timed("render"):
-        X = render_batch(strings, cell, recipe, font, constants).reshape(len(strings), -1)
+        X = render_batch(strings, cell, recipe, font, constants, layout).reshape(len(strings), -1)
     with timed("pca"):
         mu, W, ev = pca(X, eigh=eigh)
     if not (np.isfinite(W).all() and np.isfinite(mu).all()):
@@ -331,7 +352,7 @@ def project(X, mu, W, table_dim):
 # -----------------------------------------------------------------------------
 # the tables: which strings a tokenizer's ids stand for, the kinds of table, the cached build
 
-TABLE_KINDS = ("glyph", "glyph_unique", "binary16", "random")
+TABLE_KINDS = ("glyph", "glyph_unique", "binary16", "random", "random_bits", "random_float")
 
 
 def bytes_to_unicode():
@@ -398,6 +419,21 @@ def random_table(V, table_dim, seed=1337):
         dup = _duplicate_ids(t.numpy())
         t[dup] = torch.randint(0, 2, (len(dup), table_dim), generator=g).to(torch.float32) * 2 - 1
     return t
+
+
+def random_bits_table(V, table_dim, seed=1337):
+    """random_table's codes written with 0/1 components: the model cards' N_BIT arms ("binary vector
+    (0/1 components) ... unique ID per token")."""
+    return (random_table(V, table_dim, seed) + 1) / 2
+
+
+def random_float_table(V, table_dim, seed=1337):
+    """The model cards' N_FLOAT arms ("random unique code -> PCA projection to n_embed -> L2
+    normalization"): the leading table_dim principal components of the 1,024-bit random_bits codes
+    (wider codes above 1,024), each row L2-normalised, by the glyph tables' PCA."""
+    X = random_bits_table(V, max(1024, table_dim), seed).to(torch.uint8).numpy()
+    mu, W, _ = pca(X)
+    return project(X, mu, W, table_dim)
 
 
 def _duplicate_ids(rows):
@@ -474,39 +510,54 @@ def min_pairwise_distance(t, chunk=2048):
     return best
 
 
+# the code tables: how each is made, and the recipe field of its substrate key
+RANDOM_KINDS = {"random": (random_table, "random-pm1-seed1337"), "random_bits": (random_bits_table, "random-01-seed1337"),
+                "random_float": (random_float_table, "random-01-seed1337-pca-l2")}
+
+# the recipe field of a glyph table's substrate key, per layout engine (basic's is the name today's
+# keys were made with); the cache files of basic keep their names too
+LAYOUT_RECIPES = {"basic": "faithful-pillow-basic-layout", "raqm": "faithful-pillow-raqm-layout"}
+LAYOUT_SUFFIX = {"basic": "", "raqm": "_raqm"}
+
+
 def build_table(strings, tok_fp, kind="glyph", table_dim=1024, cell=32, constants="bvv241-2-3", font=None,
-                use_cache=True, eigh="torch"):
+                use_cache=True, eigh="torch", layout="basic"):
     """(table, the fields of its substrate key)."""
     V = len(strings)
     if kind == "binary16":
         t = binary16_table(V)
         return t, {"recipe": "binary16", "bitmaps_sha256": content_digest({"t": t.numpy()})}
-    if kind == "random":
-        t = random_table(V, table_dim)
-        return t, {"recipe": "random-pm1-seed1337", "bitmaps_sha256": content_digest({"t": t.numpy()})}
+    if kind in RANDOM_KINDS:
+        make, recipe = RANDOM_KINDS[kind]
+        t = make(V, table_dim)
+        return t, {"recipe": recipe, "bitmaps_sha256": content_digest({"t": t.numpy()})}
     if not 1 <= table_dim <= cell * cell:
         raise ValueError(f"table_dim={table_dim} is not possible with {cell}x{cell} glyph cells (1..{cell * cell}); "
                          f"use cell=64 for up to 4096")
-    b = glyph_basis(strings, tok_fp, cell, "faithful", constants, font, use_cache, eigh)
+    b = glyph_basis(strings, tok_fp, cell, "faithful", constants, font, use_cache, eigh, layout)
     X = np.unpackbits(b["packed"], axis=1)[:, :cell * cell]
     with timed("project"):
         t = project(X, b["mu"], b["W"], table_dim)
     extra = {}
     if kind == "glyph_unique":
         t, extra = make_unique(t)
-    return t, {"recipe": "faithful-pillow-basic-layout", "constants": list(RECIPES[constants]) + [constants], "font_sha256": font.sha256,
+    return t, {"recipe": LAYOUT_RECIPES[layout], "constants": list(RECIPES[constants]) + [constants], "font_sha256": font.sha256,
                "font_pinned": font.pinned, "cell": cell, "bitmaps_sha256": hashlib.sha256(b["packed"]).hexdigest(),
                "pca": PCA_CONVENTION, **extra}
 
 
-def frozen_table(tokenizer, kind="glyph", table_dim=1024, cell=None, constants="bvv241-2-3", font_path=None,
-                 use_cache=True, eigh="torch"):
+def frozen_table(tokenizer, kind="glyph", table_dim=1024, cell=None, constants=None, font_path=None,
+                 use_cache=True, eigh="torch", layout="basic"):
     """(table [V, w] float32, info) for a tokenizer (or a list of token strings); built once, cached.
     kind: glyph (the recipe above), glyph_unique (glyph with ties broken: make_unique), binary16 (each
-    id's 16 bits), random (distinct seeded +-1 codes). info["key"] is the table's substrate key
-    (KEY_FIELDS), info["fingerprint"] the hash of its bytes."""
+    id's 16 bits), random (distinct seeded +-1 codes), random_bits (the same codes as 0/1),
+    random_float (random_bits codes through PCA, L2-normalised: the model cards' N_FLOAT arms).
+    constants: the distortion's (RECIPES), None = the tokenizer's own (constants_for); layout: Pillow's
+    layout engine (glyph_font.LAYOUTS). Both are fields of info["key"], the table's substrate key
+    (KEY_FIELDS); info["fingerprint"] is the hash of its bytes."""
     if kind not in TABLE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(TABLE_KINDS)}; got {kind!r}")
+    constants = constants or constants_for(tokenizer)
     if constants not in RECIPES:
         raise ValueError(f"constants must be one of {', '.join(RECIPES)}; got {constants!r}")
     strings, tok_fp, _ = token_strings_of(tokenizer)
@@ -514,9 +565,11 @@ def frozen_table(tokenizer, kind="glyph", table_dim=1024, cell=None, constants="
     cell = cell or (64 if table_dim > 1024 else 32)
     font = None
     if kind in ("glyph", "glyph_unique"):
+        check_layout(layout)
         font = load_font(font_path)
     fsha = font.sha256[:16] if font else "nofont"
-    path = os.path.join(cache_dir(), "glyph", f"{tok_fp}_{kind}_{constants}_c{cell}_d{table_dim}_{fsha}.pt")
+    path = os.path.join(cache_dir(), "glyph", f"{tok_fp}_{kind}_{constants}_c{cell}_d{table_dim}_{fsha}"
+                                              f"{LAYOUT_SUFFIX[layout] if font else ''}.pt")
     if use_cache and os.path.exists(path):
         try:
             table, info = load_table(path, tok_fp)
@@ -526,7 +579,7 @@ def frozen_table(tokenizer, kind="glyph", table_dim=1024, cell=None, constants="
                   file=sys.stderr)
         except ValueError as e:  # a damaged cache entry is rebuilt, never used
             print(f"warning: {e}; rebuilding it", file=sys.stderr)
-    table, extra = build_table(strings, tok_fp, kind, table_dim, cell, constants, font, use_cache, eigh)
+    table, extra = build_table(strings, tok_fp, kind, table_dim, cell, constants, font, use_cache, eigh, layout)
     if not all_finite(table):
         raise ValueError(f"the {kind} table built for tokenizer {tok_fp} has non-finite values: not used")
     info = {"kind": kind, "dim": table.shape[1], "tokenizer_fingerprint": tok_fp, **extra}
@@ -622,6 +675,153 @@ def load_table(path, tokenizer_or_fp=None):
 
 
 # -----------------------------------------------------------------------------
+# a matrix from elsewhere (a released table): imported as a table file, matched against our recipes
+
+def read_matrix(path):
+    """The one 2-D matrix of a .pt (a tensor, or a dict such as a state dict holding exactly one 2-D
+    tensor), .safetensors or .npy file, as a float32 tensor; one line for anything else."""
+    if not os.path.isfile(path):
+        fail(f"{path}: no such file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".pt", ".pth", ".bin", ".safetensors", ".npy"):
+        fail(f"{path}: not a .pt, .safetensors or .npy file")
+    try:
+        if ext in (".pt", ".pth", ".bin"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            found = {"": obj} if torch.is_tensor(obj) else obj if isinstance(obj, dict) else {}
+        elif ext == ".safetensors":
+            from safetensors.torch import load_file
+            found = load_file(path)
+        else:
+            found = {"": torch.from_numpy(np.load(path, allow_pickle=False))}
+    except ImportError:
+        fail(f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)")
+    except Exception as e:  # truncated, not that format, a pickle that is not plain tensors ...
+        fail(f"{path}: unreadable as {ext} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+    mats = {k: v for k, v in found.items() if torch.is_tensor(v) and v.dim() == 2}
+    if len(mats) != 1:
+        shapes = ", ".join(f"{k or 'tensor'} {tuple(v.shape)}" for k, v in found.items() if torch.is_tensor(v))
+        fail(f"{path}: holds {len(mats)} 2-D tensors, need exactly one [V, d] matrix ({shapes or 'no tensors'})")
+    (name, m), = mats.items()
+    if m.is_complex() or not (m.is_floating_point() or m.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16,
+                                                                   torch.int32, torch.int64)):
+        fail(f"{path}: {name or 'the tensor'} has dtype {m.dtype}, not real numbers")
+    return m.to(torch.float32).contiguous()
+
+
+def import_table(path, tokenizer):
+    """(table, info) of a [V, d] matrix from elsewhere (read_matrix), checked: V rows for the tokenizer,
+    finite. info records recipe "imported", the file's sha256 and its row norms; the key hashes the
+    values (bitmaps_sha256 of the float32 table), so two different matrices never share one."""
+    t = read_matrix(path)
+    strings, fp, name = token_strings_of(tokenizer)
+    if t.shape[0] != len(strings):
+        fail(f"{path}: a {t.shape[0]:,} x {t.shape[1]:,} matrix, but tokenizer {name!r} has {len(strings):,} ids "
+              f"(one row per id)")
+    if not all_finite(t):
+        bad = int((~torch.isfinite(t)).any(dim=1).sum())
+        fail(f"{path}: {bad:,} rows hold NaN or Inf")
+    norms = t.double().norm(dim=1)
+    info = {"kind": "imported", "dim": t.shape[1], "tokenizer_fingerprint": fp, "recipe": "imported",
+            "bitmaps_sha256": content_digest({"t": t.numpy()}), "source_file": os.path.basename(path),
+            "source_sha256": sha256_file(path),
+            "row_norms": {"min": norms.min().item(), "mean": norms.mean().item(), "max": norms.max().item(),
+                          "zero_rows": int((norms == 0).sum())}}
+    info["key"] = substrate_key(info)
+    info["fingerprint"] = table_fingerprint(t)
+    return t, info
+
+
+def row_kind(text):
+    """What a token is, for listing rows: "combining marks", "format/control characters", else the
+    Unicode script of its first letter (the first word of its character name: LATIN, CJK, ARABIC ...)."""
+    import unicodedata
+    cats = [unicodedata.category(c) for c in text]
+    if any(c.startswith("M") for c in cats):
+        return "combining marks"
+    if any(c in ("Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn") for c in cats):
+        return "format/control characters"
+    for c in text:
+        if unicodedata.category(c)[0] in "LN":
+            return unicodedata.name(c, "UNNAMED").split()[0]
+    return "empty" if not text else "punctuation/symbols/space"
+
+
+def cosine_agreement(a, b, anchors=256, pairs=20000, seed=0, chunk=8192):
+    """How far two [V, *] tables are one table up to an orthogonal map (PCA's arbitrary axes and signs):
+    the correlation of their cosines over random row pairs, and per row the median |difference| of
+    its cosines to a fixed random set of anchor rows (a median, so that a few anchors that differ
+    themselves do not mark every row). float32 (a 131,072-row table twice, not four times its size):
+    its rounding, ~1e-7, is far below MATCH_TOL."""
+    V = a.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    an = torch.randperm(V, generator=g)[:min(anchors, V)]
+    i, j = torch.randint(0, V, (pairs,), generator=g), torch.randint(0, V, (pairs,), generator=g)
+    na, nb = (x.float() / x.float().norm(dim=1, keepdim=True).clamp_min(1e-12) for x in (a, b))
+    ca, cb = (na[i] * na[j]).sum(1), (nb[i] * nb[j]).sum(1)
+    corr = float(torch.corrcoef(torch.stack([ca, cb]).double())[0, 1]) if ca.std() > 0 and cb.std() > 0 \
+        else float(ca.equal(cb))
+    score = torch.empty(V)
+    for s in range(0, V, chunk):
+        score[s:s + chunk] = (na[s:s + chunk] @ na[an].T - nb[s:s + chunk] @ nb[an].T).abs().median(dim=1).values
+    return corr, score
+
+
+# A row disagrees when its score (cosine_agreement) is above MATCH_TOL and above MATCH_SPREAD times the
+# lower quartile of all rows' scores: where some bitmaps differ, the mean and the principal axes move
+# and every row moves a little with them. Basic vs raqm tables of 637 and 4,107 strings, 64 and 1,024
+# wide: no row drawn alike flagged, 1-4 of 144-286 rows drawn differently missed. Other constants move
+# every row (the median score is then far above MATCH_TOL): no single row stands out.
+MATCH_TOL = 1e-3
+MATCH_SPREAD = 5.0
+
+
+def match_table(matrix, tokenizer, layouts=None, constants=None, tol=MATCH_TOL, font_path=None, use_cache=True):
+    """Which of our recipes (layout x constants, the tokenizer's cell) reproduces matrix [V, d]: for each,
+    our glyph table of width d, compared by cosine_agreement. -> results, best first (highest
+    pairwise-cosine correlation): dicts of layout, constants, key, pair_corr, median (the median row's
+    score), reproduces, agree (fraction of rows), rows (the ids that disagree), groups ({row_kind: ids}).
+    Layouts this Pillow cannot use are left out."""
+    from glyph_font import LAYOUTS as all_layouts
+    from PIL import features
+    strings = token_strings_of(tokenizer)[0]
+    if matrix.shape[0] != len(strings):
+        fail(f"a {matrix.shape[0]:,}-row matrix cannot be matched against a tokenizer of {len(strings):,} ids")
+    layouts = layouts or [x for x in all_layouts if x != "raqm" or features.check("raqm")]
+    results = []
+    for layout in layouts:
+        for c in constants or list(RECIPES):
+            ours, info = frozen_table(tokenizer, "glyph", matrix.shape[1], constants=c, font_path=font_path,
+                                      use_cache=use_cache, layout=layout)
+            corr, score = cosine_agreement(matrix, ours)
+            median = float(score.median())
+            cut = max(tol, MATCH_SPREAD * float(score.quantile(0.25)))
+            rows = torch.nonzero(score > cut).flatten().tolist()
+            groups = {}
+            for r in rows:
+                groups.setdefault(row_kind(strings[r]), []).append(r)
+            results.append({"layout": layout, "constants": c, "key": info["key"], "pair_corr": corr, "median": median,
+                            "reproduces": not rows and median <= tol, "agree": 1 - len(rows) / len(strings),
+                            "rows": rows, "groups": dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))})
+    return sorted(results, key=lambda r: -r["pair_corr"])
+
+
+def match_report(results, strings, show=6):
+    """The lines --match prints: one per recipe, best first, with its disagreeing rows by kind."""
+    lines = []
+    for r in results:
+        verdict = ("REPRODUCES it" if r["reproduces"] else f"{len(r['rows']):,} rows disagree" if r["rows"]
+                   else "no single rows stand out, the whole table differs")
+        lines.append(f"layout={r['layout']} constants={r['constants']} (key {r['key']}): pairwise-cosine "
+                     f"correlation {r['pair_corr']:.6f}, median row {r['median']:.2g}, {100 * r['agree']:.2f}% of "
+                     f"rows agree: {verdict}")
+        for kind, ids in r["groups"].items():
+            shown = ", ".join(f"{i}:{strings[i]!r}" for i in ids[:show])
+            lines.append(f"    {kind}: {len(ids):,} ({shown}{' ...' if len(ids) > show else ''})")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
 # reports, sample sheet, command line
 
 def collision_report(table, strings, top=15):
@@ -642,7 +842,7 @@ def collision_report(table, strings, top=15):
 
 
 def sample_sheet(path, texts=("A", "the", "中", "<pad>", "ing"), cell=32, constants="bvv241-2-3", font=None,
-                 zoom=4):
+                 zoom=4, layout="basic"):
     """PNG: one row per sample, columns = clean render, faithful render (ink black, 1 px grey grid gap)."""
     from PIL import Image, ImageDraw
     font = font or load_font()
@@ -658,7 +858,7 @@ def sample_sheet(path, texts=("A", "the", "中", "<pad>", "ing"), cell=32, const
         label = t if t.isascii() else " ".join(f"U+{ord(c):04X}" for c in t)
         draw.text((pad, y + cell * zoom // 2 - 6), label, fill=0)
         for c, recipe in enumerate(("clean", "faithful")):
-            bm = render(t, cell, recipe, font, constants)
+            bm = render(t, cell, recipe, font, constants, layout)
             img = Image.fromarray(((1 - bm) * 255).astype(np.uint8)).resize((cell * zoom,) * 2, Image.NEAREST)
             sheet.paste(img, (label_w + pad + c * (cell * zoom + pad), y))
     sheet.save(path)
@@ -687,9 +887,24 @@ def main(argv):
         from unicode_tokenizer import get_tokenizer
         tok = get_tokenizer(cfg.tokenizer)
     strings = token_strings_of(tok)[0]
+    if cfg.import_from:
+        table, info = import_table(cfg.import_from, tok)
+        n = info["row_norms"]
+        print(f"imported {cfg.import_from} {tuple(table.shape)}: row norms min {n['min']:.6g}, mean {n['mean']:.6g}, "
+              f"max {n['max']:.6g}, {n['zero_rows']:,} zero rows: {json.dumps(info)}")
+        if cfg.out:
+            save_table(table, info, cfg.out)
+            print(f"wrote {cfg.out} (train.py --table_path={cfg.out})")
+        return
+    if cfg.match:
+        results = match_table(read_matrix(cfg.match), tok, constants=[cfg.constants] if cfg.constants else None,
+                              font_path=cfg.font or None, use_cache=cfg.cache)
+        print(match_report(results, strings))
+        return
+    constants = cfg.constants or constants_for(cfg.strings_json or tok)
     t0 = time.time()
-    table, info = frozen_table(tok, cfg.kind, cfg.table_dim, cfg.cell, cfg.constants, cfg.font or None,
-                               use_cache=cfg.cache)
+    table, info = frozen_table(tok, cfg.kind, cfg.table_dim, cfg.cell, constants, cfg.font or None,
+                               use_cache=cfg.cache, layout=cfg.layout)
     stages = ", ".join(f"{k} {w:.1f}s" for k, (w, c) in TIMINGS.items())
     print(f"{cfg.kind} table {tuple(table.shape)} in {time.time() - t0:.1f}s ({stages or 'cached'}): {json.dumps(info)}")
     if cfg.out:
@@ -700,7 +915,8 @@ def main(argv):
     if cfg.min_dist:
         print(f"minimum distance between distinct rows: {min_pairwise_distance(table):.6f}")
     if cfg.sheet:
-        sample_sheet(cfg.sheet, cell=cfg.cell or 32, constants=cfg.constants, font=load_font(cfg.font or None))
+        sample_sheet(cfg.sheet, cell=cfg.cell or 32, constants=constants, font=load_font(cfg.font or None),
+                     layout=cfg.layout)
         print(f"wrote {cfg.sheet}")
 
 

@@ -113,24 +113,26 @@ class Font:
             raise ValueError(f"{path}: Pillow cannot read it as a font ({e}); expected GNU Unifont .otf") from None
         self._pillow, self._cells = {}, {}
 
-    def pillow(self, size):
-        """Pillow's basic layout (FreeType alone), pinned: with libraqm installed Pillow would shape
-        text with HarfBuzz instead, which gives a lone combining mark an advance of 16 instead of 0
-        and refuses line-break characters. The released builder's boxes (docs/design.md section 2)
-        are the basic layout's."""
+    def pillow(self, size, layout="basic"):
+        """Pillow's font at this size under one layout engine: "basic" (FreeType alone, the default and
+        the one docs/design.md section 2's boxes are measured with) or "raqm" (libraqm: HarfBuzz shaping,
+        which gives a lone combining mark an advance of 16 instead of 0 and refuses line-break
+        characters). Pillow would pick raqm by itself wherever it is installed, so it is always named."""
         from PIL import ImageFont
-        if size not in self._pillow:
-            self._pillow[size] = ImageFont.truetype(self.path, size, layout_engine=ImageFont.Layout.BASIC)
-        return self._pillow[size]
+        check_layout(layout)
+        if (size, layout) not in self._pillow:
+            engine = ImageFont.Layout.RAQM if layout == "raqm" else ImageFont.Layout.BASIC
+            self._pillow[size, layout] = ImageFont.truetype(self.path, size, layout_engine=engine)
+        return self._pillow[size, layout]
 
-    def draw_char(self, ch, cell):
+    def draw_char(self, ch, cell, layout="basic"):
         """The builder's drawing of one character in its cell, on a 3-cell-wide canvas so that ink
         spilling into the neighbouring cells (zero-advance combining marks) is kept: [cell, 3 cell]
         bool, True = ink. Pillow's box (l, t, r, b) is not the ink box (docs/design.md section 2)."""
         from PIL import Image, ImageDraw
-        font = self.pillow(cell)
+        font = self.pillow(cell, layout)
         img = Image.new("L", (3 * cell, cell), color=255)
-        try:  # what the builder does when Pillow refuses a character (line breaks): nothing drawn
+        try:  # what the builder does when Pillow refuses a character (raqm: line breaks): nothing drawn
             l, t, r, b = font.getbbox(ch)
             ImageDraw.Draw(img).text((cell + (cell - (r - l)) // 2, (cell - (b - t)) // 2 - t), ch, fill=0, font=font)
         except Exception:
@@ -141,29 +143,44 @@ class Font:
                              f"(Unifont) is needed for exact 1-bit glyphs")
         return a == 0
 
-    def char_cells(self, cps, cell=32):
+    def char_cells(self, cps, cell=32, layout="basic"):
         """(own [k, cell, cell], left [k, ...], right [k, ...]) uint8 1 = ink: what each code point
         draws into its own cell and into the cells left / right of it. Each character is drawn once
-        per font and cell size, and kept in the cache."""
-        path = os.path.join(cache_dir(), "glyph", f"chars_{self.sha256[:16]}_c{cell}_basic.npz")
-        have = self._cells.get(cell)
+        per font, cell size and layout engine, and kept in the cache."""
+        check_layout(layout)
+        path = os.path.join(cache_dir(), "glyph", f"chars_{self.sha256[:16]}_c{cell}_{layout}.npz")
+        have = self._cells.get((cell, layout))
         if have is None:
             have = cache_load(path)
             have = have or {"cps": np.zeros(0, np.int64), "cells": np.zeros((0, 3, cell * cell // 8), np.uint8)}
         cps = np.asarray(cps, dtype=np.int64)
         missing = np.setdiff1d(cps, have["cps"])
         if len(missing):
-            drawn = np.stack([self.draw_char(chr(c), cell).reshape(cell, 3, cell).transpose(1, 0, 2)
+            drawn = np.stack([self.draw_char(chr(c), cell, layout).reshape(cell, 3, cell).transpose(1, 0, 2)
                               for c in missing.tolist()])
             allc = np.concatenate([have["cps"], missing])
             cells = np.concatenate([have["cells"], np.packbits(drawn.reshape(len(missing), 3, -1), axis=2)])
             order = np.argsort(allc)
             have = {"cps": allc[order], "cells": cells[order]}
             cache_save(path, have)
-        self._cells[cell] = have
+        self._cells[cell, layout] = have
         i = np.searchsorted(have["cps"], cps)
         c = np.unpackbits(have["cells"][i], axis=2).reshape(len(cps), 3, cell, cell)
         return c[:, 1], c[:, 0], c[:, 2]
+
+
+LAYOUTS = ("basic", "raqm")  # Pillow's layout engines a table can be drawn with
+
+
+def check_layout(layout):
+    """ValueError (one line) unless layout is one of LAYOUTS and this Pillow can lay text out with it."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    from PIL import features
+    if layout == "raqm" and not features.check("raqm"):
+        raise ValueError("layout=raqm: this Pillow has no libraqm support (PIL.features.check('raqm') is False); "
+                         "Pillow's wheels bundle raqm but load FriBiDi at run time: install the Debian package "
+                         "libfribidi0 (install.sh does), or build Pillow against libraqm")
 
 
 _FONTS = {}

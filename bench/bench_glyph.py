@@ -5,6 +5,7 @@ batched renderer over the literal per-token Pillow builder, measured side by sid
     python bench/bench_glyph.py                 # 65,536 x 1024 faithful (bvv241-2-3) + truncations + cache load
     python bench/bench_glyph.py --big           # also 131,072 x 4096 (bvv241-max = -abs vocabulary, 64x64 cells)
     python bench/bench_glyph.py --tokenizer gpt2
+    python bench/bench_glyph.py --layout raqm   # the same cases drawn with Pillow's raqm layout
     git show <rev>:glyph_embed.py > /tmp/ge_ref.py && python bench/bench_glyph.py --module /tmp/ge_ref.py
                                           # the same cases with another version, for side-by-side figures
 
@@ -49,7 +50,10 @@ def case(args):
     import torch
     torch.set_num_threads(args.threads)  # the same for every version measured, whatever else runs here
     strings = vocab(args.tokenizer)
-    out = {"case": args.case, "V": len(strings)}
+    # the tokenizer's own constants unless named; an older glyph_embed (--module) knew only bvv241-2-3's default
+    args.constants = args.constants or getattr(ge, "constants_for", lambda name: "bvv241-2-3")(args.tokenizer)
+    kw = {"layout": args.layout} if args.layout != "basic" else {}  # older versions take no layout
+    out = {"case": args.case, "V": len(strings), "constants": args.constants, "layout": args.layout}
     t0 = time.time()
     font = ge.load_font()
     out["font_s"] = time.time() - t0
@@ -57,22 +61,22 @@ def case(args):
         # the released builder, one token at a time (tests/released_builder.py) vs the batched path
         from tests.released_builder import builder_font, builder_render
         sample = random.Random(0).sample(strings, 2000)
-        pil = builder_font(args.cell)
+        pil = builder_font(args.cell, args.layout)
         t0 = time.time()
         for s in sample:
             builder_render(s, pil, cell=args.cell)
         out["pillow_per_token_2000_s"] = time.time() - t0
         t0 = time.time()
-        ge.render_batch(sample, args.cell, font=font)
+        ge.render_batch(sample, args.cell, font=font, **kw)
         out["batched_2000_s"] = time.time() - t0
         t0 = time.time()
-        ge.render_batch(strings, args.cell, font=font)
+        ge.render_batch(strings, args.cell, font=font, **kw)
         out["batched_all_s"] = time.time() - t0
         out["pillow_per_token_all_s_extrapolated"] = out["pillow_per_token_2000_s"] * len(strings) / 2000
         out["speedup_all"] = out["pillow_per_token_all_s_extrapolated"] / out["batched_all_s"]
     else:
         t0, c0 = time.time(), time.process_time()
-        table, info = ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants)
+        table, info = ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants, **kw)
         out["build_s"] = time.time() - t0
         out["build_cpu_s"] = time.process_time() - c0
         for k, (w, c) in ge.TIMINGS.items():
@@ -80,7 +84,8 @@ def case(args):
         out["shape"] = list(table.shape)
         if args.table_dim <= 1024:  # (the big table: one build is enough)
             t0 = time.time()
-            ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants, use_cache=False)
+            ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants, use_cache=False,
+                            **kw)
             out["rebuild_s"] = time.time() - t0
         out["fingerprint"] = info["fingerprint"]
         out["key"] = info.get("key")
@@ -88,10 +93,10 @@ def case(args):
         for d in (512, 256, 64, 32):
             if d < args.table_dim:
                 t0 = time.time()
-                ge.frozen_table(strings, "glyph", d, cell=args.cell, constants=args.constants)
+                ge.frozen_table(strings, "glyph", d, cell=args.cell, constants=args.constants, **kw)
                 out[f"dim{d}_from_cached_basis_s"] = time.time() - t0
         t0 = time.time()
-        ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants)
+        ge.frozen_table(strings, "glyph", args.table_dim, cell=args.cell, constants=args.constants, **kw)
         out["cache_load_s"] = time.time() - t0
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(out))
@@ -106,22 +111,23 @@ def main():
     ap.add_argument("--module", default=None, help="glyph_embed.py file to measure (default: this repo's)")
     ap.add_argument("--table_dim", type=int, default=1024, help=argparse.SUPPRESS)
     ap.add_argument("--cell", type=int, default=32, help=argparse.SUPPRESS)
-    ap.add_argument("--constants", default="bvv241-2-3", help=argparse.SUPPRESS)
+    ap.add_argument("--constants", default="", help=argparse.SUPPRESS)  # "": the tokenizer's own
+    ap.add_argument("--layout", default="basic", help="Pillow's layout engine: basic | raqm")
     args = ap.parse_args()
     if args.case:
         return case(args)
     load_module(args.module)
     cases = [["--case", "table"]] + ([] if args.module else [["--case", "render_ratio"]])
     if args.big:
-        cases.append(["--tokenizer", "bvv241-max", "--case", "table", "--table_dim", "4096", "--cell", "64",
-                      "--constants", "bvv241-max"])
+        cases.append(["--tokenizer", "bvv241-max", "--case", "table", "--table_dim", "4096", "--cell", "64"])
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.threads} threads, tokenizer {args.tokenizer}, "
-          f"module {args.module or 'glyph_embed.py'}")
+          f"layout {args.layout}, module {args.module or 'glyph_embed.py'}")
     mod = ["--module", args.module] if args.module else []
     for c in cases:
         with tempfile.TemporaryDirectory() as d:
             env = dict(os.environ, GLYPHGPT_CACHE=d)
-            r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer, "--threads", str(args.threads)] + mod + c, env=env,
+            r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer, "--threads", str(args.threads),
+                                "--layout", args.layout] + mod + c, env=env,
                                capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"case {c} failed: {r.stderr.strip().splitlines()[-1]}")

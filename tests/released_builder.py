@@ -41,7 +41,9 @@ def builder_render(text, pil_font, cell=32, constants=(4, 2, 0.01)):
     return (np.array(bw) == 0).astype(np.uint8)
 
 
-def builder_font(size):
-    """Pillow without libraqm, as in the builder's notebook (its boxes are docs/design.md section 2's:
-    U+0301 has box (-12, 0, 0, 28)); here libraqm may be installed, so the basic layout is asked for."""
-    return ImageFont.truetype(load_font().path, size, layout_engine=ImageFont.Layout.BASIC)
+def builder_font(size, layout="basic"):
+    """The builder's ImageFont.truetype(font, size) under a named layout engine: "basic" (Pillow
+    without libraqm, whose boxes are docs/design.md section 2's: U+0301 has box (-12, 0, 0, 28)) or
+    "raqm" (what Pillow picks by itself where libraqm is installed)."""
+    engine = {"basic": ImageFont.Layout.BASIC, "raqm": ImageFont.Layout.RAQM}[layout]
+    return ImageFont.truetype(load_font().path, size, layout_engine=engine)

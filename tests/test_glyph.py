@@ -398,3 +398,246 @@ def test_a_failed_cache_write_warns_naming_the_path_and_goes_on(monkeypatch, cap
         [line] = [x for x in err.splitlines() if f"could not write cache entry {d}/{entry}" in x]
         assert "No space left on device" in line and "going on without it" in line
     assert torch.equal(t, ge.frozen_table(V, "glyph", 16, use_cache=False)[0])
+
+
+# --- the released substrate: constants per tokenizer, layout engine, imported and matched matrices ----
+
+class NamedStrings:
+    """A tokenizer as glyph_embed sees one (name, vocab_size, fingerprint, token_strings) over a few
+    strings: a real build in a second instead of 131,072 rows."""
+
+    def __init__(self, name, strings):
+        self.name, self._strings, self.vocab_size = name, list(strings), len(strings)
+        self.fingerprint = ge.token_strings_of(self._strings)[1]
+
+    def token_strings(self):
+        return self._strings
+
+
+def test_constants_follow_the_tokenizer():
+    from unicode_tokenizer import get_tokenizer
+    for name, want in (("bvv241-2-3", "bvv241-2-3"), ("bvv241-2-3-lossless", "bvv241-2-3"), ("bvv241-max", "bvv241-max"),
+                       ("bvv241-max-lossless", "bvv241-max"), ("bvv241-abs", "bvv241-max"),
+                       ("hf:Bochkov/bvv241-nemo", "bvv241-max"), ("/d/bvv241-nemo/tokenizer.json", "bvv241-max"),
+                       ("gpt2", "bvv241-2-3"), ("bvv241-maximal", "bvv241-2-3"), ("", "bvv241-2-3")):
+        assert ge.constants_for(name) == want, name
+    assert ge.constants_for(get_tokenizer("bvv241-max")) == "bvv241-max"
+    assert ge.constants_for(get_tokenizer("bvv241-2-3")) == "bvv241-2-3"
+    assert ge.constants_for(["a", "b"]) == "bvv241-2-3"                  # a plain list: the first paper's
+
+    V = ["a", "b", "e", "the", "and", "中", "\u0301", "a\u0301", "при", "<pad>", ""]
+    tok = NamedStrings("bvv241-max", V)
+    t, info = ge.frozen_table(tok, kind="glyph", table_dim=16)           # as train.build_model calls it
+    assert info["constants"] == [7, 3, 0.03, "bvv241-max"]
+    t23, i23 = ge.frozen_table(tok, kind="glyph", table_dim=16, constants="bvv241-2-3")   # explicit wins
+    assert i23["constants"] == [4, 2, 0.01, "bvv241-2-3"] and i23["key"] != info["key"]
+    with pytest.raises(ValueError, match=r"merge: different frozen tables: substrate key .*constants"):
+        ge.check_same_substrate(info, t, i23, t23, "merge")
+    assert ge.frozen_table(V, "glyph", 16)[1]["key"] == i23["key"]       # a list: bvv241-2-3's constants
+    assert ge.frozen_table(NamedStrings("bvv241-2-3", V), "glyph", 16)[1]["key"] == i23["key"]
+
+
+def test_cli_constants_follow_the_tokenizer_json(tmp_path, capsys):
+    import json
+    tj = tmp_path / "bvv241-nemo" / "tokenizer.json"
+    tj.parent.mkdir()
+    tj.write_text(json.dumps({"model": {"vocab": {s: i for i, s in enumerate(["a", "b", "ab", "中"])}}}))
+    assert run_cli([f"--strings_json={tj}", "--table_dim=4", "--cache=false"]) is None
+    assert '"constants": [7, 3, 0.03, "bvv241-max"]' in capsys.readouterr().out
+    assert run_cli([f"--strings_json={tj}", "--table_dim=4", "--cache=false", "--constants=bvv241-2-3"]) is None
+    assert '"constants": [4, 2, 0.01, "bvv241-2-3"]' in capsys.readouterr().out
+
+
+RAQM_REFUSED = ["\n", "\r", "\x1c", "\x1d", "\x1e", "\x85", "\u2029"]  # raqm_layout() fails: the builder leaves them blank
+
+
+def have_raqm():
+    from PIL import features
+    return features.check("raqm")
+
+
+def test_layout_engine_is_checked_and_named_in_the_key(monkeypatch):
+    assert ge.LAYOUT_RECIPES["basic"] == "faithful-pillow-basic-layout"  # today's keys do not move
+    with pytest.raises(ValueError, match="layout must be one of basic, raqm; got 'harfbuzz'"):
+        ge.frozen_table(["a"], "glyph", 1, layout="harfbuzz", use_cache=False)
+    msg = run_cli(["--tokenizer=bvv241-2-3", "--layout=harfbuzz"])
+    assert msg == "glyph_embed.py: error: layout must be one of basic, raqm; got 'harfbuzz'", msg
+    from PIL import features
+    with monkeypatch.context() as m:                                     # a Pillow without libraqm
+        m.setattr(features, "check", lambda name: False if name == "raqm" else True)
+        with pytest.raises(ValueError) as e:
+            ge.frozen_table(["a"], "glyph", 1, layout="raqm", use_cache=False)
+        msg = str(e.value)
+        assert msg.startswith("layout=raqm: this Pillow has no libraqm support") and "libfribidi0" in msg
+        assert "\n" not in msg
+        assert "raqm" not in {r["layout"] for r in ge.match_table(torch.ones(2, 1), ["a", "b"], constants=["bvv241-2-3"],
+                                                                   use_cache=False)}
+    if not have_raqm():
+        pytest.skip("this Pillow has no raqm (install libfribidi0)")
+    V = ["a", "b", "\u0301", "a\u0301", "\n", "中"]
+    t, info = ge.frozen_table(V, "glyph", 4, use_cache=False)
+    r, rinfo = ge.frozen_table(V, "glyph", 4, layout="raqm", use_cache=False)
+    assert info["recipe"] == "faithful-pillow-basic-layout" and rinfo["recipe"] == "faithful-pillow-raqm-layout"
+    with pytest.raises(ValueError, match=r"different frozen tables: .*recipe 'faithful-pillow-basic-layout' vs "
+                                         r"'faithful-pillow-raqm-layout'"):
+        ge.check_same_substrate(info, t, rinfo, r, "grow")
+
+
+@pytest.mark.skipif(not have_raqm(), reason="this Pillow has no raqm (install libfribidi0)")
+def test_raqm_bitmaps_equal_the_builder_under_raqm():
+    from unicode_tokenizer import get_tokenizer
+    pil = builder_font(32, "raqm")
+    for ch in RAQM_REFUSED:                                              # the builder's try/except: a blank cell
+        with pytest.raises(Exception):
+            pil.getbbox(ch)
+        assert ge.render(ch, recipe="clean", font=font(), layout="raqm").sum() == 0
+    strings = ge.token_strings_of(get_tokenizer("bvv241-2-3"))[0]
+    marks = [chr(c) for c in range(0x300, 0x370)] + ["a" + chr(c) + "b" for c in range(0x300, 0x370, 5)]
+    sample = [strings[i] for i in random.Random(1).sample(range(len(strings)), 600)]
+    texts = HARD + RAQM_REFUSED + ["a\nb", "\u2029x"] + marks + sample
+    ours = ge.render_batch(texts, 32, font=font(), layout="raqm")
+    bad = [t for t, bm in zip(texts, ours) if not np.array_equal(bm, builder_render(t, pil))]
+    assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:10]!r}"
+    lone = len(HARD) + len(RAQM_REFUSED) + 2
+    basic = ge.render_batch(marks[:0x70], 32, font=font())              # where the engines differ: lone marks
+    assert sum(not np.array_equal(a, b) for a, b in zip(basic, ours[lone:lone + 0x70])) >= 0.9 * 0x70
+    pil64 = builder_font(64, "raqm")
+    ours64 = ge.render_batch(marks[:20] + ["the", "\u2029"], 64, font=font(), constants="bvv241-max", layout="raqm")
+    for t, bm in zip(marks[:20] + ["the", "\u2029"], ours64):
+        assert np.array_equal(bm, builder_render(t, pil64, 64, ge.RECIPES["bvv241-max"])), repr(t)
+
+
+def match_vocab():
+    """~600 strings: Latin, combining marks, the characters raqm refuses, Arabic, CJK, n-grams."""
+    cps = list(range(0x20, 0x180)) + list(range(0x300, 0x370)) + list(range(0x620, 0x660)) + list(range(0x4E00, 0x4E60))
+    return list(dict.fromkeys([chr(c) for c in cps] + RAQM_REFUSED + ["the", "and", "ing", "a\u0301", "中国", "<pad>"]))
+
+
+def scrambled(t, seed=0):
+    """t after a random orthogonal rotation and random sign flips: what PCA's arbitrary axes could give."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(t.shape[1], t.shape[1], generator=g, dtype=torch.float64))
+    signs = torch.where(torch.rand(t.shape[1], generator=g) < 0.5, -1.0, 1.0).double()
+    return ((t.double() @ q) * signs).float()
+
+
+def test_match_finds_the_recipe_of_a_rotated_table(tmp_path, capsys):
+    V = match_vocab()
+    t, info = ge.frozen_table(V, "glyph", 64)
+    p = tmp_path / "released.pt"
+    torch.save(scrambled(t), p)                                          # a plain tensor, no info
+    res = ge.match_table(ge.read_matrix(str(p)), V)
+    best = res[0]
+    assert (best["layout"], best["constants"], best["key"]) == ("basic", "bvv241-2-3", info["key"])
+    assert best["reproduces"] and not best["rows"] and best["pair_corr"] > 0.999999
+    assert not any(r["reproduces"] for r in res[1:])
+    wrong = next(r for r in res if (r["layout"], r["constants"]) == ("basic", "bvv241-max"))
+    assert wrong["pair_corr"] < 0.99 and wrong["median"] > 10 * ge.MATCH_TOL        # every row moves
+    tj = tmp_path / "tokenizer.json"
+    import json
+    tj.write_text(json.dumps({"model": {"vocab": {s: i for i, s in enumerate(V)}}}))
+    assert run_cli([f"--strings_json={tj}", f"--match={p}", "--constants=bvv241-2-3"]) is None
+    out = capsys.readouterr().out
+    [first] = [x for x in out.splitlines() if x.startswith("layout=")][:1]
+    assert first.startswith("layout=basic constants=bvv241-2-3") and first.endswith("REPRODUCES it")
+
+
+@pytest.mark.skipif(not have_raqm(), reason="this Pillow has no raqm (install libfribidi0)")
+def test_match_points_at_the_rows_raqm_draws_differently():
+    V = match_vocab()
+    r, rinfo = ge.frozen_table(V, "glyph", 64, layout="raqm")
+    res = ge.match_table(scrambled(r, 1), V, constants=["bvv241-2-3"])
+    assert (res[0]["layout"], res[0]["reproduces"]) == ("raqm", True)
+    basic = res[1]
+    assert basic["layout"] == "basic" and not basic["reproduces"]
+    differ = set(np.flatnonzero((ge.render_batch(V, layout="basic") != ge.render_batch(V, layout="raqm")).any(axis=(1, 2))))
+    rows = set(basic["rows"])
+    assert rows <= differ and len(rows) >= 0.9 * len(differ), (len(rows), len(differ))
+    assert set(basic["groups"]) >= {"combining marks", "format/control characters"}
+    assert {V.index(c) for c in RAQM_REFUSED} & differ <= rows and V.index("\r") in rows  # "\n": blank in both
+
+
+def small_matrix(V, d=8):
+    return torch.randn(len(V), d, generator=torch.Generator().manual_seed(3))
+
+
+def test_import_a_matrix_in_every_format(tmp_path, capsys):
+    import hashlib
+    from safetensors.torch import save_file
+    V = small_vocab()[:300]
+    m = small_matrix(V)
+    files = {"t.pt": lambda p: torch.save(m, p),
+             "sd.pt": lambda p: torch.save({"embed.weight": m, "step": torch.tensor(3)}, p),
+             "t.safetensors": lambda p: save_file({"weight": m}, p), "t.npy": lambda p: np.save(p, m.numpy())}
+    keys = set()
+    for name, write in files.items():
+        p = str(tmp_path / name)
+        write(p)
+        t, info = ge.import_table(p, V)
+        assert torch.equal(t, m) and info["recipe"] == "imported" and info["kind"] == "imported" and info["dim"] == 8
+        assert info["source_sha256"] == hashlib.sha256(open(p, "rb").read()).hexdigest()
+        assert info["row_norms"]["min"] == pytest.approx(m.norm(dim=1).min().item(), rel=1e-6)
+        keys.add(info["key"])
+        ours = str(tmp_path / (name + ".table.pt"))
+        ge.save_table(t, info, ours)
+        t2, info2 = ge.load_table(ours, V)                               # what train.py's table_path does
+        assert torch.equal(t2, m) and info2 == info
+    assert len(keys) == 1                                                # the key names the values, not the file
+    np.save(tmp_path / "o.npy", (m + 1).numpy())
+    assert ge.import_table(str(tmp_path / "o.npy"), V)[1]["key"] not in keys
+    tj = tmp_path / "tokenizer.json"
+    import json
+    tj.write_text(json.dumps({"model": {"vocab": {s: i for i, s in enumerate(V)}}}))
+    out = tmp_path / "imported.pt"
+    assert run_cli([f"--strings_json={tj}", f"--import_from={tmp_path / 't.safetensors'}", f"--out={out}"]) is None
+    printed = capsys.readouterr().out
+    assert "row norms min" in printed and '"recipe": "imported"' in printed
+    assert torch.equal(ge.load_table(str(out), V)[0], m)
+
+
+def test_malformed_matrices_are_one_line(tmp_path):
+    from safetensors.torch import save_file
+    V = small_vocab()[:300]
+    m = small_matrix(V)
+    bad_nan = m.clone()
+    bad_nan[7, 1] = float("inf")
+    cases = {"rows.pt": (lambda p: torch.save(m[:299], p), "a 299 x 8 matrix, but tokenizer 'list' has 300 ids"),
+             "nan.npy": (lambda p: np.save(p, bad_nan.numpy()), "1 rows hold NaN or Inf"),
+             "two.safetensors": (lambda p: save_file({"a": m, "b": m.clone()}, p), "holds 2 2-D tensors"),
+             "vec.pt": (lambda p: torch.save({"w": m[0]}, p), "holds 0 2-D tensors"),
+             "none.pt": (lambda p: torch.save({"note": "hi"}, p), "no tensors"),
+             "junk.pt": (lambda p: open(p, "wb").write(b"not a pickle at all"), "unreadable as .pt"),
+             "junk.safetensors": (lambda p: open(p, "wb").write(b"\x01\x02"), "unreadable as .safetensors"),
+             "obj.npy": (lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True), "unreadable as .npy"),
+             "cplx.npy": (lambda p: np.save(p, np.ones((300, 2), np.complex64)), "not real numbers"),
+             "t.csv": (lambda p: open(p, "w").write("1,2\n"), "not a .pt, .safetensors or .npy file")}
+    for name, (write, said) in cases.items():
+        p = str(tmp_path / name)
+        write(p)
+        with pytest.raises(ValueError) as e:
+            ge.import_table(p, V)
+        msg = str(e.value)
+        assert msg.startswith(p) and said in msg and "\n" not in msg, (name, msg)
+    with pytest.raises(ValueError, match="nowhere.npy: no such file"):
+        ge.import_table(str(tmp_path / "nowhere.npy"), V)
+    msg = run_cli([f"--import_from={tmp_path / 'rows.pt'}", "--tokenizer=bvv241-2-3"])
+    assert msg.startswith("glyph_embed.py: error: ") and "has 65,536 ids" in msg and "\n" not in msg
+
+
+def test_ablation_arms_of_the_model_cards():
+    """N_BIT: random unique codes with 0/1 components; N_FLOAT: such codes through PCA to N columns,
+    each row L2-normalised (the cards of Bochkov/emergent-semantics-model-*); each its own key."""
+    V = [str(i) for i in range(300)]
+    r, ir = ge.frozen_table(V, "random", 64, use_cache=False)
+    b, ib = ge.frozen_table(V, "random_bits", 64, use_cache=False)
+    assert torch.equal(b, (r + 1) / 2) and set(b.unique().tolist()) == {0.0, 1.0} and len(torch.unique(b, dim=0)) == 300
+    f, i_f = ge.frozen_table(V, "random_float", 1024, use_cache=False)
+    codes = ge.random_bits_table(300, 1024).double()
+    c = codes - codes.mean(0)
+    c = c / c.norm(dim=1, keepdim=True)
+    assert torch.allclose(f.norm(dim=1), torch.ones(300), atol=1e-5)
+    assert (f.double() @ f.double().T - c @ c.T).abs().max() < 1e-5          # full width: the centred codes, rotated
+    f16, i16 = ge.frozen_table(V, "random_float", 16, use_cache=False)
+    assert f16.shape == (300, 16) and len(torch.unique(f16, dim=0)) == 300
+    assert len({ir["key"], ib["key"], i_f["key"], i16["key"]}) == 4
+    assert (ib["recipe"], i_f["recipe"]) == ("random-01-seed1337", "random-01-seed1337-pca-l2")
