@@ -51,6 +51,7 @@ import heapq
 import json
 import os
 import re
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -230,11 +231,61 @@ def released_ngrams(name):
 
 @functools.lru_cache(maxsize=None)
 def _released_ngrams(layout, lists_file, shared_file):
-    """The ordered n-gram list of a released bvv241 tokenizer, selected as its builder notebook does:
-    for each of the 32 languages the top-k n-grams of every length, plus (max/abs) every string of
-    more than one character of the intersection list; the union in order of (longer first, then
-    string order), cut where the n-gram slots run out (the builder stops there: bvv241-max has
-    73,768 candidates for 73,727 slots, so its last 41 bigrams get no id)."""
+    """The ordered n-gram list of a released bvv241 tokenizer (parse_released_ngrams), parsed once per
+    machine: reading the lists' Python literal takes seconds, the cache entry milliseconds. The entry
+    records the sha256 of the source files' bytes; an entry of other bytes (changed lists) or a
+    damaged one is rebuilt with one warning."""
+    sources = [os.path.join(DATA, f) for f in (lists_file, shared_file) if f]
+    h = hashlib.sha256()
+    for src in sources:
+        with open(src, "rb") as f:
+            h.update(f.read())
+    source_sha256 = h.hexdigest()
+    try:
+        folder = cache_dir("tokenizer")
+    except OSError:  # no cache folder can be made (a read-only home): parse every time
+        return parse_released_ngrams(layout, lists_file, shared_file)
+    path = os.path.join(folder, f"ngrams_{layout}_{lists_file.strip('_').removesuffix('.txt')}.json")
+    cached = _cached_ngrams(path, source_sha256)
+    if cached is not None:
+        return cached
+    ngrams = parse_released_ngrams(layout, lists_file, shared_file)
+    entry = {"source_sha256": source_sha256, "ngrams_sha256": _ngrams_digest(ngrams), "ngrams": ngrams}
+    from glyph_font import cache_write  # what a failed cache write does (a warning), said once there
+    cache_write(path, lambda f: f.write(json.dumps(entry, ensure_ascii=False).encode("utf-8")))
+    return ngrams
+
+
+def _ngrams_digest(ngrams):
+    return hashlib.sha256(json.dumps(ngrams, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _cached_ngrams(path, source_sha256):
+    """The n-grams of the cache entry at path, or None: absent, or not usable (then one warning)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = json.load(f)
+        ngrams = tuple(entry["ngrams"])
+        if entry["source_sha256"] != source_sha256:
+            why = "parsed from other bytes of the released n-gram lists"
+        elif entry["ngrams_sha256"] != _ngrams_digest(ngrams):
+            why = "content does not match its recorded digest"
+        else:
+            return ngrams
+    except (OSError, ValueError, KeyError, TypeError) as e:  # truncated, not JSON, a field missing ...
+        why = f"unreadable ({type(e).__name__})"
+    print(f"warning: cache entry {path}: {why}; rebuilding it", file=sys.stderr)
+    return None
+
+
+def parse_released_ngrams(layout, lists_file, shared_file):
+    """The n-grams selected as the builder notebook does: for each of the 32 languages the top-k
+    n-grams of every length, plus (max/abs) every string of more than one character of the
+    intersection list; the union in order of (longer first, then string order), cut where the n-gram
+    slots run out (the builder stops there: bvv241-max has 73,768 candidates for 73,727 slots, so its
+    last 41 bigrams get no id)."""
     vocab_size, _, top_k = LAYOUTS[layout]
     with open(os.path.join(DATA, lists_file), encoding="utf-8") as f:
         per_language = ast.literal_eval(f.read())  # a Python literal (tuples, int keys): not JSON, never eval

@@ -506,3 +506,34 @@ def test_tokenizer_file_loader_any_input_gives_a_tokenizer_or_one_line(tmp_path)
             assert tok.decode(tok.encode("ab")) is not None
 
     check()
+
+
+def test_released_ngrams_are_parsed_once_and_cached_verified(tmp_path, monkeypatch, capsys):
+    """The parsed lists are cached on disk with the sha256 of the lists' bytes: the cached list is
+    the parsed one; an entry of other source bytes, or a damaged one, is rebuilt with one warning."""
+    monkeypatch.setenv("GLYPHGPT_CACHE", str(tmp_path))
+    args = ut.RELEASED["bvv241-2-3"]
+    parsed = ut.parse_released_ngrams(*args)
+    calls = []
+    monkeypatch.setattr(ut, "parse_released_ngrams", lambda *a: calls.append(a) or parsed)
+
+    def fresh():  # as a new process sees it
+        ut._released_ngrams.cache_clear()
+        return ut._released_ngrams(*args)
+
+    try:
+        assert fresh() == parsed and len(calls) == 1  # cold: parsed and written
+        entry = next((tmp_path / "tokenizer").glob("ngrams_bvv241-2-3_*.json"))
+        assert fresh() == parsed and len(calls) == 1 and capsys.readouterr().err == ""  # from the cache
+        data = json.loads(entry.read_text(encoding="utf-8"))
+        for damaged, why in ((json.dumps(dict(data, source_sha256="0" * 64)), "other bytes of the released n-gram lists"),
+                             (json.dumps(dict(data, ngrams=data["ngrams"][1:])), "does not match its recorded digest"),
+                             ('{"ngrams": [', "unreadable")):
+            entry.write_text(damaged, encoding="utf-8")
+            n = len(calls)
+            assert fresh() == parsed and len(calls) == n + 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and why in err[0] and "rebuilding it" in err[0], err
+            assert fresh() == parsed and len(calls) == n + 1  # rewritten: good again
+    finally:
+        ut._released_ngrams.cache_clear()
