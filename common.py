@@ -140,6 +140,16 @@ def setup_runtime(device="auto", dtype="auto"):
     return rt
 
 
+def bar_on(setting):
+    """Whether a tqdm bar is drawn, for every script's `progress` key: auto (or True) on a terminal
+    only, since into a file or a pipe a bar is a stream of carriage-return frames; always (also
+    there); never (or False). Either spelling, any case. The printed lines come either way."""
+    setting = str(setting).lower()
+    if setting not in ("auto", "true", "always", "never", "false"):
+        fail(f"progress={setting!r}: expected auto, always or never (or True / False)")
+    return setting == "always" or setting in ("auto", "true") and sys.stderr.isatty()
+
+
 class Progress:
     """What a training run shows while it runs: a tqdm bar with the printed lines above it, throughput
     and MFU, and Weights & Biases when wandb_log is set. Only the master process shows anything."""
@@ -147,8 +157,8 @@ class Progress:
     def __init__(self, cfg, rt, start, flops_per_token, tokens_per_iter):
         self.show, self.world, self.fpt, self.tokens_per_iter = rt.master, rt.world, flops_per_token, tokens_per_iter
         self.peak = cfg["peak_flops"] or gpu_peak_flops(rt.device)
-        self.bar = tqdm(total=cfg["max_iters"], initial=start, disable=not (rt.master and cfg["progress"]),
-                        dynamic_ncols=True, leave=False)
+        self.bar = tqdm(total=cfg["max_iters"], initial=start, dynamic_ncols=True, leave=False,
+                        disable=not (rt.master and bar_on(cfg["progress"])))
         self.wandb = None
         if cfg["wandb_log"] and rt.master:
             import wandb
@@ -159,6 +169,7 @@ class Progress:
     def write(self, line):
         if self.show:
             self.bar.write(line)
+            sys.stdout.flush()  # into a file, a line shows when it is written, not a buffer later
 
     def evaluated(self, it, ev):
         per = " ".join(f"{n} {v['loss']:.4f}/{v['bpb']:.3f}" for n, v in ev["val"].items()) if len(ev["val"]) > 1 else ""

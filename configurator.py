@@ -208,7 +208,9 @@ def print_help(defaults, docs, prog=None):
     """Every key, its default, and its one-line meaning."""
     prog = prog or os.path.basename(sys.argv[0])
     print(f"usage: {prog} [config_file.py ...] [--key=value | --key value ...]  (later arguments win)")
-    shown = {k: f"--{k}={v if isinstance(v, str) and v else repr(v)}" for k, v in defaults.items()}
+    # a string as typed, unless it is empty or holds a newline or odd spaces (start="\n" shows as '\n')
+    plain = lambda v: isinstance(v, str) and v and v.isprintable() and v.strip() == v
+    shown = {k: f"--{k}={v if plain(v) else repr(v)}" for k, v in defaults.items()}
     width = max(map(len, shown.values())) + 2
     for key, text in shown.items():
         print(f"  {text:<{width}}{docs.get(key, '')}".rstrip())

@@ -7,7 +7,7 @@ Two protocols:
           output without `<s>`, after len(prompt) characters, stripped and upper-cased; first
           character / substring / per-item BLEU (sacrebleu.corpus_bleu, after a cut at `</S>`);
           `--runs` (10) runs on the same items, mean +- 1.96 * std(run accuracies, ddof 0) / sqrt(runs)
-          in %. What the script leaves open (sampling, seeds, item samples) is ours, recorded in
+          in % (decoding noise only). What the script leaves open (sampling, seeds, item samples) is ours, recorded in
           every result file. Seeded per item: reruns give the same numbers.
   loglik  deterministic multiple choice the lm-evaluation-harness way: sum of log-probabilities of
           every answer continuation given the prompt; `acc`, and `acc_norm` (normalised by the
@@ -16,7 +16,7 @@ Two protocols:
   python eval.py --ckpt=out/ckpt.pt                      # the paper's five tasks, paper protocol
   python eval.py --ckpt=out/ckpt.pt --tasks=mmlu,arc_easy --protocol=loglik --limit=50
   python eval.py --ckpt=out/merged.pt --tasks=all --val_data=data/wiki_en --out=results/merged.json
-  python eval.py --compare out/eval_ckpt_paper.json out-trainable/eval_ckpt_paper.json
+  python eval.py --compare out/eval_ckpt_paper.json out-trainable/eval_ckpt_paper.json  # + paired intervals
   python eval.py --help                                  # every option, its default and meaning
 
 Tasks: mmlu, arc_easy, arc_challenge, commonsense_qa, hellaswag, boolq, squad_v2, opus_en_ru,
@@ -26,6 +26,14 @@ mmlu,arc_easy,arc_challenge,commonsense_qa,squad_v2 (the default), translation =
 Options are the house style (configurator.py): --key=value or --key value, a bare --flag for a
 boolean, config files of `key = value` lines (ending in .py); the other positional arguments are
 the result files of --compare.
+
+Intervals: every task has two. `ci95` is the protocol's own (paper: decoding noise over the runs;
+loglik: the normal approximation over items); `item_ci95` is a 95% percentile bootstrap over the
+items (the error of having drawn these items and not others, which for a few hundred items is
+larger than most differences between models). Each task stores its per-item scores (`per_item`),
+so `--compare` gives, for every later file against the first, the difference and its paired
+bootstrap interval over the items both files share: a difference whose interval holds 0 is not
+shown to be real.
 
 Results go next to the checkpoint, named after it and the protocol (out/ckpt.pt ->
 out/eval_ckpt_paper.json), or to --out; a result file of another checkpoint is never overwritten,
@@ -61,7 +69,7 @@ from tqdm import tqdm
 
 import prompts
 from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, write_json
-from common import autocast, fail, resolve_device, resolve_dtype, script_main, shown
+from common import autocast, bar_on, fail, resolve_device, resolve_dtype, script_main, shown
 from configurator import configure, defaults_from, key_docs
 from data import benchmarks
 from model import GPT, sample_next
@@ -98,6 +106,7 @@ MIN_TEMPERATURE = 1e-6  # 0 < temperature below this: float32 logits / temperatu
 PATH_KEYS = ("ckpt", "data_dir", "val_data", "tokenizer", "out")  # with `results`: no control characters
 SQUAD_N, SQUAD_MAX_ANSWER, SQUAD_SAMPLE_SEED = 256, 8, 0  # 256 random answerable items, answer <= 8 chars
 OPUS_N = 128         # first 128 sentence pairs of the validation (dev) file, per direction
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 10_000, 0  # item bootstrap: fixed, so a rerun prints the same interval
 MAX_NEW_CAP = 100    # SQuAD / translation: min(len(answer chars), 100) new tokens
 BPB_NEEDS = "task bpb needs --val_data DIR (a prepared data/<name> with val.bin and meta.json)"
 
@@ -298,6 +307,35 @@ def item_interval(item_scores):
     v = np.asarray(item_scores, dtype=np.float64)
     sd = v.std(ddof=1) if v.size > 1 else 0.0
     return float(v.mean()), float(1.96 * sd / math.sqrt(v.size))
+
+
+def bootstrap_interval(values, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED):
+    """[lo, hi]: the 95% percentile interval of the mean of per-item `values` when the items are drawn
+    again with replacement (seeded: the same values give the same interval); None for no items. Given
+    per-item differences of two models on the same items, this is the paired interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 4_000_000 // v.size)  # resamples drawn at once: bounded memory for MMLU's 14,042 items
+    for s in range(0, resamples, chunk):
+        k = min(chunk, resamples - s)
+        means[s:s + k] = v[rng.integers(0, v.size, (k, v.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def add_items(res, ids, scores):
+    """Store each metric's per-item scores (`per_item`, what --compare pairs) and its item-bootstrap
+    interval (`item_ci95`, beside the protocol's `ci95`). scores: {metric: per-item values}, a paper
+    run's value of an item being its mean over the runs."""
+    res["per_item"] = dict(ids=list(ids))
+    for metric, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        res["per_item"][metric] = [round(float(x), 4) for x in values]
+        (res if metric == res["metric"] else res[metric])["item_ci95"] = bootstrap_interval(values)
+    return res
 
 
 # -----------------------------------------------------------------------------
@@ -526,6 +564,7 @@ def eval_choice_paper(model, tok, name, items, opt):
         ok = lambda c, it: first_char_correct(c, it["labels"][it["gold"]])
     correct = np.array([[ok(answers[j][r], it) for j, it in enumerate(items)] for r in range(opt["runs"])])
     res = dict(metric="acc", n=len(items), truncated=trunc, **acc_entry(correct))
+    add_items(res, [it["id"] for it in items], dict(acc=100.0 * correct.mean(axis=0)))
     if name == "mmlu":
         add_per_subject(res, items, correct, lambda c: {k: v for k, v in acc_entry(c).items() if k != "runs"})
     samples = [dict(id=it["id"], gold=it["labels"][it["gold"]], answers=answers[j]) for j, it in enumerate(items)]
@@ -562,6 +601,7 @@ def eval_choice_loglik(model, tok, name, items, opt):
     truncated_items = len({owner[r] for r in trunc})
     res = dict(metric="acc", n=len(items), truncated=truncated_items, **item_entry(acc),
                acc_norm=item_entry(acc_norm))
+    add_items(res, [it["id"] for it in items], dict(acc=acc, acc_norm=acc_norm))
     if name == "mmlu":
         add_per_subject(res, items, np.array(acc), item_entry)
     k, samples = 0, []
@@ -593,6 +633,7 @@ def eval_generative(model, tok, name, items, opt, greedy):
         mean, ci = run_interval(per_run)
         stat = dict(mean=mean, ci95=ci, runs=[float(x) for x in per_run])
     res = dict(metric=metric, n=len(items), truncated=trunc, **stat)
+    add_items(res, [it["id"] for it in items], {metric: scores.mean(axis=0)})
     samples = [dict(id=it["id"], target=it.get("answer", it.get("ref")), answers=answers[j]) for j, it in enumerate(items)]
     return res, samples
 
@@ -759,28 +800,88 @@ def write_out(path, write):
         fail(f"out={shown(path)}: could not write it ({getattr(e, 'strerror', None) or e})")
 
 
-def fmt(res, key="mean"):
-    v = res.get(key) if key == "mean" else res.get(key, {}).get("mean")
-    if v is None:
+UNITS = {"acc": "%", "acc_norm": "%", "bleu": "BLEU", "bpb": "bits/byte"}  # what a task's numbers count
+
+
+def interval_labels(protocol, runs):
+    """What each interval of a result file measures, in words: stored in the file, printed under tables."""
+    if protocol == "paper":
+        ci = (f"decoding noise: ± 1.96·std/√n over {runs} sampled runs on the same items (ddof 0, the released "
+              f"script's)")
+    elif protocol == "loglik":
+        ci = "item sampling: ± 1.96·std/√n over the items of one deterministic run (ddof 1)"
+    else:
+        ci = f"± as protocol {protocol!r} defines it"
+    return dict(ci95=ci, item_ci95=f"item sampling: 95% percentile bootstrap over items ({BOOTSTRAP_RESAMPLES:,} "
+                                   f"resamples, seed {BOOTSTRAP_SEED})")
+
+
+def entry_of(task, metric):
+    """The dict holding a metric's figures: the task itself for its main metric, else task[metric]."""
+    return task if metric == task["metric"] else task.get(metric) if isinstance(task.get(metric), dict) else None
+
+
+def fmt(task, metric=None):
+    """'42.86 ± 3.10 %': a metric's mean and its protocol interval (ci95), with the unit."""
+    metric = metric or task["metric"]
+    e = entry_of(task, metric)
+    if e is None or e.get("mean") is None:
         return "-"
-    ci = res.get("ci95") if key == "mean" else res[key].get("ci95")
-    return f"{v:.2f}" + (f" ± {ci:.2f}" if ci is not None and not math.isnan(ci) else "")
+    ci = e.get("ci95")
+    return f"{e['mean']:.2f}" + (f" ± {ci:.2f}" if ci is not None and math.isfinite(ci) else "") \
+        + f" {UNITS.get(metric, '')}".rstrip()
+
+
+def fmt_item(task, metric=None):
+    """'[38.10, 47.62] %': a metric's item-bootstrap interval, '' where the task has none (bpb)."""
+    e = entry_of(task, metric or task["metric"])
+    iv = e.get("item_ci95") if e else None
+    return f"[{iv[0]:.2f}, {iv[1]:.2f}] {UNITS.get(metric or task['metric'], '')}".rstrip() if iv else ""
+
+
+def metrics_of(task):
+    return [task["metric"]] + (["acc_norm"] if isinstance(task.get("acc_norm"), dict) else [])
 
 
 def table(record):
-    """The results as a text table, and below it what its columns mean where that is not obvious."""
-    lines = [f"{'task':<16} {'metric':<9} {'n':>6}  {'score':<16} {'acc_norm':<16} {'trunc':>9}"]
+    """The results as a text table, and below it what its intervals measure."""
+    lines = [f"{'task':<16} {'metric':<9} {'n':>6}  {'score ± ci95':<20} {'item_ci95':<22} {'trunc':>9}"]
     for name, r in record["tasks"].items():
         trunc = f"{r.get('truncated', 0)}/{r['n']}" if r["metric"] != "bpb" else ""
-        lines.append(f"{name:<16} {r['metric']:<9} {r['n']:>6}  {fmt(r):<16} "
-                     f"{fmt(r, 'acc_norm') if 'acc_norm' in r else '':<16} {trunc:>9}")
-    lines.append("score: mean ± 1.96·std/√n over " + (f"{record['choices']['runs']} runs (ddof 0, the released script's)"
-                                                     if record["protocol"] == "paper" else "items (ddof 1)")
-                 + ("; bpb's n counts tokens" if "bpb" in record["tasks"] else ""))
+        for m in metrics_of(r):
+            lines.append(f"{name:<16} {m:<9} {r['n']:>6}  {fmt(r, m):<20} {fmt_item(r, m):<22} "
+                         f"{trunc if m == r['metric'] else '':>9}")
+    labels = record["intervals"]
+    lines += [f"ci95: {labels['ci95']}", f"item_ci95: {labels['item_ci95']}",
+              "units: acc in %, bleu in BLEU points" + (", bpb in bits per byte (its n counts tokens)"
+                                                        if "bpb" in record["tasks"] else "")]
     if any(r.get("truncated") for r in record["tasks"].values()):
         lines.append(f"trunc: items whose prompt was longer than the model's context ({record['block_size']} "
                      f"tokens minus the new ones) and lost its beginning; they are scored on what was left")
     return "\n".join(lines)
+
+
+def finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_per_item(path, name, t):
+    """A task's per_item (ids and per-metric scores, what --compare pairs) and item_ci95s, if present."""
+    bad = lambda what: fail(f"{shown(path)}: task {name!r}: {what}: not an eval.py result file")
+    for m in metrics_of(t):
+        iv = t.get("item_ci95") if m == t["metric"] else t[m].get("item_ci95")
+        if iv is not None and not (isinstance(iv, list) and len(iv) == 2 and all(map(finite, iv))):
+            bad(f"{m} 'item_ci95' is not [lo, hi]")
+    if "per_item" not in t:
+        return
+    p = t["per_item"]
+    if not isinstance(p, dict) or not isinstance(p.get("ids"), list) or not all(isinstance(i, str) for i in p["ids"]):
+        bad("'per_item' has no list of string 'ids'")
+    if len(set(p["ids"])) != len(p["ids"]):
+        bad("'per_item' ids repeat")
+    for m, v in p.items():
+        if m != "ids" and not (isinstance(v, list) and len(v) == len(p["ids"]) and all(map(finite, v))):
+            bad(f"'per_item' {m!r} is not {len(p['ids'])} numbers, one per id")
 
 
 def read_result(path):
@@ -796,27 +897,60 @@ def read_result(path):
         for entry in [t] + ([t["acc_norm"]] if "acc_norm" in t else []):
             if not isinstance(entry, dict) or not all(number(entry.get(k)) for k in ("mean", "ci95")):
                 fail(f"{shown(path)}: task {name!r}: 'mean' / 'ci95' are not numbers: not an eval.py result file")
+        check_per_item(path, name, t)
     return r
 
 
+def paired_difference(a, b, metric):
+    """Task dicts of two files -> (mean of b - a, paired bootstrap [lo, hi], shared items), over the items
+    both hold by id; None when either has no per-item scores for the metric."""
+    pa, pb = a.get("per_item") or {}, b.get("per_item") or {}
+    if metric not in pa or metric not in pb:
+        return None
+    sa = dict(zip(pa["ids"], pa[metric]))
+    shared = [(sa[i], v) for i, v in zip(pb["ids"], pb[metric]) if i in sa]
+    if not shared:
+        return 0.0, None, 0
+    d = np.array([v - u for u, v in shared])
+    return float(d.mean()), bootstrap_interval(d), len(shared)
+
+
 def compare_table(paths):
-    """Several result files side by side, one markdown table (rows: task/metric, columns: files)."""
+    """Several result files side by side, one markdown table (rows: task/metric, columns: files), what
+    each file's ± measures, then every later file against the first: the paired difference per task."""
     files = [read_result(p) for p in paths]
-    heads = [os.path.splitext(os.path.basename(p))[0] + f" ({r.get('protocol', '?')})" for p, r in zip(paths, files)]
-
-    def cell(t, m):
-        if t is None:
-            return ""
-        return fmt(t) if m == t["metric"] else fmt(t, m) if isinstance(t.get(m), dict) else ""
-
-    rows = []
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    heads = [n + f" ({r.get('protocol', '?')})" for n, r in zip(names, files)]
+    cell = lambda t, m: "" if t is None or m not in metrics_of(t) else fmt(t, m)
+    rows, pairs = [], []
     for name in dict.fromkeys(t for r in files for t in r["tasks"]):
         present = [r["tasks"][name] for r in files if name in r["tasks"]]
-        metrics = dict.fromkeys(m for t in present for m in [t["metric"]] + (["acc_norm"] if "acc_norm" in t else []))
-        for m in metrics:
+        for m in dict.fromkeys(m for t in present for m in metrics_of(t)):
             rows.append(f"| {name} | {m} | " + " | ".join(cell(r["tasks"].get(name), m) for r in files) + " |")
-    head = "| task | metric | " + " | ".join(heads) + " |"
-    return "\n".join([head, "|" + "---|" * (len(heads) + 2)] + rows)
+            pairs.append((name, m))
+    lines = ["| task | metric | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 2)] + rows + [""]
+    for head, r in zip(heads, files):
+        choices = r.get("choices") if isinstance(r.get("choices"), dict) else {}
+        lines.append(f"{head}: ± is {interval_labels(r.get('protocol'), choices.get('runs', '?'))['ci95']}.")
+    lines.append("Units: acc in %, bleu in BLEU points, bpb in bits per byte.")
+    for k in range(1, len(files)):
+        lines += ["", f"{names[k]} − {names[0]}, paired over the items both files hold: "
+                      f"{interval_labels(None, None)['item_ci95']} of the per-item differences. "
+                      f"An interval holding 0 does not show a real difference.", "",
+                  "| task | metric | difference | paired 95% interval | shared items |", "|---|---|---|---|---|"]
+        for name, m in pairs:
+            a, b = files[0]["tasks"].get(name), files[k]["tasks"].get(name)
+            if a is None or b is None or m not in metrics_of(a) or m not in metrics_of(b):
+                continue
+            got = paired_difference(a, b, m)
+            unit = UNITS.get(m, "")
+            if got is None:
+                lines.append(f"| {name} | {m} | - | no per-item scores (rerun eval.py) | - |")
+            else:
+                diff, iv, n = got
+                lines.append(f"| {name} | {m} | {diff:+.2f} {unit} | "
+                             + (f"[{iv[0]:+.2f}, {iv[1]:+.2f}] {unit}" if iv else "-") + f" | {n} |")
+    return "\n".join(lines)
 
 
 TABLE_HEAD = "| task | metric |"  # the first line of a compare table: what --compare --out may replace
@@ -906,11 +1040,12 @@ def run_eval(cfg):
     t0 = time.time()
     res = evaluate(model, tok, task_names, cfg.protocol, data_dir, cfg.limit or None, cfg.runs, cfg.temperature,
                    cfg.top_k or None, cfg.seed, cfg.batch_size, cfg.max_tokens, cfg.dtype, cfg.val_data or None,
-                   progress=True, log_samples=cfg.log_samples)
+                   progress=bar_on(True), log_samples=cfg.log_samples)
     record = dict(ckpt=os.path.abspath(cfg.ckpt), kind=ck.get("kind"), model_fingerprint=model_fingerprint(model),
                   substrate=substrate(model, tok), protocol=cfg.protocol,
                   choices=our_choices(cfg.protocol, cfg.runs, cfg.temperature, cfg.top_k or None, cfg.seed,
                                       cfg.limit or None),
+                  intervals=interval_labels(cfg.protocol, cfg.runs),
                   block_size=model.config.block_size, data_dir=data_dir, device=dev,
                   seconds=round(time.time() - t0, 1), created=time.strftime("%Y-%m-%dT%H:%M:%S"), tasks=res)
     write_out(path, lambda p: write_json(p, record))  # before the table: a failing print loses nothing

@@ -3,7 +3,11 @@ Grow a deep model layer by layer on the frozen substrate (docs/design.md §5, "G
 Transformers"): train k blocks, freeze them, stack k new blocks ON TOP, train only the new blocks,
 the (reused, never re-initialised) output head and the final LayerNorm, repeat. Optionally, from a
 given stage on, the earlier blocks get LoRA adapters that train with the new blocks and are merged
-into the base weights at the end of the stage (the abs-bvv-5/6 recipe).
+into the base weights at the end of the stage (the abs-bvv-5/6 recipe); or `stage_lora` names the
+LoRA stages one by one. A LoRA stage may add no block (growth entry 0): it adapts the whole stack
+with LoRA only, training the adapters, the final LayerNorm and the head, and merges them; placed
+between growth stages, these are the interleaved LoRA stages of the growth paper's v3
+(config/grow_v3_binary16_16x1024.py).
 
 Every stage is trained by train.py's own loop (train.train(cfg, model=...)): same data sampler,
 optimizer, schedule, logging, checkpointing and exact resume. This file only builds the stage's
@@ -15,7 +19,11 @@ $ python grow.py config/grow_9x1024_3stages.py --plan_only   # per-stage paramet
 
 Writes out_dir/stage_{i}.pt (a plain 'gpt' checkpoint after stage i: sample.py / eval.py load it),
 out_dir/grow_log.jsonl (one line per stage: parameter counts, val loss, bits per byte, time),
-out_dir/stage_{i}/log.jsonl (train.py's log of that stage) and out_dir/grow_schedule.json.
+out_dir/stage_{i}/log.jsonl (train.py's log of that stage), out_dir/grow_schedule.json, and the
+depth curve: out_dir/depth_curve.md (a table) and depth_curve.png (a plot) of val loss and bits per
+byte by stage, plus the score of every eval.py result file of a stage found in out_dir
+(python eval.py --ckpt=out_dir/stage_2.pt writes out_dir/eval_stage_2_paper.json);
+`--curve_only` redraws them after such evaluations, training nothing.
 While stage i runs, its resumable checkpoint (with optimizer) is out_dir/stage_{i}/ckpt.pt; it is
 deleted once stage_{i}.pt is written.
 
@@ -36,32 +44,35 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import reproduce_report
 import train
 from checkpoint import (append_line, atomic_write, check_tokenizer, hold_out_dir, model_checkpoint, model_from_checkpoint,
                         read_checkpoint, read_jsonl, run_checkpoint, save_checkpoint)
 from common import fail, script_main, setup_runtime
 from configurator import configure, defaults_from, key_docs
-from glyph_embed import check_same_substrate, table_width
+from glyph_embed import check_same_substrate
 from model import GPT
 
 # -----------------------------------------------------------------------------
 # grow.py's own config keys; train.py's keys apply as well (data, batch, optimizer, model width)
-growth = [2, 2]  # new blocks per stage, bottom to top: [3, 3, 3] = the 9-layer study
+growth = [2, 2]  # new blocks per stage, bottom to top: [3, 3, 3] = the 9-layer study; 0 = a LoRA-only stage
 grow_from = ""  # a checkpoint with N layers to grow on top of; "" = stage 1 trains the first blocks from scratch
 stage_iters = []  # iterations per stage; [] = max_iters for every stage
 stage_tokens = []  # or tokens per stage (rounded up to whole iterations); set one of the two
 stage_lr = []  # peak learning rate per stage; [] = learning_rate; min_lr scales with it
 new_block_init = "zero_proj"  # zero_proj: new blocks start as identity (grown model = smaller model) | random
 lora_from_stage = 0  # 1-based stage from which earlier blocks get LoRA adapters; 0 = never
-lora_rank = 8
-lora_alpha = 16.0
-lora_targets = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+stage_lora = []  # or per stage, 1 = a LoRA stage, 0 = not ([0, 0, 1, 0, 1]: interleaved LoRA stages); [] = lora_from_stage
+lora_rank = 8  # rank of each adapter (its update B @ A is out x rank times rank x in)
+lora_alpha = 16.0  # the adapter's update is scaled by lora_alpha / lora_rank
+lora_targets = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]  # the linears of each earlier block that get adapters
 plan_only = False  # print the stages and their parameter counts (built on the meta device) and exit
+curve_only = False  # rewrite out_dir/depth_curve.{md,png} from its finished stages and their eval.py results, and exit
 # -----------------------------------------------------------------------------
 _OWN = defaults_from(globals())
 # init_from / lr_decay_iters / eval_only are set per stage by grow.py; n_layer = the final depth
 # (0 = whatever the schedule adds up to; if set, the schedule must add up to it)
-DEFAULTS = {**{k: v for k, v in train.DEFAULTS.items() if k not in ("init_from", "lr_decay_iters", "eval_only")},
+DEFAULTS = {**{k: v for k, v in train.DEFAULTS.items() if k not in ("init_from", "lr_decay_iters", "eval_only", "plan")},
             "out_dir": "out-grow", "n_layer": 0, **_OWN}
 
 LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -137,12 +148,23 @@ def _per_stage(cfg, key, n, default):
     return list(v)
 
 
+def below(st):
+    """Layers under a stage's new blocks: the ones it freezes (and adapts with LoRA in a LoRA stage)."""
+    return st["depth"] - len(st["new"])
+
+
+def new_layers(st):
+    """The stage's new layers, 1-based ('4-6'), or 'none' in a LoRA-only stage."""
+    return f"{below(st) + 1}-{st['depth']}" if st["new"] else "none"
+
+
 def make_plan(cfg, n_base=0):
-    """-> list of stages: dict(stage (1-based), new (block indices), depth, iters, lr, min_lr, lora).
-    n_base: layers of the grow_from checkpoint (0 = grow from nothing)."""
+    """-> list of stages: dict(stage (1-based), new (block indices, [] in a LoRA-only stage), depth,
+    iters, lr, min_lr, lora). n_base: layers of the grow_from checkpoint (0 = grow from nothing)."""
     g = cfg["growth"]
-    if not g or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in g):
-        fail(f"growth={g!r}: expected a non-empty list of positive ints (new blocks per stage), e.g. [3, 3, 3]")
+    if not g or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in g):
+        fail(f"growth={g!r}: expected a non-empty list of whole numbers (new blocks per stage; 0 = a LoRA-only "
+             f"stage), e.g. [3, 3, 3]")
     depth = n_base + sum(g)
     if cfg["n_layer"] and cfg["n_layer"] != depth:
         fail(f"growth={g} adds {sum(g)} layers to the {n_base} of "
@@ -161,18 +183,28 @@ def make_plan(cfg, n_base=0):
     if min(iters) < 1:
         fail(f"max_iters={cfg['max_iters']}: every stage needs at least one iteration")
     lrs = [float(x) for x in _per_stage(cfg, "stage_lr", n, cfg["learning_rate"])]
-    lf = cfg["lora_from_stage"]
+    lf, sl = cfg["lora_from_stage"], cfg["stage_lora"]
     if lf < 0 or lf > n:
         fail(f"lora_from_stage={lf}: expected 0 (no LoRA) or a stage number 1..{n}")
-    if lf == 1 and n_base == 0:
-        fail("lora_from_stage=1 but stage 1 grows from nothing: there are no earlier blocks to adapt")
-    if lf:
+    if lf and sl:
+        fail(f"lora_from_stage={lf} and stage_lora={sl!r} are both set: say which stages have LoRA one way")
+    if sl and (len(sl) != n or any(x not in (0, 1) for x in sl)):
+        fail(f"stage_lora={sl!r}: expected {n} flags (1 = a LoRA stage, 0 = not), one per stage of growth={g}")
+    lora = [bool(x) for x in sl] if sl else [bool(lf) and i + 1 >= lf for i in range(n)]
+    if lora[0] and n_base == 0:
+        fail(f"{'lora_from_stage=1' if lf else 'stage_lora[0]=1'} but stage 1 grows from nothing: there are no "
+             f"earlier blocks to adapt")
+    if any(lora):
         bad = [t for t in cfg["lora_targets"] if t not in LORA_TARGETS]
         if bad or not cfg["lora_targets"]:
             fail(f"lora_targets={cfg['lora_targets']!r}: {bad[0] if bad else 'empty'} is not a linear layer "
                  f"of a block; expected some of {', '.join(LORA_TARGETS)}")
         if cfg["lora_rank"] < 1 or cfg["lora_alpha"] <= 0:
             fail(f"lora_rank={cfg['lora_rank']}, lora_alpha={cfg['lora_alpha']}: expected rank >= 1 and alpha > 0")
+    for i, k in enumerate(g):
+        if k == 0 and not lora[i]:
+            fail(f"growth={g}: stage {i + 1} adds no block and is not a LoRA stage, so it would train only the head; "
+                 f"a stage with 0 new blocks needs LoRA (lora_from_stage <= {i + 1}, or stage_lora[{i}] = 1)")
     if cfg["new_block_init"] not in ("zero_proj", "random"):
         fail(f"new_block_init={cfg['new_block_init']!r}: expected 'zero_proj' or 'random'")
     stages, top = [], n_base
@@ -180,7 +212,7 @@ def make_plan(cfg, n_base=0):
         stages.append(dict(stage=i + 1, new=list(range(top, top + k)), depth=top + k, iters=iters[i],
                            tokens=iters[i] * tokens_per_iter, lr=lrs[i],
                            min_lr=cfg["min_lr"] * lrs[i] / cfg["learning_rate"],
-                           lora=bool(lf) and i + 1 >= lf))
+                           lora=lora[i]))
         top += k
     return stages
 
@@ -211,8 +243,8 @@ def stage_config(cfg, st, out_dir, resume):
 def stack_blocks(model, st, cfg):
     """Append the stage's new blocks on top of model (in place) and return it. new_block_init 'random':
     GPT's own init; 'zero_proj': the same with zero residual output projections."""
-    if len(model.transformer.h) != st["new"][0]:
-        raise RuntimeError(f"stage {st['stage']} expects {st['new'][0]} layers below it, the model has "
+    if len(model.transformer.h) != below(st):
+        raise RuntimeError(f"stage {st['stage']} expects {below(st)} layers below it, the model has "
                            f"{len(model.transformer.h)}")
     model.config = dataclasses.replace(model.config, n_layer=st["depth"], dropout=cfg["dropout"])
     torch.manual_seed(cfg["seed"] + 1000 * st["stage"])  # new-block init is reproducible per stage
@@ -248,30 +280,25 @@ def prepare_stage(model, st, cfg, first_from_scratch=False):
     if first_from_scratch and cfg["embedding"] == "trainable":
         model.transformer.wte.requires_grad_(True)
     if st["lora"]:
-        attach_lora(model, range(st["new"][0]), cfg["lora_targets"], cfg["lora_rank"], cfg["lora_alpha"])
+        attach_lora(model, range(below(st)), cfg["lora_targets"], cfg["lora_rank"], cfg["lora_alpha"])
     return model
 
 
-def meta_model(cfg, vocab_size, n_layer):
-    """The config's model at depth n_layer on the meta device (no memory, no table to build): for
-    counting parameters and FLOPs before anything runs (here and in reproduce.py's cost estimates)."""
-    conf = train.model_config(cfg, vocab_size, n_layer=n_layer)
-    width = table_width(cfg["embedding"], cfg["table_dim"] or cfg["d_model"])
-    with torch.device("meta"):
-        return GPT(conf, None if conf.embedding == "trainable" else torch.empty(vocab_size, width))
+def planned_models(cfg, stages, vocab_size, from_nothing=True):
+    """Every stage's model on the meta device (train.meta_model), prepared as the real run prepares it.
+    from_nothing: stage 1 trains the first blocks (no grow_from)."""
+    out = []
+    for st in stages:
+        m = train.meta_model(cfg, vocab_size, st["depth"])
+        with torch.device("meta"):
+            prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1 and from_nothing)
+        out.append(m)
+    return out
 
 
 def planned_counts(cfg, stages, vocab_size, from_nothing=True):
-    """Parameter counts of every stage, from models built on the meta device, with the same
-    prepare_stage() as the real run. from_nothing: stage 1 trains the first blocks (no grow_from).
-    -> list of param_counts() dicts."""
-    out = []
-    for st in stages:
-        m = meta_model(cfg, vocab_size, st["depth"])
-        with torch.device("meta"):
-            prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1 and from_nothing)
-        out.append(m.param_counts())
-    return out
+    """-> every stage's param_counts(), from planned_models."""
+    return [m.param_counts() for m in planned_models(cfg, stages, vocab_size, from_nothing)]
 
 
 # -----------------------------------------------------------------------------
@@ -379,6 +406,8 @@ def grow(cfg):
     stages = make_plan(cfg, n_base)
     if cfg["plan_only"]:
         return print_plan(cfg, stages, tok.vocab_size, base)
+    if cfg["curve_only"]:
+        return redraw_curve(cfg["out_dir"], len(stages))
     schedule = schedule_of(cfg, stages, base.table_info.get("fingerprint") if base is not None else None)
     out_dir = cfg["out_dir"]
     n_done = check_out_dir(out_dir, schedule, len(stages))
@@ -407,8 +436,8 @@ def grow(cfg):
         prepare_stage(model, st, cfg, first_from_scratch=(i == 1 and base is None))
         counts = model.param_counts()
         if master:
-            print(f"== stage {i}/{len(stages)}: layers {st['new'][0] + 1}-{st['depth']} new"
-                  f"{' + LoRA on layers 1-%d' % st['new'][0] if st['lora'] else ''}; trainable "
+            print(f"== stage {i}/{len(stages)}: " + (f"layers {new_layers(st)} new" if st["new"] else "no new layer")
+                  + (f" + LoRA on layers 1-{below(st)}" if st["lora"] else "") + "; trainable "
                   f"{fmt_m(counts['trainable'])}, frozen {fmt_m(counts['frozen'])}; {st['iters']} iters, "
                   f"lr {st['lr']:g}{'; resuming' if resume else ''}")
         digests = frozen_digests(model)
@@ -424,7 +453,7 @@ def grow(cfg):
         seconds = time.time() - t0
         check_lower_untouched(model, digests, st)  # before merging: the adapters' bases too
         merge_diff = merge_and_check(model, probe_tokens(model, cfg)) if st["lora"] else None
-        rep = dict(stage=i, layers=f"{st['new'][0] + 1}-{st['depth']}", depth=st["depth"], lora=st["lora"],
+        rep = dict(stage=i, layers=new_layers(st), depth=st["depth"], lora=st["lora"],
                    trainable=counts["trainable"], frozen=counts["frozen"], iters=st["iters"], tokens=st["tokens"],
                    val_loss=ev["val_loss"], val_bpb=ev["val_bpb"], seconds=round(seconds, 1),
                    lower_blocks_bit_identical=True, lora_merge_max_logit_diff=merge_diff, resumed=resume)
@@ -439,6 +468,20 @@ def grow(cfg):
         reports.append(rep)
     if master:
         print_report(reports)
+        for path in reproduce_report.depth_curve(out_dir, reports):
+            print(f"depth curve: {path}")
+        print(f"the grown model: {os.path.join(out_dir, f'stage_{len(stages)}.pt')} (sample.py / eval.py --ckpt)")
+    return reports
+
+
+def redraw_curve(out_dir, n_stages):
+    """--curve_only: the depth curve of the finished stages in out_dir (after evaluating them), no training."""
+    done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
+    reports = read_reports(out_dir, len(done))
+    if not reports:
+        fail(f"{out_dir}: no finished stage (stage_1.pt and its line in grow_log.jsonl): nothing to draw")
+    for path in reproduce_report.depth_curve(out_dir, reports):
+        print(f"depth curve: {path}")
     return reports
 
 
@@ -456,12 +499,19 @@ def print_report(reports):
               f"{fmt_m(r['frozen'])} | {r['iters']} | {r['tokens']:,} | {r['val_loss']:.4f} | {r['val_bpb']:.4f}")
 
 
+# -----------------------------------------------------------------------------
+# the depth curve: every stage's metrics side by side, as the growth papers report them by depth
+
 def print_plan(cfg, stages, vocab_size, base):
-    counts = planned_counts(cfg, stages, vocab_size, from_nothing=base is None)
+    """--plan_only: the stages, their parameter counts, then each stage's memory and GPU-hours (plan.py)."""
+    import plan
+    models = planned_models(cfg, stages, vocab_size, from_nothing=base is None)
+    counts = [m.param_counts() for m in models]
     print("stage | new layers | depth | LoRA | trainable | frozen | iters | tokens | lr")
     for st, c in zip(stages, counts):
-        print(f"{st['stage']} | {st['new'][0] + 1}-{st['depth']} | {st['depth']} | {'yes' if st['lora'] else 'no'} | "
+        print(f"{st['stage']} | {new_layers(st)} | {st['depth']} | {'yes' if st['lora'] else 'no'} | "
               f"{fmt_m(c['trainable'], True)} | {fmt_m(c['frozen'], True)} | {st['iters']} | {st['tokens']:,} | {st['lr']:g}")
+    plan.plan_stages(cfg, stages, models, [train.flops_per_token(m, cfg["block_size"]) for m in models])
     return [dict(st, **c) for st, c in zip(stages, counts)]
 
 

@@ -35,10 +35,12 @@ import os
 import time
 from dataclasses import asdict
 
+from tqdm import tqdm
+
 import train
 from checkpoint import (check_output, check_tokenizer, model_from_checkpoint, read_checkpoint, remove_stale_partials,
                         save_checkpoint)
-from common import autocast, fail, resolve_device, script_main
+from common import autocast, bar_on, fail, resolve_device, script_main
 from configurator import configure, defaults_from, key_docs
 from data.common import MixtureData
 from glyph_embed import check_same_substrate
@@ -58,6 +60,7 @@ eval_iters = 20  # validation batches per dataset
 batch_size = 8
 block_size = 0  # evaluation context; 0 = the merge's (the smallest expert context)
 eval_experts = True  # also evaluate each expert alone (the comparison table)
+progress = "auto"  # bar over the validation batches: auto (on a terminal only) | always | never; lines either way
 seed = 1337
 device = "auto"
 # -----------------------------------------------------------------------------
@@ -154,16 +157,39 @@ def validation_data(names, cfg, tok, device):
     return tcfg, MixtureData(tcfg, tok, device)
 
 
-def evaluate_domains(models, tcfg, data, device):
+class OneDataset:
+    """Dataset k of a MixtureData as train.evaluate reads a whole mixture, so that validation reports
+    each (model, dataset) as it finishes; each batch it hands out moves a progress bar."""
+
+    def __init__(self, data, k, bar):
+        self.data, self.k, self.bar = data, k, bar
+        self.names, self.weights, self.device = [data.names[k]], [1.0], data.device
+
+    def batch(self, split, a, b):
+        self.bar.update(1)
+        return self.data.batch(split, a, self.k)
+
+    def bytes_per_token(self, b):
+        return self.data.bytes_per_token(self.k)
+
+
+def evaluate_domains(models, tcfg, data, device, progress="auto"):
     """-> {model label: {dataset: {"loss", "bpb"}}} on train.py's fixed validation batches; a line
-    per model as it goes (a model takes seconds to minutes)."""
+    per model and dataset as it goes (one takes seconds to minutes), and a bar over its batches on a
+    terminal (common.bar_on)."""
     print(f"validation: {tcfg['eval_iters']} batches x {tcfg['batch_size']} x {tcfg['block_size']} tokens per "
           f"dataset, {len(data.names)} dataset(s), {len(models)} models", flush=True)
     results = {}
     for i, (label, m) in enumerate(models.items(), 1):
-        t0 = time.time()
-        results[label] = train.evaluate(m, data, tcfg, autocast(device))["val"]
-        print(f"  {i}/{len(models)} {label}: {time.time() - t0:.1f} s", flush=True)
+        results[label] = {}
+        for k, name in enumerate(data.names):
+            t0 = time.time()
+            with tqdm(total=tcfg["eval_iters"], desc=f"{i}/{len(models)} {name}", unit="batch", leave=False,
+                      disable=not bar_on(progress)) as bar:
+                r = train.evaluate(m, OneDataset(data, k, bar), tcfg, autocast(device))["val"][name]
+            results[label][name] = r
+            print(f"  {i}/{len(models)} {label}, {name}: loss {r['loss']:.4f}, {r['bpb']:.4f} bits/byte "
+                  f"({time.time() - t0:.1f} s)", flush=True)
     return results
 
 
@@ -208,7 +234,7 @@ def main(argv):
         for p, e in zip(paths, merged.experts):
             models[f"expert {p}"] = e
     models[f"merge ({cfg['mode']}, weights {','.join(f'{w:.3g}' for w in merged.weights)})"] = merged
-    results = evaluate_domains(models, tcfg, data, dev)
+    results = evaluate_domains(models, tcfg, data, dev, cfg["progress"])
     print(format_table(results, names))
     return results
 

@@ -6,8 +6,8 @@ GELU MLP of width 4*d, biases, final LayerNorm and an untied, trainable output h
 The only thing that differs between the arms of the experiment is the input embedding:
   "trainable"                        an ordinary nn.Embedding, random init std 0.02 (the baseline)
   "glyph", "glyph_unique",           a frozen [V, w] table from glyph_embed.frozen_table(); it is
-  "binary16", "random"               an nn.Parameter with requires_grad=False, so it is saved with
-                                     the model but never trained; w < d_model is expanded with
+  "binary16", "random",              an nn.Parameter with requires_grad=False, so it is saved with
+  "random_bits", "random_float"      the model but never trained; w < d_model is expanded with
                                      repeat_interleave(d_model // w).
 
 The frozen table is stored in the checkpoint, not rebuilt from the font on load: checkpoints travel
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 import fused_head
 
-EMBEDDINGS = ("glyph", "glyph_unique", "binary16", "random", "trainable")
+EMBEDDINGS = ("glyph", "glyph_unique", "binary16", "random", "random_bits", "random_float", "trainable")
 
 
 @dataclass
@@ -231,6 +231,14 @@ class GPT(nn.Module):
 
     def param_counts(self):
         return count_params(self)
+
+    def first_backward_block(self):
+        """The first block backward runs through: 0 when the embedding trains, else the lowest block with
+        a trainable parameter (n_layer when none has one): autograd records nothing below it."""
+        if self.transformer.wte.weight.requires_grad:
+            return 0
+        return next((i for i, b in enumerate(self.transformer.h) if any(p.requires_grad for p in b.parameters())),
+                    len(self.transformer.h))
 
     def describe(self):
         c = self.param_counts()

@@ -52,7 +52,7 @@ from unicode_tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 # command-line defaults (positional arguments: config files end in .py, anything else is an experiment)
-experiments = []  # frozen_vs_trainable grow_vs_mono merge unique, all (the four), scaling; run in order; positional
+experiments = []  # frozen_vs_trainable grow_vs_mono merge unique, all (the four), scaling, semantics (probe.py on their runs); run in order; positional
 scale = "cpu"  # cpu (the four experiments in about an hour on 2 CPU cores) | toy (seconds: a check of the pipeline)
 out = ""  # output folder; "" = out/reproduce/<scale>
 assets = ""  # copy the plots here; "" = assets/ at scale cpu, nowhere at scale toy; "none" = nowhere
@@ -518,13 +518,13 @@ def scaling_estimate(path, overrides, script):
     if script == "grow":
         stages, flops, tokens = grow.make_plan(cfg), 0.0, 0
         for st in stages:
-            m = grow.meta_model(cfg, vocab, st["depth"])
+            m = train.meta_model(cfg, vocab, st["depth"])
             grow.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
             flops += st["tokens"] * train.flops_per_token(m, cfg["block_size"])
             tokens += st["tokens"]
-        counts = grow.meta_model(cfg, vocab, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
+        counts = train.meta_model(cfg, vocab, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
     else:
-        m = grow.meta_model(cfg, vocab, cfg["n_layer"])
+        m = train.meta_model(cfg, vocab, cfg["n_layer"])
         tokens = cfg["max_iters"] * tpi
         flops = tokens * train.flops_per_token(m, cfg["block_size"])
         counts = m.param_counts()
@@ -552,13 +552,32 @@ def scaling(ctx):
 # -----------------------------------------------------------------------------
 
 # the four experiments, in the order `all` runs them: the name on the command line -> what runs it
+def semantics(ctx):
+    """Where the semantics live (probe.py): neighbours, part of speech, en-ru/en-zh translation retrieval
+    and CKA on the first seed's glyph and trainable runs and the merge experiment's two experts (the
+    CPU-scale models that saw Russian and Chinese). Run after frozen_vs_trainable and merge."""
+    import probe
+    seed = ctx["S"]["seeds"][0]
+    runs = {"glyph": f"glyph_s{seed}", "trainable": f"trainable_s{seed}", "expert ru": "expert_ru", "expert zh": "expert_zh"}
+    ckpts = {label: run_checkpoint(os.path.join(ctx["runs"], name)) for label, name in runs.items()}
+    missing = [p for p in ckpts.values() if not os.path.exists(p)]
+    if missing:
+        fail(f"semantics probes the runs of frozen_vs_trainable and merge: run those first ({missing[0]} is missing)")
+    base = os.path.join(ctx["out"], "semantics")
+    results = probe.semantics_report(ckpts, os.path.join(ctx["data"], "shakespeare"), base + ".md", base + ".png",
+                                     out_json_=base + ".json")
+    publish(ctx, [base + ".png"])
+    log(f"semantics: wrote {base}.md, {base}.json, {base}.png")
+    return results
+
+
 EXPERIMENTS = {"frozen_vs_trainable": frozen_vs_trainable, "grow_vs_mono": grow_vs_mono, "merge": merge_experts,
                "unique": unique}
 
 
 def chosen_experiments(cfg):
     """Check every value before any work starts; -> the experiments to run, in order, each once."""
-    names = list(EXPERIMENTS) + ["all", "scaling"]
+    names = list(EXPERIMENTS) + ["all", "scaling", "semantics"]
     if not cfg.experiments:
         fail(f"no experiment given: expected one or more of {', '.join(names)} (e.g. python reproduce.py all)")
     for name in cfg.experiments:
@@ -589,7 +608,7 @@ def main(argv):
                data=os.path.join(out_dir, "data"), tok=get_tokenizer("bvv241-2-3"),
                assets=None if assets_dir == "none" else assets_dir, t0={})
     torch.manual_seed(0)
-    runners = {**EXPERIMENTS, "scaling": scaling}
+    runners = {**EXPERIMENTS, "scaling": scaling, "semantics": semantics}
     results = {}
     for exp in todo:
         ctx["t0"][exp] = time.time()

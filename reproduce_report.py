@@ -1,12 +1,16 @@
 """
-What reproduce.py's numbers become: seed statistics, the plain-words verdicts, markdown tables and
-plots. Pure functions of the result dicts that reproduce.py writes as JSON: nothing here trains,
-loads a model or touches the run folders, so the experiments in reproduce.py read top to bottom
-(run, collect, report) and the way results are summarised can be read, and tested, on its own.
+What results become: seed statistics, the plain-words verdicts, markdown tables and plots of
+reproduce.py's result dicts, and grow.py's depth curve. Nothing here trains or loads a model, so the
+experiments in reproduce.py and the growth in grow.py read top to bottom (run, collect, report) and
+the way results are summarised can be read, and tested, on its own.
 """
 import math
+import os
+import re
 
 import numpy as np
+
+from checkpoint import atomic_write
 
 
 def plural(n, word):
@@ -206,3 +210,82 @@ def plot_merge(path, domain_bpb, domains):
     ax.legend(fontsize=8, loc="upper center", ncol=len(labels))
     ax.set_title("Experts and their logit-average merge, per domain", fontsize=10)
     return save(plt, fig, path)
+
+
+USAGE = """usage: python reproduce.py EXPERIMENT ... (python reproduce.py --help lists them)
+reproduce_report.py has no command line of its own: reproduce.py calls it after each experiment, and
+its tables and plots land in out/reproduce/<scale>/<experiment>.md and .png (docs/results.md)."""
+
+if __name__ == "__main__":  # run by hand: say where the reports come from (exit 2 for any other argument)
+    import sys
+    asked = set(sys.argv[1:]) <= {"-h", "--help"}
+    print(USAGE, file=sys.stdout if asked else sys.stderr)
+    sys.exit(0 if asked else 2)
+
+
+# -----------------------------------------------------------------------------
+# grow.py's depth curve: the metrics of every stage
+
+EVAL_FILE = re.compile(r"eval_stage_(\d+)_(\w+)\.json$")  # eval.py's default name for out_dir/stage_{i}.pt
+
+
+def stage_scores(out_dir):
+    """{stage: {'task metric (protocol)': mean}} from the eval.py result files of the stages in out_dir."""
+    from eval import read_result  # eval.py's check of a result file (one line naming a malformed one)
+    scores = {}
+    for name in sorted(os.listdir(out_dir)):
+        m = EVAL_FILE.match(name)
+        if m:
+            for task, t in read_result(os.path.join(out_dir, name))["tasks"].items():
+                if t["metric"] != "bpb" and t.get("mean") is not None:
+                    unit = {"acc": " %", "bleu": " BLEU"}.get(t["metric"], "")
+                    scores.setdefault(int(m.group(1)), {})[f"{task} {t['metric']}{unit} ({m.group(2)})"] = t["mean"]
+    return scores
+
+
+def depth_curve(out_dir, reports):
+    """grow.py's depth curve: out_dir/depth_curve.md (one row per stage: depth, LoRA, tokens, val loss, bits per byte, and the
+    eval.py scores of the stage's checkpoint) and depth_curve.png (the same by stage; needs matplotlib).
+    -> the paths written."""
+    if not reports:
+        return []
+    scores = stage_scores(out_dir)
+    cols = list(dict.fromkeys(k for v in scores.values() for k in v))
+    lines = ["| stage | new layers | depth | LoRA | tokens | val loss (nats/token) | val bits/byte | "
+             + "".join(f"{c} | " for c in cols), "|" + "---|" * (7 + len(cols))]
+    for r in reports:
+        got = scores.get(r["stage"], {})
+        lines.append(f"| {r['stage']} | {r['layers']} | {r['depth']} | {'yes' if r['lora'] else 'no'} | {r['tokens']:,} | "
+                     f"{r['val_loss']:.4f} | {r['val_bpb']:.4f} | " + "".join(
+                         f"{got[c]:.2f} | " if c in got else "- | " for c in cols))
+    lines += ["", "val loss and bits/byte: train.py's last evaluation of each stage (the same validation batches "
+                  "for every stage); scores: eval.py result files eval_stage_<i>_<protocol>.json in this folder."]
+    md = os.path.join(out_dir, "depth_curve.md")
+    with atomic_write(md) as f:
+        f.write("\n".join(line.rstrip() for line in lines) + "\n")
+    plt = pyplot()
+    if plt is None:
+        print("matplotlib is not installed: depth_curve.png not drawn (pip install matplotlib)")
+        return [md]
+    x = [r["stage"] for r in reports]
+    ticks = [f"{r['stage']}\n{r['depth']} layers" + ("\n+LoRA" if r["lora"] else "") for r in reports]
+    panels = [("val loss (nats/token)", [r["val_loss"] for r in reports]),
+              ("val bits per byte", [r["val_bpb"] for r in reports])]
+    fig, axes = plt.subplots(1, len(panels) + bool(cols), figsize=(4.5 * (len(panels) + bool(cols)), 4), squeeze=False)
+    for ax, (label, y) in zip(axes[0], panels):
+        ax.plot(x, y, marker="o", label=label)
+    if cols:
+        for c in cols:
+            pts = [(r["stage"], scores[r["stage"]][c]) for r in reports if c in scores.get(r["stage"], {})]
+            axes[0][-1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
+    for ax, label in zip(axes[0], [p[0] for p in panels] + ["benchmark score (units in the legend)"] * bool(cols)):
+        ax.set_xticks(x, ticks)
+        ax.set_xlabel("stage (depth after it)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"depth curve: {out_dir}")
+    png = os.path.join(out_dir, "depth_curve.png")
+    with atomic_write(png, "wb") as f:
+        save(plt, fig, f)
+    return [md, png]

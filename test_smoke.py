@@ -345,3 +345,28 @@ def test_checkpoint_loader_any_model_args_give_a_model_or_one_line(args, good_ck
         model_from_checkpoint(ck, "cpu", "x.pt")
     except ValueError as e:
         assert "\n" not in str(e) and "x.pt" in str(e)
+
+
+def test_help_shows_a_string_with_a_newline_or_odd_spaces_quoted(capsys):
+    from configurator import print_help
+    print_help({"start": "\n", "name": "ROMEO: ", "out": "out-x", "empty": ""}, {"start": "prompt text"}, "x.py")
+    out = capsys.readouterr().out
+    assert "--start='\\n'" in out and "--name='ROMEO: '" in out and "--out=out-x" in out and "--empty=''" in out
+    assert len(out.splitlines()) == 5  # the usage line and one line per key: no raw newline
+
+
+def test_progress_bar_only_on_a_terminal_unless_always(monkeypatch):
+    from common import bar_on
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        assert [bar_on(s) for s in (True, "auto", "Always", False, "never", "False")] == \
+            [tty, tty, True, False, False, False]
+    with pytest.raises(ValueError, match="progress='sometimes'"):
+        bar_on("sometimes")
+
+
+def test_reproduce_report_help_prints_its_usage():
+    r = subprocess.run([sys.executable, os.path.join(REPO, "reproduce_report.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python reproduce.py") and not r.stderr
+    r = subprocess.run([sys.executable, os.path.join(REPO, "reproduce_report.py"), "x"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("usage:")

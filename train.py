@@ -52,7 +52,7 @@ eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # else only when the validation loss improves
 init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt, with its run's settings), or a checkpoint path (weights only)
 overwrite = False  # let a fresh run start over in an out_dir holding a run (its files are replaced at the first save)
-progress = True  # tqdm progress bar on the console
+progress = True  # a tqdm bar on a terminal (never into a file or a pipe); False = no bar
 wandb_log = False  # log to Weights & Biases
 wandb_project = "glyphgpt"  # W&B project
 wandb_run_name = "run"  # W&B run name
@@ -70,7 +70,7 @@ d_model = 256  # width of the residual stream
 dropout = 0.0  # dropout probability in attention and MLP
 bias = True  # biases in linear layers and LayerNorms
 rope_base = 10000.0  # base of the rotary position frequencies
-embedding = "glyph"  # glyph | glyph_unique | binary16 | random (all frozen) | trainable
+embedding = "glyph"  # glyph | glyph_unique | binary16 | random | random_bits | random_float (all frozen) | trainable
 table_dim = 0  # columns of the frozen table (PCA components); 0 = d_model; narrower is repeat_interleave'd
 table_path = ""  # use a table saved by `glyph_embed.py --out` instead of building one
 # AdamW optimizer
@@ -91,6 +91,10 @@ dtype = "auto"  # auto (bfloat16 on capable GPUs, float32 on CPU) | float32 | bf
 compile = False  # torch.compile the model
 seed = 1337  # seeds the initial weights, the batches and dropout
 peak_flops = 0.0  # accelerator peak for MFU in FLOP/s; 0 = look the GPU up in common.PEAK_FLOPS
+# planning (nothing is allocated, no data is read)
+plan = False  # print parameters, memory per GPU, the largest micro-batch that fits and GPU-hours (plan.py), then exit
+plan_gpu_gib = 80.0  # the GPU memory --plan fits the run into, in GiB
+plan_mfu = 0.4  # the model FLOPs utilisation --plan's hours assume (of peak_flops, or an H100's bf16 peak)
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_from(globals())
 
@@ -99,7 +103,7 @@ DEFAULTS = defaults_from(globals())
 MID_RUN_KEYS = ("max_iters", "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "decay_lr", "grad_clip",
                 "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint", "init_from",
                 "overwrite", "out_dir", "data_root", "progress", "wandb_log", "wandb_project", "wandb_run_name",
-                "device", "dtype", "compile", "peak_flops")
+                "device", "dtype", "compile", "peak_flops", "plan", "plan_gpu_gib", "plan_mfu")
 
 
 def check_config(cfg):
@@ -137,6 +141,16 @@ def build_model(cfg, tok):
     model = GPT(model_config(cfg, tok.vocab_size), table)
     model.table_info = info
     return model
+
+
+def meta_model(cfg, vocab_size, n_layer=None):
+    """cfg's model (at depth n_layer) on the meta device: shapes and requires_grad, no memory and no
+    table to build, for counting parameters, FLOPs and memory before anything runs."""
+    from glyph_embed import table_width
+    conf = model_config(cfg, vocab_size, n_layer=n_layer or cfg["n_layer"])
+    width = table_width(cfg["embedding"], cfg["table_dim"] or cfg["d_model"])
+    with torch.device("meta"):
+        return GPT(conf, None if conf.embedding == "trainable" else torch.empty(vocab_size, width))
 
 
 def start_model(cfg, tok, ckpt, model=None):
@@ -224,8 +238,7 @@ def flops_per_token(model, T):
     flash attention skips half). For a fully trainable model this is exactly 6N + 12*L*T*d."""
     c = model.config
     blocks = model.transformer.h
-    trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
-    lowest = 0 if model.transformer.wte.weight.requires_grad else (trainable.index(True) if any(trainable) else len(blocks))
+    lowest = model.first_backward_block()
     total = 0
     for i, b in enumerate(blocks):
         backward = i >= lowest
@@ -385,6 +398,11 @@ def train(cfg, model=None, ckpt_path=None, ckpt_extra=None, overrides=None):
 def main(argv):
     overrides = parse(DEFAULTS, argv, docs=key_docs(__file__), prog="train.py")
     cfg = Config({**DEFAULTS, **overrides})
+    if cfg.plan:  # before anything is read or written
+        import plan
+        model = meta_model(cfg, plan.vocab_size_of(cfg.tokenizer))
+        plan.plan_run(cfg, model, flops_per_token(model, cfg.block_size))
+        return
     ckpt_path = run_checkpoint(cfg.out_dir)
     try:
         with hold_out_dir(cfg.out_dir):  # one run at a time in an out_dir

@@ -1,11 +1,12 @@
 # Layer-wise growth on CPU in minutes: 3 stages of 2 blocks (6 layers, 128 wide) on Shakespeare.
-# $ python grow.py config/grow_shakespeare_tiny.py
+# $ python data/shakespeare/prepare.py && python grow.py config/grow_shakespeare_tiny.py
+# $ python sample.py --ckpt=out-grow-shakespeare-tiny/stage_3.pt   # the grown model: stage_N.pt after stage N
 # The monolithic 6-layer baseline with identical total tokens (3 x 100 iterations x 1,024 tokens):
 # $ python train.py config/grow_monolithic_shakespeare_tiny.py
 out_dir = "out-grow-shakespeare-tiny"
 datasets = {"shakespeare": 1.0}
 embedding = "glyph"
-table_dim = 128
+table_dim = 0  # 0 = d_model (128 here, the same table as table_dim = 128), so --d_model=N just works
 
 growth = [2, 2, 2]
 new_block_init = "zero_proj"  # each stage starts exactly where the previous one ended

@@ -5,10 +5,11 @@
 out_dir = "out-shakespeare-glyph"
 datasets = {"shakespeare": 1.0}
 embedding = "glyph"  # the frozen Unifont glyph table, PCA-truncated to table_dim columns
-table_dim = 128
+table_dim = 0  # 0 = d_model (128 here, the same table and run as table_dim = 128), so --d_model=N just works
 
 # the model: 4 layers x 128 wide; with a 65,536-id vocabulary the output head (8.4M weights)
-# is most of the compute, so the body stays small
+# is most of the compute, so the body stays small. Wider or deeper, e.g.
+# --n_layer=6 --d_model=192 --n_head=6: n_head must divide d_model, and the table follows d_model
 n_layer = 4
 n_head = 4
 d_model = 128

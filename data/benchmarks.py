@@ -106,7 +106,8 @@ def ensure_data(sources):
                 extract(download(s["url"], archive, s["sha256"], s["size"], what=f"the {src} benchmark"),
                         s["members"], data_dir)
         except SystemExit as e:  # data/download.py's one-line refusal: one line here too (script_main prints it)
-            raise ValueError(f"{e}; or pass --data_dir=DIR holding the original files (layout: python eval.py "
+            raise ValueError(f"{e}; offline, --data_dir=data/eval_items scores the few items shipped with the "
+                             f"repository; or pass --data_dir=DIR holding the original files (layout: python eval.py "
                              f"--help)") from None
         with open(done, "a") as f:
             f.write(src + "\n")

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import atomic_write
-from common import fail
+from common import bar_on, fail, shown
 
 CHUNK_CHARS = 1 << 17  # characters of documents per task of a worker process: a task's overhead stays small
 _TOK = None  # the tokenizer of the running write_split; forked workers inherit it (built once, before the fork)
@@ -83,7 +83,8 @@ def write_split(path, docs, tok, desc=None, workers=None):
     if tok.eos_id is None:
         raise ValueError(f"tokenizer {tok.name!r} has no eos token to separate documents")
     n_tokens = n_bytes = 0
-    with atomic_write(path, "wb") as f, tqdm(desc=desc or os.path.basename(path), unit="B", unit_scale=True) as bar:
+    with atomic_write(path, "wb") as f, tqdm(desc=desc or os.path.basename(path), unit="B", unit_scale=True,
+                                             disable=not bar_on(True)) as bar:
         for data, tokens, size in encoded_chunks(docs, tok, workers or os.cpu_count() or 1):
             f.write(data)
             n_tokens += tokens
@@ -113,10 +114,21 @@ def write_dataset(out_dir, train_docs, val_docs, tok, source, **extra):
     return meta
 
 
+def prepare_command(data_dir):
+    """The command that writes a missing dataset folder, for its error message: data/<name>/prepare.py
+    when there is one (with --out_dir when the folder is not that script's default), else a pointer."""
+    name = os.path.basename(os.path.normpath(str(data_dir)))
+    script = os.path.join("data", name, "prepare.py")
+    if not os.path.isfile(os.path.join(REPO, script)):
+        return f"write it with a data/*/prepare.py script and --out_dir {shown(data_dir)}: docs/data.md lists them"
+    same = os.path.abspath(data_dir) == os.path.join(REPO, "data", name)
+    return f"run python {script}" + ("" if same else f" --out_dir {shown(data_dir)}")
+
+
 def read_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: prepare the dataset first (python data/<name>/prepare.py)")
+        raise FileNotFoundError(f"{shown(path)} not found: the dataset is not prepared ({prepare_command(data_dir)})")
     try:
         with open(path) as f:
             return json.load(f)
@@ -270,7 +282,7 @@ class MixtureData:
         for name in self.names:
             d = name if os.path.isdir(str(name)) else os.path.join(root, str(name))
             if not os.path.isdir(d):
-                fail(f"dataset {name!r}: data directory {d} not found (run python data/{name}/prepare.py)")
+                fail(f"dataset {name!r}: data directory {shown(d)} not found ({prepare_command(d)})")
             meta = read_meta(d)
             check_meta(meta, d)
             splits = [open_split(d, s, tok) for s in ("train", "val")]

@@ -23,6 +23,7 @@ import requests
 from tqdm import tqdm
 
 from checkpoint import atomic_write
+from common import bar_on
 
 HF = "https://huggingface.co"
 CHUNK = 1 << 20
@@ -101,7 +102,7 @@ def download(url, dest, sha256=None, size=None, what="this dataset", session=Non
             if mode is not None:
                 try:
                     with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                     desc=os.path.basename(dest)) as bar:
+                                                     desc=os.path.basename(dest), disable=not bar_on(True)) as bar:
                         for block in r.iter_content(CHUNK):
                             f.write(block)
                             bar.update(len(block))

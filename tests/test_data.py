@@ -738,3 +738,72 @@ def test_write_split_in_worker_processes_is_identical(tmp_path, tok):
     with pytest.raises(ValueError, match="surrogate|expected str"):
         write_split(str(tmp_path / "bad.bin"), docs + ["\ud800"], tok, workers=2)
     assert not os.path.exists(tmp_path / "bad.bin")
+
+
+# ---------------------------------------------------------------------------- Cosmopedia
+
+def write_cosmopedia(root):
+    """Shards in the hub's layout and columns (HuggingFaceTB/cosmopedia: data/<subset>/train-*.parquet;
+    prompt, text_token_length, text, seed_data, format, audience): two subsets, one in two shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    texts = {"stanford": ["Lecture notes: a river carries sediment downstream and drops it where it slows.",
+                          "Course unit: fractions with unlike denominators need a common denominator first.",
+                          "Textbook section: photosynthesis turns light, water and carbon dioxide into sugar."],
+             "stories": ["Once upon a time a small fox learned to count the stars above the forest.",
+                         "The lighthouse keeper wrote a letter every evening to the ships she never met."]}
+    for subset, docs in texts.items():
+        rows = [dict(prompt=f"Write about: {t[:20]}", text_token_length=len(t.split()), text=t, seed_data=subset,
+                     format="textbook", audience="general") for t in docs]
+        shards = [rows[:2], rows[2:]] if len(rows) > 2 else [rows]
+        for k, part in enumerate(shards):
+            path = os.path.join(root, "data", subset, f"train-{k:05d}-of-{len(shards):05d}.parquet")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(part), path, compression="snappy")
+    return texts
+
+
+def test_cosmopedia_subsets_interleave_under_a_token_budget(tmp_path, tok):
+    import pyarrow  # noqa: F401  (a test requirement: missing, the test fails, never skips)
+    from data.cosmopedia.prepare import main
+    local = str(tmp_path / "hub")
+    texts = write_cosmopedia(local)
+    full = main(["--local_dir", local, "--subsets", "stanford,stories", "--out_dir", str(tmp_path / "a"),
+                 "--val_fraction", "0.2"])
+    docs = docs_of(tmp_path / "a", "train", tok) + docs_of(tmp_path / "a", "val", tok)
+    assert full["documents"] == 5 and sorted(docs) == sorted(t for ts in texts.values() for t in ts)  # text only
+    assert not any("Write about" in d for d in docs) and full["subsets"] == ["stanford", "stories"]
+    # a budget of two documents takes one of EACH subset (read in turn), not two of the first
+    two = len(texts["stanford"][0].encode()) + len(texts["stories"][0].encode())
+    main(["--local_dir", local, "--subsets", "stanford,stories", "--out_dir", str(tmp_path / "b"), "--max_bytes", str(two)])
+    kept = docs_of(tmp_path / "b", "train", tok) + docs_of(tmp_path / "b", "val", tok)
+    assert sorted(kept) == sorted([texts["stanford"][0], texts["stories"][0]])
+    budget = (full["train_tokens"] + full["val_tokens"]) // 2  # in tokens, calibrated as data/fineweb_edu does
+    half = main(["--local_dir", local, "--out_dir", str(tmp_path / "h"), "--subsets", "stanford,stories",
+                 "--max_tokens", str(budget), "--calib_docs", "5"])
+    assert 1 <= half["documents"] < 5 and half["train_tokens"] + half["val_tokens"] <= budget * 1.05
+    with pytest.raises(SystemExit, match="--subsets 'stanford,poems': unknown poems; Cosmopedia's subsets: auto_math_text"):
+        main(["--local_dir", local, "--subsets", "stanford,poems", "--out_dir", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match=r"data/openstax: no \.parquet shards there"):
+        main(["--local_dir", local, "--subsets", "openstax", "--out_dir", str(tmp_path / "d")])
+
+
+def test_a_missing_dataset_names_the_command_that_prepares_it(tmp_path):
+    """The error of a dataset not prepared yet names the real script: data/<name>/prepare.py, with
+    --out_dir when the folder is elsewhere; a name with no script of its own points to the scripts."""
+    from data.common import REPO, MixtureData, prepare_command
+    import train
+    tok = get_tokenizer("bvv241-2-3")
+    assert prepare_command(os.path.join(REPO, "data", "russian_offline")) == "run python data/russian_offline/prepare.py"
+    cfg = {**train.DEFAULTS, "data_root": str(tmp_path), "datasets": {"russian_offline": 1.0}}
+    with pytest.raises(ValueError) as e:
+        MixtureData(cfg, tok, "cpu")
+    assert str(e.value) == (f"dataset 'russian_offline': data directory {tmp_path / 'russian_offline'} not found "
+                            f"(run python data/russian_offline/prepare.py --out_dir {tmp_path / 'russian_offline'})")
+    (tmp_path / "shakespeare").mkdir()  # a folder without meta.json: read_meta says the same
+    with pytest.raises(FileNotFoundError, match=re.escape(f"(run python data/shakespeare/prepare.py --out_dir "
+                                                          f"{tmp_path / 'shakespeare'})")):
+        read_meta(str(tmp_path / "shakespeare"))
+    with pytest.raises(ValueError, match=r"a data/\*/prepare\.py script and --out_dir .*nosuch"):
+        MixtureData({**cfg, "datasets": {"nosuch": 1.0}}, tok, "cpu")
+    assert "<name>" not in prepare_command(str(tmp_path / "nosuch"))

@@ -365,7 +365,12 @@ def test_cli_writes_json_and_compare_table(tok, tmp_path, capsys):
     E.main(["--compare", out1, out2])
     text = capsys.readouterr().out
     assert "| task | metric | a (loglik) | b (paper) |" in text
-    assert "| mmlu | acc | 42.86 ± " in text and "| arc_easy | acc | 25.00 ± 49.00 |  |" in text
+    assert "| mmlu | acc | 42.86 ± " in text and "| arc_easy | acc | 25.00 ± 49.00 % |  |" in text
+    assert "a (loglik): ± is item sampling" in text and "b (paper): ± is decoding noise: ± 1.96·std/√n over 2 sampled" in text
+    # the forced model answers B every time under both protocols: the same items, no difference
+    assert "| mmlu | acc | +0.00 % | [+0.00, +0.00] % | 7 |" in text
+    assert r["tasks"]["mmlu"]["per_item"]["ids"][0] == "abstract_algebra/0" and r["intervals"]["item_ci95"].startswith(
+        "item sampling: 95% percentile bootstrap")
 
 
 def test_result_files_are_named_after_the_run_and_never_overwrite_another(tok, tmp_path, capsys, monkeypatch):
@@ -739,6 +744,11 @@ BAD_RESULTS = [
     (b'{"tasks": {"mmlu": {"mean": 1.0}}}', r": task 'mmlu' has no 'metric'"),
     (b'{"tasks": {"mmlu": {"metric": "acc", "mean": "high"}}}', r": task 'mmlu': 'mean' / 'ci95' are not numbers"),
     (b'{"tasks": {"mmlu": {"metric": "acc", "mean": 1, "acc_norm": 3}}}', r": task 'mmlu': 'mean' / 'ci95'"),
+    (b'{"tasks": {"mmlu": {"metric": "acc", "mean": 1, "item_ci95": [1]}}}', r": task 'mmlu': acc 'item_ci95' is not"),
+    (b'{"tasks": {"mmlu": {"metric": "acc", "mean": 1, "per_item": {"acc": [1]}}}}', r": task 'mmlu': 'per_item' has no"),
+    (b'{"tasks": {"mmlu": {"metric": "acc", "mean": 1, "per_item": {"ids": ["a", "a"]}}}}', r": task 'mmlu': 'per_item' ids repeat"),
+    (b'{"tasks": {"mmlu": {"metric": "acc", "mean": 1, "per_item": {"ids": ["a"], "acc": [1, 0]}}}}',
+     r": task 'mmlu': 'per_item' 'acc' is not 1 numbers, one per id"),
 ]
 
 
@@ -750,6 +760,52 @@ def test_compare_of_a_malformed_file_is_one_line_naming_it(body, message, tmp_pa
     with pytest.raises(ValueError, match=re.escape(str(bad)) + message) as e:
         E.main(["--compare", str(good), str(bad)])
     assert "\n" not in str(e.value)
+
+
+def test_item_bootstrap_interval_is_seeded_and_has_the_known_width():
+    assert E.bootstrap_interval([]) is None
+    assert E.bootstrap_interval([100.0] * 50) == [100.0, 100.0]  # every resample the same: no width
+    coin = [100.0, 0.0] * 200  # 400 items, half right: the normal approximation gives 50 ± 1.96·50/20 = ± 4.9
+    lo, hi = E.bootstrap_interval(coin)
+    assert E.bootstrap_interval(coin) == [lo, hi] and lo == pytest.approx(45.1, abs=0.6) and hi == pytest.approx(54.9, abs=0.6)
+    res = E.add_items(dict(metric="acc", mean=50.0, ci95=0.0, acc_norm=dict(mean=0.0, ci95=0.0)), [f"q{i}" for i in range(400)],
+                      dict(acc=coin, acc_norm=[0.0] * 400))
+    assert res["item_ci95"] == [lo, hi] and res["acc_norm"]["item_ci95"] == [0.0, 0.0]  # beside the protocol's ci95
+    assert res["per_item"]["ids"][:2] == ["q0", "q1"] and res["per_item"]["acc"][:2] == [100.0, 0.0]
+
+
+def result_file(path, ids, scores, protocol="paper"):
+    """A constructed result file: one ARC-E task with the given per-item scores (in %)."""
+    mean = sum(scores) / len(scores)
+    task = dict(metric="acc", n=len(ids), mean=mean, ci95=0.0, per_item=dict(ids=ids, acc=scores))
+    path.write_text(json.dumps(dict(protocol=protocol, choices=dict(runs=10), tasks=dict(arc_easy=task))))
+    return str(path)
+
+
+def paired_row(table):
+    return next(line for line in table.splitlines()[2:] if line.startswith("| arc_easy | acc | ") and "[" in line)
+
+
+def test_compare_gives_the_paired_difference_over_shared_items(tmp_path, capsys):
+    ids = [f"q{i}" for i in range(200)]
+    some = [100.0 * (i % 3 == 0) for i in range(200)]
+    a = result_file(tmp_path / "a.json", ids, some)
+    same = result_file(tmp_path / "same.json", ids, some)
+    row = paired_row(E.main(["--compare", a, same]))
+    assert row == "| arc_easy | acc | +0.00 % | [+0.00, +0.00] % | 200 |"  # identical files: no difference
+    # all right on q0-q199 vs all wrong on q50-q249: the 150 shared items differ by exactly 100 points
+    right = result_file(tmp_path / "right.json", ids, [100.0] * 200)
+    wrong = result_file(tmp_path / "wrong.json", [f"q{i}" for i in range(50, 250)], [0.0] * 200)
+    assert paired_row(E.main(["--compare", wrong, right])) == "| arc_easy | acc | +100.00 % | [+100.00, +100.00] % | 150 |"
+    # 20 of 200 items flipped from wrong to right: +10 points, an interval that excludes 0 but not 10
+    flipped = [100.0 if i < 20 else 0.0 for i in range(200)]
+    table = E.main(["--compare", result_file(tmp_path / "base.json", ids, [0.0] * 200),
+                    result_file(tmp_path / "better.json", ids, flipped)])
+    diff, interval, n = paired_row(table).split(" | ")[2:5]
+    lo, hi = (float(x) for x in interval.rstrip(" %").strip("[]").split(", "))
+    assert diff == "+10.00 %" and 0 < lo < 10 < hi and n == "200 |"
+    assert "better − base, paired over the items both files hold: item sampling: 95% percentile bootstrap" in table
+    assert "base (paper): ± is decoding noise: ± 1.96·std/√n over 10 sampled runs" in table
 
 
 def test_compare_files_out_and_positional_arguments(tmp_path, capsys):
@@ -772,7 +828,8 @@ def test_compare_files_out_and_positional_arguments(tmp_path, capsys):
     table = E.main(["--compare", str(a), str(b), f"--out={tmp_path / 'cmp.md'}"])
     assert capsys.readouterr().out == table + "\n" == open(tmp_path / "cmp.md").read()
     assert table.splitlines()[0] == "| task | metric | a (loglik) | b (paper) |"
-    assert "| arc_easy | acc_norm | 50.00 ± 57.00 | 50.00 ± 57.00 |" in table
+    assert "| arc_easy | acc_norm | 50.00 ± 57.00 % | 50.00 ± 57.00 % |" in table
+    assert "| arc_easy | acc | - | no per-item scores (rerun eval.py) | - |" in table  # a file from before per_item
     E.main([f"--results=[{str(a)!r}]", "--compare", str(b), f"--out={tmp_path / 'cmp.md'}"])  # a table: replaced
     assert open(tmp_path / "cmp.md").read().startswith("| task | metric | a (loglik) | b (paper) |")
 

@@ -168,6 +168,75 @@ def test_lora_stage_from_a_checkpoint_merges_into_a_plain_model(straight, data_r
     assert torch.equal(s0["transformer.h.0.ln_1.weight"], ck["model"]["transformer.h.0.ln_1.weight"])  # not a target
 
 
+def test_lora_only_stage_adapts_the_stack_and_merges_a_low_rank_delta(straight, data_root, tmp_path):
+    """growth entry 0 in a LoRA stage: no new block; the adapters of every block, the final norm and the
+    head train; the merged model is a plain GPT whose block weights moved by a rank <= lora_rank update."""
+    out, _ = straight
+    base = out / "stage_2.pt"
+    cfg = cfg_for(data_root, tmp_path, grow_from=str(base), growth=[0], stage_iters=[4], lora_from_stage=1,
+                  lora_rank=4, lora_alpha=8.0)
+    (st,) = G.make_plan(cfg, n_base=2)
+    assert st["new"] == [] and st["depth"] == 2 and st["lora"] and G.new_layers(st) == "none"
+    model, _ = load_model(str(base))
+    G.prepare_stage(G.stack_blocks(model, st, cfg), st, cfg)
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapters = {f"transformer.h.{b}.{t}.lora_{m}" for b in (0, 1) for t in G.LORA_TARGETS for m in "AB"}
+    assert trains == adapters | {"transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight", "lm_head.bias"}
+    (rep,) = G.grow(cfg)
+    d, V = 32, 65536
+    assert rep["layers"] == "none" and rep["trainable"] == d * V + V + 2 * d + 2 * 16 * 4 * d  # head + ln_f + adapters
+    assert rep["lora_merge_max_logit_diff"] < 1e-4
+    model, ck = load_model(str(tmp_path / "stage_1.pt"))
+    assert model.config.n_layer == 2 and not any("lora" in k or ".base." in k for k in ck["model"])
+    s0, s1 = sd(base), ck["model"]
+    for k, v in s0.items():
+        if any(f".{t}.weight" in k for t in G.LORA_TARGETS):  # moved, by a low-rank update only
+            delta = (s1[k].double() - v.double())
+            assert 0 < torch.linalg.matrix_rank(delta, rtol=1e-5) <= 4, k
+        elif not k.startswith(("lm_head", "transformer.ln_f")):  # table, block norms, biases: untouched
+            assert torch.equal(v, s1[k]), k
+
+
+def test_a_stage_without_blocks_must_be_a_lora_stage(data_root, tmp_path):
+    plan = G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 0, 1], stage_iters=[], lora_from_stage=2))
+    assert [(st["new"], st["depth"], st["lora"]) for st in plan] == [([0], 1, False), ([], 1, True), ([1], 2, True)]
+    # interleaved: LoRA-only stages between growth stages, growth stages without LoRA in between
+    plan = G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 1, 0, 1, 0], stage_iters=[], stage_lora=[0, 0, 1, 0, 1]))
+    assert [(G.new_layers(st), st["depth"], st["lora"]) for st in plan] == [
+        ("1-1", 1, False), ("2-2", 2, False), ("none", 2, True), ("3-3", 3, False), ("none", 3, True)]
+    with pytest.raises(ValueError, match=r"growth=\[1, 0\]: stage 2 adds no block and is not a LoRA stage"):
+        G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 0], stage_iters=[]))
+    with pytest.raises(ValueError, match=r"stage 2 adds no block .* or stage_lora\[1\] = 1"):
+        G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 0, 0], stage_iters=[], stage_lora=[0, 0, 1]))
+    with pytest.raises(ValueError, match="lora_from_stage=1 but stage 1 grows from nothing"):
+        G.make_plan(cfg_for(data_root, tmp_path, growth=[0, 1], stage_iters=[], lora_from_stage=1))
+    with pytest.raises(ValueError, match=r"stage_lora\[0\]=1 but stage 1 grows from nothing"):
+        G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 1], stage_iters=[], stage_lora=[1, 0]))
+    with pytest.raises(ValueError, match=r"stage_lora=\[0, 1\]: expected 3 flags"):
+        G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 1, 1], stage_iters=[], stage_lora=[0, 1]))
+    with pytest.raises(ValueError, match="are both set: say which stages have LoRA one way"):
+        G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 1], stage_iters=[], stage_lora=[0, 1], lora_from_stage=2))
+    with pytest.raises(ValueError, match=r"growth=\[1, -1\]: expected a non-empty list of whole numbers"):
+        G.make_plan(cfg_for(data_root, tmp_path, growth=[1, -1], stage_iters=[]))
+
+
+def test_growth_writes_the_depth_curve_with_the_stages_evaluations(straight, data_root, tmp_path, capsys):
+    out, reports = straight
+    rows = [l for l in open(out / "depth_curve.md").read().splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert [r.rstrip(" |").split(" | ")[5:7] for r in rows] == [[f"{r['val_loss']:.4f}", f"{r['val_bpb']:.4f}"] for r in reports]
+    assert open(out / "depth_curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # after evaluating stage 2 (eval.py's default file name), --curve_only adds its score, training nothing
+    for name in ("stage_1.pt", "stage_2.pt", "stage_3.pt", "grow_log.jsonl", "grow_schedule.json"):
+        shutil.copy(out / name, tmp_path / name)
+    (tmp_path / "eval_stage_2_loglik.json").write_text(json.dumps(dict(protocol="loglik", tasks=dict(
+        mmlu=dict(metric="acc", n=7, mean=30.0, ci95=1.0)))))
+    assert G.grow(cfg_for(data_root, tmp_path, curve_only=True)) == reports
+    md = open(tmp_path / "depth_curve.md").read().splitlines()
+    assert md[0].endswith("| val loss (nats/token) | val bits/byte | mmlu acc % (loglik) |")
+    assert [l.rstrip(" |").split(" | ")[-1] for l in md[2:5]] == ["-", "30.00", "-"]
+    assert not os.path.exists(tmp_path / "stage_4") and "depth curve: " in capsys.readouterr().out
+
+
 def tiny_model(n_layer=3):
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=512, block_size=16, n_layer=n_layer, n_head=2, d_model=32, embedding="random"),
@@ -239,7 +308,7 @@ def test_9x1024_study_counts_105M_trainable_per_stage_on_meta():
     assert [s["depth"] for s in stages] == [3, 6, 9]
     assert [f"{c['trainable'] / 1e6:.1f}" for c in counts] == ["105.0"] * 3
     assert [f"{c['frozen'] / 1e6:.1f}" for c in counts] == ["67.1", "104.9", "142.7"]
-    mono = G.meta_model(cfg, 65536, 9)  # the monolithic frozen-embedding baseline: 180.5M trainable
+    mono = T.meta_model(cfg, 65536, 9)  # the monolithic frozen-embedding baseline: 180.5M trainable
     assert f"{mono.param_counts()['trainable'] / 1e6:.1f}" == "180.5"
     # the 16-bit code is 16 columns wide whatever table_dim says (as train.py's real table is)
     b16 = G.planned_counts({**cfg, "embedding": "binary16", "table_dim": 1024}, stages, 65536)
@@ -248,6 +317,21 @@ def test_9x1024_study_counts_105M_trainable_per_stage_on_meta():
     mcfg = configure(T.DEFAULTS, [os.path.join(REPO, "config", "grow_monolithic_9x1024.py")], verbose=False)
     tpi = lambda c: c["batch_size"] * c["block_size"] * c["gradient_accumulation_steps"]
     assert mcfg["max_iters"] * tpi(mcfg) == sum(s["tokens"] for s in stages) and mcfg["n_layer"] == 9
+
+
+def test_v3_binary16_run_is_the_papers_16_layer_269_7M_model_on_68_9B_tokens():
+    cfg = configure(G.DEFAULTS, [os.path.join(REPO, "config", "grow_v3_binary16_16x1024.py")], verbose=False)
+    stages = G.make_plan(cfg)
+    last = G.planned_counts(cfg, stages, 65536)[-1]
+    assert stages[-1]["depth"] == 16 and stages[-1]["new"] == [] and stages[-1]["lora"]  # ends on a LoRA stage
+    assert [st["lora"] for st in stages if not st["new"]] == [True] * 3 and not any(st["lora"] for st in stages if st["new"])
+    adapters = 16 * cfg["lora_rank"] * sum((3 + 1) * 1024 if t == "attn.c_attn" else 2 * 1024 if t == "attn.c_proj"
+                                           else 5 * 1024 for t in cfg["lora_targets"])
+    merged = last["trainable"] + last["frozen"] - adapters  # the model after its adapters are merged
+    # the paper's 269.7M is this without our output head's 65,536 biases (269,699,072)
+    assert merged - 65536 == 269_699_072 and last["frozen"] == 65536 * 16 + 16 * block_numel(1024)
+    assert sum(st["tokens"] for st in stages) == pytest.approx(68.9e9, rel=1e-3)
+    assert set(cfg["datasets"]) == {"fineweb_edu", "cosmopedia"} and cfg["embedding"] == "binary16"
 
 
 def test_bad_input_one_line_errors_and_nothing_overwritten(straight, data_root, tmp_path):
@@ -277,7 +361,8 @@ def test_bad_input_one_line_errors_and_nothing_overwritten(straight, data_root, 
     r = subprocess.run([sys.executable, os.path.join(REPO, "grow.py"), "--growth=[2, 0]"],
                        capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "grow.py: error: growth=[2, 0]: expected a non-empty list of positive ints (new blocks per stage), e.g. [3, 3, 3]"]
+        "grow.py: error: growth=[2, 0]: stage 2 adds no block and is not a LoRA stage, so it would train only the "
+        "head; a stage with 0 new blocks needs LoRA (lora_from_stage <= 2, or stage_lora[1] = 1)"]
 
 
 def test_help_lists_grow_and_train_keys_with_their_meaning(capsys):

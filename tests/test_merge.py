@@ -370,3 +370,44 @@ def test_one_substrate_within_float_noise_is_merged_another_is_refused(tok):
     with pytest.raises(ValueError, match=f"frozen table mismatch: a.pt .* vs c.pt .*substrate key "
                                          f"{info['key']} vs {other_info['key']}"):
         M.check_compatible(["a.pt", "c.pt"], [ckpts[0], ckpts[2]])
+
+
+def test_output_into_a_file_has_lines_and_no_bar_frames(data_root, tmp_path):
+    """Run as `... > log 2>&1` would: train.py (two tiny experts) and merge.py's validation write their
+    lines, a line per model and dataset among them, and no tqdm carriage-return frames."""
+    tiny = ["--n_layer=1", "--n_head=2", "--d_model=32", "--block_size=32", "--batch_size=4", "--table_dim=16",
+            "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--log_interval=1", f"--data_root={data_root}",
+            "--datasets={'tiny': 1.0}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outs = []
+    for i in range(2):
+        r = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *tiny, f"--out_dir={tmp_path / f'e{i}'}",
+                            f"--seed={i}"], capture_output=True, env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        assert b"iter 1: loss" in r.stdout
+        outs.append(r)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "merge.py"), str(tmp_path / "e0" / "ckpt.pt"),
+                        str(tmp_path / "e1" / "ckpt.pt"), f"--out={tmp_path / 'm.pt'}", f"--data_root={data_root}",
+                        "--datasets=tiny", "--eval_iters=2", "--batch_size=2"], capture_output=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    lines = r.stdout.decode().splitlines()
+    assert [line.split(":")[0].strip() for line in lines if ", tiny: loss " in line] == \
+        [f"1/3 expert {tmp_path / 'e0' / 'ckpt.pt'}, tiny", f"2/3 expert {tmp_path / 'e1' / 'ckpt.pt'}, tiny",
+         "3/3 merge (logits, weights 0.5,0.5), tiny"]
+    for p in outs + [r]:
+        assert b"\r" not in p.stdout + p.stderr
+
+
+def test_validation_one_dataset_at_a_time_equals_the_whole_mixture(experts, data_root, tok, tmp_path):
+    """merge.py scores one dataset at a time (a line each as it finishes): the same figures as
+    train.evaluate over all the datasets at once."""
+    import train as T
+    from data.common import write_dataset
+    other = str(tmp_path / "other")
+    write_dataset(other, [f"{i} fortunes of the fool" * 9 for i in range(30)], ["the queen weeps" * 20], tok, source="test")
+    tcfg, data = M.validation_data(["tiny", other], {"data_root": data_root, "batch_size": 2, "block_size": 16,
+                                                     "eval_iters": 2, "seed": 1337}, tok, "cpu")
+    with torch.no_grad():
+        got = M.evaluate_domains({"a": experts[0]}, tcfg, data, "cpu", progress=False)["a"]
+        want = T.evaluate(experts[0], data, tcfg, M.autocast("cpu"))["val"]
+    assert list(got) == ["tiny", other] and got == want

@@ -166,7 +166,7 @@ def test_bad_experiment_name_is_one_line_on_the_command_line(tmp_path):
                         f"--out={out}"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.splitlines() == ["reproduce.py: error: experiment 'nonsense': expected one or more of "
-                                     "frozen_vs_trainable, grow_vs_mono, merge, unique, all, scaling"]
+                                     "frozen_vs_trainable, grow_vs_mono, merge, unique, all, scaling, semantics"]
     assert not out.exists()
 
 
