@@ -52,8 +52,8 @@ from unicode_tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 # command-line defaults (positional arguments: config files end in .py, anything else is an experiment)
-experiments = []  # frozen_vs_trainable grow_vs_mono merge unique, all (the four), scaling, semantics (probe.py on their runs); run in order; positional
-scale = "cpu"  # cpu (the four experiments in about an hour on 2 CPU cores) | toy (seconds: a check of the pipeline)
+experiments = []  # frozen_vs_trainable grow_vs_mono merge unique, all (the four), scaling, semantics (probe.py on their runs), ablation (the model cards' arms); run in order; positional
+scale = "cpu"  # cpu (the four experiments in about an hour on 2 CPU cores, 3 seeds) | small (two seeds, fewer items: a quarter of an hour) | toy (seconds: a check of the pipeline)
 out = ""  # output folder; "" = out/reproduce/<scale>
 assets = ""  # copy the plots here; "" = assets/ at scale cpu, nowhere at scale toy; "none" = nowhere
 threads = 0  # torch threads (0 = torch's default)
@@ -64,8 +64,9 @@ DEFAULTS = defaults_from(globals())
 REPO = os.path.dirname(os.path.abspath(__file__))
 
 # -----------------------------------------------------------------------------
-# the two scales. "cpu" was sized from measured throughput so that the four experiments fit in
-# about an hour on a shared 2-core CPU (docs/results.md); "toy" only checks that the pipeline runs.
+# the scales. "cpu" was sized from measured throughput so that the four experiments fit in
+# about an hour on a shared 2-core CPU (docs/results.md); "small" is cpu with two seeds and fewer
+# benchmark items; "toy" only checks that the pipeline runs.
 # data_max_bytes: the prepare scripts take whole documents and need two (train, val): 300 kB holds
 # the first two works of Shakespeare.
 SCALES = {
@@ -73,6 +74,13 @@ SCALES = {
                 eval_iters=1, learning_rate=2e-3, min_lr=2e-4, warmup_iters=1, seeds=[1],
                 expert_iters=3, grow_layers=[1, 1, 1], eval_limit=1, eval_runs=1, data_max_bytes=300_000,
                 eval_tasks=["mmlu", "squad_v2"], translation_tasks=[]),
+    # small: the cpu shapes and training, two seeds (the fewest that give a verdict), 40 items per task,
+    # 3 sampled runs, no translation: a real comparison in about a quarter of an hour
+    "small": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=180, eval_interval=30,
+                  eval_iters=8, learning_rate=2e-3, min_lr=2e-4, warmup_iters=18, seeds=[1, 2],
+                  expert_iters=180, grow_layers=[2, 2, 2], eval_limit=40, eval_runs=3, data_max_bytes=None,
+                  eval_tasks=["mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "boolq", "hellaswag", "squad_v2"],
+                  translation_tasks=[]),
     "cpu": dict(d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=8, max_iters=180, eval_interval=30,
                 eval_iters=8, learning_rate=2e-3, min_lr=2e-4, warmup_iters=18, seeds=[1, 2, 3],
                 expert_iters=180, grow_layers=[2, 2, 2], eval_limit=None, eval_runs=10, data_max_bytes=None,
@@ -90,9 +98,11 @@ PREPARE_ARGS = {"shakespeare": [], "sft_qa": ["--sources", "synthetic"], "russia
 
 # the input tables compared (all else identical): name -> (embedding, table width; 0 = d_model)
 ARMS = {"glyph": ("glyph", 0), "trainable": ("trainable", 0), "binary16": ("binary16", 16),
-        "glyph_unique": ("glyph_unique", 0)}
+        "glyph_unique": ("glyph_unique", 0), "random_bits": ("random_bits", 0), "random_float": ("random_float", 0)}
 ARM_LABELS = {"glyph": "frozen glyph (faithful)", "trainable": "trainable", "binary16": "frozen 16-bit code",
-              "glyph_unique": "frozen glyph (unique)"}
+              "glyph_unique": "frozen glyph (unique)",
+              # the model cards' arms at d_model columns (their N_BIT / N_FLOAT with N = d_model; docs/design.md §2)
+              "random_bits": "frozen random 0/1 code (N_BIT)", "random_float": "frozen PCA of random codes (N_FLOAT)"}
 
 # the benchmark files: data/eval_items holds the samples (a few items per task, in the originals' formats);
 # the tasks used are the scale's eval_tasks (+ translation_tasks for the merge)
@@ -343,6 +353,13 @@ def unique(ctx):
     return res
 
 
+def ablation(ctx):
+    """The model cards' ablation arms against the trainable baseline: UNI_GLYPH (glyph), 16_BIT
+    (binary16), N_BIT (random_bits) and N_FLOAT (random_float), N = d_model. Not part of `all`."""
+    return compare_arms(ctx, "ablation", ["glyph", "binary16", "random_bits", "random_float", "trainable"], "trainable",
+                        "The model cards' frozen codes vs a trainable embedding")
+
+
 # -----------------------------------------------------------------------------
 # experiment 2: grown layer by layer vs trained in one go, same total tokens
 
@@ -577,7 +594,7 @@ EXPERIMENTS = {"frozen_vs_trainable": frozen_vs_trainable, "grow_vs_mono": grow_
 
 def chosen_experiments(cfg):
     """Check every value before any work starts; -> the experiments to run, in order, each once."""
-    names = list(EXPERIMENTS) + ["all", "scaling", "semantics"]
+    names = list(EXPERIMENTS) + ["all", "scaling", "semantics", "ablation"]
     if not cfg.experiments:
         fail(f"no experiment given: expected one or more of {', '.join(names)} (e.g. python reproduce.py all)")
     for name in cfg.experiments:
@@ -608,7 +625,7 @@ def main(argv):
                data=os.path.join(out_dir, "data"), tok=get_tokenizer("bvv241-2-3"),
                assets=None if assets_dir == "none" else assets_dir, t0={})
     torch.manual_seed(0)
-    runners = {**EXPERIMENTS, "scaling": scaling, "semantics": semantics}
+    runners = {**EXPERIMENTS, "scaling": scaling, "semantics": semantics, "ablation": ablation}
     results = {}
     for exp in todo:
         ctx["t0"][exp] = time.time()

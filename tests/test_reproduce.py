@@ -166,13 +166,13 @@ def test_bad_experiment_name_is_one_line_on_the_command_line(tmp_path):
                         f"--out={out}"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.splitlines() == ["reproduce.py: error: experiment 'nonsense': expected one or more of "
-                                     "frozen_vs_trainable, grow_vs_mono, merge, unique, all, scaling, semantics"]
+                                     "frozen_vs_trainable, grow_vs_mono, merge, unique, all, scaling, semantics, ablation"]
     assert not out.exists()
 
 
 @pytest.mark.parametrize("argv, message", [
     ([], "no experiment given: expected one or more of frozen_vs_trainable"),
-    (["all", "--scale=huge"], "scale='huge': expected one of toy, cpu"),
+    (["all", "--scale=huge"], "scale='huge': expected one of toy, small, cpu"),
     (["merge", "--seeds=-1"], "seeds=-1: expected 0 (all the scale's seeds) or N >= 1"),
     (["merge", "--threads", "-1"], "threads=-1: expected 0 (torch's default) or N >= 1"),
     (["merge", "--seeds=two"], "seeds expects int (default 0), got 'two'"),
@@ -213,3 +213,17 @@ def test_cost_estimates_follow_the_configs_vocabulary():
     assert e["params"] == 16 * (12 * d * d + 13 * d) + 2 * d + (V * d + V) + V * d  # 470.1M
     b16 = reproduce.scaling_estimate("config/paper_glyph_335m.py", ["--embedding=binary16", "--table_dim=16"], "train")
     assert b16["params"] == 16 * (12 * d * d + 13 * d) + 2 * d + (65536 * d + 65536) + 65536 * 16
+
+
+def test_ablation_runs_the_model_cards_arms_reusing_the_shared_runs(toy):
+    """reproduce.py ablation: the cards' N_BIT / N_FLOAT codes as arms beside glyph, binary16 and the
+    trainable baseline; the three runs frozen_vs_trainable made are reused, not retrained."""
+    before = {d: os.path.getmtime(os.path.join(toy["out"], "runs", d)) for d in ("glyph_s1", "trainable_s1")}
+    res = reproduce.main(["ablation", "--scale=toy", f"--out={toy['out']}", "--assets=none"])["ablation"]
+    assert set(res["arms"]) == {"glyph", "binary16", "random_bits", "random_float", "trainable"}
+    assert all(finite(s["val_bpb"]["mean"]) for s in res["arms"].values())
+    runs = {arm: json.load(open(os.path.join(toy["out"], "runs", f"{arm}_s1", "result.json")))
+            for arm in ("random_bits", "random_float")}
+    assert [r["embedding"] for r in runs.values()] == ["random_bits", "random_float"]
+    assert runs["random_bits"]["substrate_key"] != runs["random_float"]["substrate_key"]
+    assert before == {d: os.path.getmtime(os.path.join(toy["out"], "runs", d)) for d in before}
