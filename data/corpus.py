@@ -3,6 +3,7 @@ Small helpers shared by the streaming prepare scripts (the common command line i
 deterministic sampling / train-val assignment of streamed documents, and the script-share measure
 the tests use to check that a corpus is in the language it claims.
 """
+import itertools
 import os
 import re
 import sys
@@ -107,6 +108,23 @@ class StreamSplit:
 
     def val(self):
         yield from self.val_docs
+
+
+def bytes_per_token(tok, docs):
+    """UTF-8 bytes per token of `tok` on a sample of documents (each + its eos)."""
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    n_tokens = sum(len(ids) + 1 for ids in tok.encode_batch(docs))
+    return n_bytes / max(1, n_tokens)
+
+
+def token_budget(stream, tok, max_tokens, calib_docs, what="documents"):
+    """A budget in tokens of OUR tokenizer as bytes: the first calib_docs (key, text) items of the stream
+    are encoded once to measure bytes per token. -> (the same stream, max_bytes, bytes per token)."""
+    head = list(itertools.islice(stream, max(1, calib_docs)))
+    bpt = bytes_per_token(tok, [t for _, t in head])
+    max_bytes = int(max_tokens * bpt)
+    print(f"{bpt:.3f} bytes/token on {len(head)} {what}: --max_tokens {max_tokens:,} -> {max_bytes:,} bytes")
+    return itertools.chain(head, stream), max_bytes, bpt
 
 
 def add_to_meta(out_dir, meta, **extra):

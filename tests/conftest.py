@@ -1,7 +1,9 @@
-"""Shared pytest fixtures: a tiny prepared corpus that the training tests learn in a few steps."""
+"""Shared pytest fixtures: a tiny prepared corpus that the training tests learn in a few steps, the
+default tokenizer, and one torch thread for modules of tiny models."""
 import random
 
 import pytest
+import torch
 
 
 def make_text(seed, n_lines):
@@ -24,3 +26,20 @@ def data_root(tmp_path_factory):
     write_dataset(str(root / "short"), ["ab"], ["cd"], tok, source="test")
     write_dataset(str(root / "zzz"), ["z" * 3000], ["z" * 500], tok, source="test")
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: torch's second thread only spins waiting for the
+    first (generation ran ~50x slower with 2 threads under load). Modules opt in with
+    pytestmark = pytest.mark.usefixtures("one_thread")."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    from unicode_tokenizer import get_tokenizer
+    return get_tokenizer("bvv241-2-3")

@@ -27,11 +27,6 @@ EVAL_FIX = os.path.join(os.path.dirname(HERE), "data", "eval_items")  # eval.py'
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return get_tokenizer("bvv241-2-3")
-
-
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GLYPHGPT_CACHE", str(tmp_path / "cache"))

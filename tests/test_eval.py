@@ -21,14 +21,8 @@ import eval as E
 import merge
 from data import benchmarks as B
 from model import GPT, GPTConfig
-from unicode_tokenizer import get_tokenizer
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "eval_items")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return get_tokenizer("bvv241-2-3")
 
 
 def tiny_gpt(block_size=256, seed=0):

@@ -25,7 +25,6 @@ import export_hf
 import grow
 import merge
 from model import GPT, GPTConfig
-from unicode_tokenizer import get_tokenizer
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -33,11 +32,6 @@ transformers.utils.logging.disable_progress_bar()
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(os.path.dirname(HERE), "data", "eval_items")
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return get_tokenizer("bvv241-2-3")
 
 
 def tiny_gpt(table, seed, n_layer=2, d_model=32, n_head=2, block_size=128):

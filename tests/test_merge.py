@@ -19,20 +19,7 @@ V = 65536  # the real vocabulary, for the experts saved with the real tokenizer'
 VS = 1024  # a small vocabulary for the tests of the arithmetic (fast on 2 cores)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: torch's second thread only spins waiting for the
-    first (generation ran ~50x slower with 2 threads under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from unicode_tokenizer import get_tokenizer
-    return get_tokenizer("bvv241-2-3")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; tok comes from there too
 
 
 def random_table(seed, width=16, vocab=V):

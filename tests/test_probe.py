@@ -18,18 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 65536  # the real vocabulary: the checkpoints carry the real tokenizer's fingerprint
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from unicode_tokenizer import get_tokenizer
-    return get_tokenizer("bvv241-2-3")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; tok comes from there too
 
 
 def make_model(seed, n_layer=2, d_model=32, embedding="random", table=None):

@@ -19,8 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from data.common import amount, base_parser, get_tokenizer, write_dataset  # noqa: E402
-from data.corpus import StreamSplit, add_to_meta, iter_parquet, parquet_shards  # noqa: E402
-from data.fineweb_edu.prepare import bytes_per_token  # noqa: E402
+from data.corpus import StreamSplit, add_to_meta, iter_parquet, parquet_shards, token_budget  # noqa: E402
 
 REPO = "HuggingFaceTB/cosmopedia"
 SUBSETS = ("auto_math_text", "khanacademy", "openstax", "stanford", "stories", "web_samples_v1",
@@ -66,11 +65,7 @@ def main(argv=None):
     stream = interleave([subset_docs(s, args.local_dir) for s in subsets])
     bpt = None
     if max_tokens is not None:
-        head = list(itertools.islice(stream, max(1, args.calib_docs)))
-        bpt = bytes_per_token(tok, [t for _, t in head])
-        max_bytes = int(max_tokens * bpt)
-        print(f"{bpt:.3f} bytes/token on {len(head)} documents: --max_tokens {max_tokens:,} -> {max_bytes:,} bytes")
-        stream = itertools.chain(head, stream)
+        stream, max_bytes, bpt = token_budget(stream, tok, max_tokens, args.calib_docs)
     split = StreamSplit(stream, max_bytes, 1.0, args.val_fraction)
     meta = write_dataset(args.out_dir, split.train(), (d for d in split.val_docs), tok,
                          source=f"{REPO} (Apache-2.0)", subsets=subsets, max_tokens=max_tokens,

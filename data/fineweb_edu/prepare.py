@@ -11,13 +11,12 @@ meta.json; it lands within a few percent of --max_tokens). --max_bytes sets a by
 Shards are downloaded only while the budget lasts, resumably, checked against the hub's size and
 sha256. One document = one page's `text`; documents separated by one eos token. Needs pyarrow.
 """
-import itertools
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from data.common import amount, base_parser, get_tokenizer, write_dataset  # noqa: E402
-from data.corpus import StreamSplit, add_to_meta, iter_parquet, parquet_shards  # noqa: E402
+from data.corpus import StreamSplit, add_to_meta, iter_parquet, parquet_shards, token_budget  # noqa: E402
 
 REPO = "HuggingFaceFW/fineweb-edu"
 
@@ -26,13 +25,6 @@ def pages(subset, local_dir=None):
     for path in parquet_shards(REPO, subset, local_dir, what="FineWeb-Edu"):
         for row in iter_parquet(path, ["id", "text"]):
             yield row["id"], row["text"]
-
-
-def bytes_per_token(tok, docs):
-    """UTF-8 bytes per token of `tok` on a sample of documents (each + its eos)."""
-    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    n_tokens = sum(len(ids) + 1 for ids in tok.encode_batch(docs))
-    return n_bytes / max(1, n_tokens)
 
 
 def main(argv=None):
@@ -52,11 +44,7 @@ def main(argv=None):
     stream = pages(args.subset, args.local_dir)
     bpt = None
     if max_tokens is not None:
-        head = list(itertools.islice(stream, max(1, args.calib_docs)))
-        bpt = bytes_per_token(tok, [t for _, t in head])
-        max_bytes = int(max_tokens * bpt)
-        print(f"{bpt:.3f} bytes/token on {len(head)} pages: --max_tokens {max_tokens:,} -> {max_bytes:,} bytes")
-        stream = itertools.chain(head, stream)
+        stream, max_bytes, bpt = token_budget(stream, tok, max_tokens, args.calib_docs, "pages")
     split = StreamSplit(stream, max_bytes, args.sample, args.val_fraction)
     meta = write_dataset(args.out_dir, split.train(), (d for d in split.val_docs), tok,
                          source=f"{REPO} {args.subset} (ODC-By 1.0)", subset=args.subset,
