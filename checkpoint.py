@@ -166,6 +166,19 @@ def open_run(cfg, overrides, mid_run_keys, ckpt_path):
 LOCK_NAME = ".lock"  # in an out_dir while a run owns it: the owner's pid
 
 
+def make_out_dir(out_dir, create=True):
+    """The one out_dir rule: a folder (not a file) that can be made; -> whether this call made it."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        fail(f"out_dir={out_dir} is a file, not a folder")
+    if not create or os.path.isdir(out_dir):
+        return False
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        fail(f"out_dir={out_dir}: cannot create it ({e.strerror})")
+    return True
+
+
 @contextlib.contextmanager
 def hold_out_dir(out_dir):
     """A run owns its out_dir while it runs: out_dir/.lock holds the owner's pid, and a second run (or a
@@ -175,13 +188,7 @@ def hold_out_dir(out_dir):
     if int(os.environ.get("RANK", 0)) != 0:
         yield
         return
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"out_dir={out_dir} is a file, not a folder")
-    created = not os.path.exists(out_dir)
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"out_dir={out_dir}: cannot create it ({e.strerror})") from None
+    created = make_out_dir(out_dir)
     path = os.path.join(out_dir, LOCK_NAME)
     mine = f"{path}.{os.getpid()}.partial"
     try:
@@ -280,13 +287,10 @@ class RunFolder:
         self.ckpt_path, self.master, self.last_saved = ckpt_path, master, resumed_at
         if not master:
             return
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-            os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"out_dir={out_dir}: cannot create it ({e.strerror})") from None
+        make_out_dir(out_dir)
+        make_out_dir(os.path.dirname(os.path.abspath(ckpt_path)))
         if not os.access(out_dir, os.W_OK):
-            raise ValueError(f"out_dir={out_dir} is not writable")
+            fail(f"out_dir={out_dir} is not writable")
         remove_stale_partials(ckpt_path)
         self.log = RunLog(os.path.join(out_dir, LOG_NAME), resumed_at)
 

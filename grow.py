@@ -46,8 +46,8 @@ from torch.nn import functional as F
 
 import reproduce_report
 import train
-from checkpoint import (append_line, atomic_write, check_tokenizer, hold_out_dir, model_checkpoint, model_from_checkpoint,
-                        read_checkpoint, read_jsonl, run_checkpoint, save_checkpoint)
+from checkpoint import (append_line, atomic_write, check_tokenizer, hold_out_dir, make_out_dir, model_checkpoint,
+                        model_from_checkpoint, read_checkpoint, read_jsonl, run_checkpoint, save_checkpoint)
 from common import fail, script_main, setup_runtime
 from configurator import configure, defaults_from, key_docs
 from glyph_embed import check_same_substrate
@@ -415,7 +415,7 @@ def grow(cfg):
 
     # -- checked; from here on we write to out_dir (never over an existing stage_{i}.pt) --
     if master:
-        os.makedirs(out_dir, exist_ok=True)
+        make_out_dir(out_dir)
         sched_path = os.path.join(out_dir, "grow_schedule.json")
         if not n_done:  # (re)written until a stage is done; compared from then on
             with atomic_write(sched_path) as f:

@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (RunFolder, check_finite, check_tokenizer, hold_out_dir, model_checkpoint, model_from_checkpoint,
-                        open_run, run_checkpoint)
+from checkpoint import (RunFolder, check_finite, check_tokenizer, hold_out_dir, make_out_dir, model_checkpoint,
+                        model_from_checkpoint, open_run, run_checkpoint)
 from common import Progress, fail, script_main, setup_runtime
 from configurator import Config, defaults_from, key_docs, parse
 from data.common import MixtureData
@@ -116,8 +116,7 @@ def check_config(cfg):
                 "seed"):
         if not cfg[key] >= 0:
             fail(f"{key}={cfg[key]}: expected a number >= 0")
-    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
-        fail(f"out_dir={cfg.out_dir} is a file, not a folder")
+    make_out_dir(cfg.out_dir, create=False)  # only checked: nothing is written before the data is read
     model_config(cfg, 1)
 
 
@@ -408,17 +407,17 @@ def main(argv):
         with hold_out_dir(cfg.out_dir):  # one run at a time in an out_dir
             result = train(cfg, overrides=overrides)
     except KeyboardInterrupt:  # Ctrl-C: where things stand, in one line
-        print(interrupted_hint(ckpt_path, cfg, "train.py"), file=sys.stderr)
+        print(interrupted_hint(ckpt_path, cfg), file=sys.stderr)
         raise
     if result and int(os.environ.get("RANK", 0)) == 0:
         print(f"done: {result['iters']} iterations, val loss {result['val_loss']:.4f}, "
               f"{result['val_bpb']:.4f} bits/byte; checkpoint {ckpt_path}")
 
 
-def interrupted_hint(ckpt_path, cfg, prog):
+def interrupted_hint(ckpt_path, cfg):
     if os.path.exists(ckpt_path):
         return (f"interrupted; the last checkpoint is {ckpt_path}: resume with "
-                f"python {prog} --out_dir={cfg.out_dir} --init_from=resume")
+                f"python train.py --out_dir={cfg.out_dir} --init_from=resume")
     return (f"interrupted before the first checkpoint (written at iteration eval_interval={cfg.eval_interval}): "
             f"nothing to resume in {cfg.out_dir}")
 
