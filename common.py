@@ -83,7 +83,11 @@ def resolve_dtype(dtype, device):
 def autocast(device, dtype="auto"):
     """The context a forward pass runs in: autocast to resolve_dtype's precision on a GPU, nothing in
     float32 (and on the CPU)."""
-    dtype = resolve_dtype(dtype, str(device))
+    return precision_context(resolve_dtype(dtype, str(device)))
+
+
+def precision_context(dtype):
+    """The context of an already resolved dtype (asks nothing of the GPU: cheap in the training loop)."""
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
@@ -115,7 +119,7 @@ class Runtime:
         return "cuda" if self.device.startswith("cuda") else "cpu"
 
     def autocast(self):
-        return autocast(self.device, self.dtype)
+        return precision_context(self.dtype)  # resolved once by setup_runtime
 
 
 def setup_runtime(device="auto", dtype="auto"):
