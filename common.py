@@ -3,6 +3,7 @@ The runtime every script shares (as nanochat keeps common.py apart from gpt.py):
 precision a run uses, DDP setup and teardown under torchrun, and one way for every script to turn a
 bad input into one line naming what was wrong (script_main).
 """
+import math
 import os
 import sys
 import time
@@ -23,6 +24,22 @@ PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), (
 def fail(msg):
     """Refuse a bad input: a ValueError with a one-line message; script_main prints it and exits 1."""
     raise ValueError(msg)
+
+
+MIN_TEMPERATURE = 1e-6  # 0 < temperature below this: float32 logits / temperature overflow to inf (NaN samples)
+
+
+def check_sampling(temperature, top_k):
+    """The values model.sample_next takes, for sample.py and eval.py alike: temperature 0 (greedy) or a
+    finite number >= MIN_TEMPERATURE; top_k a whole number >= 0 (0 or None = none)."""
+    t = temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or 0 < t < MIN_TEMPERATURE \
+            or t < 0:
+        fail(f"temperature={t!r}: expected 0 (greedy) or a finite number >= {MIN_TEMPERATURE} (smaller ones overflow "
+             f"the scaled logits)")
+    k = 0 if top_k is None else top_k
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        fail(f"top_k={k!r}: expected a whole number >= 0 (0 = none)")
 
 
 def shown(path):

@@ -69,7 +69,7 @@ from tqdm import tqdm
 
 import prompts
 from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, write_json
-from common import autocast, bar_on, fail, resolve_device, resolve_dtype, script_main, shown
+from common import autocast, bar_on, check_sampling, fail, resolve_device, resolve_dtype, script_main, shown
 from configurator import configure, defaults_from, key_docs
 from data import benchmarks
 from model import GPT, sample_next
@@ -102,7 +102,6 @@ results = []  # the result files of --compare: python eval.py --compare a.json b
 DEFAULTS = defaults_from(globals())  # only the keys above: the constants below are not options
 
 PROTOCOL, RUNS, TEMPERATURE, TOP_K, SEED = protocol, runs, temperature, top_k, seed  # evaluate()'s defaults
-MIN_TEMPERATURE = 1e-6  # 0 < temperature below this: float32 logits / temperature overflow to inf (NaN samples)
 PATH_KEYS = ("ckpt", "data_dir", "val_data", "tokenizer", "out")  # with `results`: no control characters
 SQUAD_N, SQUAD_MAX_ANSWER, SQUAD_SAMPLE_SEED = 256, 8, 0  # 256 random answerable items, answer <= 8 chars
 OPUS_N = 128         # first 128 sentence pairs of the validation (dev) file, per direction
@@ -672,16 +671,11 @@ def check_options(protocol=PROTOCOL, runs=RUNS, temperature=TEMPERATURE, top_k=T
     if protocol not in ("paper", "loglik"):
         fail(f"protocol={protocol!r}: expected paper or loglik")
     whole = dict(runs=(runs, 1, ""), limit=(0 if limit is None else limit, 0, " (0 = all)"),
-                 seed=(seed, 0, ""), top_k=(0 if top_k is None else top_k, 0, " (0 = none)"),
-                 batch_size=(batch_size, 1, ""), max_tokens=(max_tokens, 1, ""))
+                 seed=(seed, 0, ""), batch_size=(batch_size, 1, ""), max_tokens=(max_tokens, 1, ""))
     for key, (v, lo, note) in whole.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             fail(f"{key}={v!r}: expected a whole number >= {lo}{note}")
-    t = temperature
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or 0 < t < MIN_TEMPERATURE \
-            or t < 0:
-        fail(f"temperature={t!r}: expected 0 (greedy) or a finite number >= {MIN_TEMPERATURE} (smaller ones overflow "
-             f"the scaled logits)")
+    check_sampling(temperature, top_k)
 
 
 def evaluate(model, tok, task_names, protocol=PROTOCOL, data_dir=None, limit=None, runs=RUNS,

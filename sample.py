@@ -12,7 +12,7 @@ import torch
 
 from checkpoint import load_model, run_checkpoint
 from unicode_tokenizer import checkpoint_tokenizer
-from common import fail, resolve_device, script_main
+from common import check_sampling, fail, resolve_device, script_main
 from configurator import Config, configure, defaults_from, key_docs
 
 # -----------------------------------------------------------------------------
@@ -32,7 +32,7 @@ DEFAULTS = defaults_from(globals())
 
 def sample(cfg):
     cfg = Config(cfg)
-    check_sampling(cfg)
+    check_values(cfg)
     dev = resolve_device(cfg.device)
     path = cfg.ckpt or run_checkpoint(cfg.out_dir)
     model, ck = load_model(path, dev)
@@ -53,14 +53,14 @@ def sample(cfg):
     return texts
 
 
-def check_sampling(cfg):
+def check_values(cfg):
     """The sampling values, checked before a model is loaded."""
     for key in ("num_samples", "max_new_tokens"):
         if cfg[key] < 1:
             fail(f"{key}={cfg[key]}: expected a positive whole number")
-    for key in ("temperature", "top_k", "seed"):
-        if not cfg[key] >= 0:
-            fail(f"{key}={cfg[key]}: expected a number >= 0")
+    if cfg.seed < 0:
+        fail(f"seed={cfg.seed}: expected a number >= 0")
+    check_sampling(cfg.temperature, cfg.top_k)
 
 
 if __name__ == "__main__":

@@ -174,8 +174,11 @@ def test_merge_checks_its_datasets_before_writing_the_merge(run, tmp_path):
 
 # ---------------------------------------------------------------------------- values checked before any work
 
-@pytest.mark.parametrize("arg,message", [("--temperature=-1", "temperature=-1.0: expected a number >= 0"),
-                                         ("--top_k=-1", "top_k=-1: expected a number >= 0"),
+@pytest.mark.parametrize("arg,message", [("--temperature=-1", "temperature=-1.0: expected 0 (greedy) or a finite number "
+                                                              ">= 1e-06 (smaller ones overflow the scaled logits)"),
+                                         ("--temperature=1e-9", "temperature=1e-09: expected 0 (greedy) or a finite "
+                                                                "number >= 1e-06 (smaller ones overflow the scaled logits)"),
+                                         ("--top_k=-1", "top_k=-1: expected a whole number >= 0 (0 = none)"),
                                          ("--num_samples=-1", "num_samples=-1: expected a positive whole number"),
                                          ("--max_new_tokens=0", "max_new_tokens=0: expected a positive whole number"),
                                          ("--seed=-5", "seed=-5: expected a number >= 0")])
