@@ -72,7 +72,7 @@ bias = True  # biases in linear layers and LayerNorms
 rope_base = 10000.0  # base of the rotary position frequencies
 embedding = "glyph"  # glyph | glyph_unique | binary16 | random | random_bits | random_float (all frozen) | trainable
 table_dim = 0  # columns of the frozen table (PCA components); 0 = d_model; narrower is repeat_interleave'd
-table_path = ""  # use a table saved by `glyph_embed.py --out` instead of building one
+table_path = ""  # use a table saved by `glyph_tools.py --out` instead of building one
 # AdamW optimizer
 learning_rate = 1e-3  # peak learning rate
 max_iters = 2000  # total training iterations

@@ -5,7 +5,7 @@
 # stage. 2,281.7M parameters in weight matrices at 6 layers (536.9M frozen table + 536.9M head +
 # 1,207.9M blocks). Our choices: the unpublished tokens per stage, learning rates, new-layer init, LoRA rank.
 # Data: tokenized with bvv241-abs (= bvv241-max ids), see config/paper_expert_ru_470m.py for the commands.
-# $ python glyph_embed.py --tokenizer bvv241-abs --kind glyph --table_dim 4096 --cell 64 --constants bvv241-max --out tables/glyph_c64_d4096.pt
+# $ python glyph_tools.py --tokenizer bvv241-abs --kind glyph --table_dim 4096 --cell 64 --constants bvv241-max --out tables/glyph_c64_d4096.pt
 # $ python grow.py config/grow_abs_4096.py --plan_only     # per-stage parameter counts, no GPU needed
 # $ torchrun --standalone --nproc_per_node=8 grow.py config/grow_abs_4096.py
 out_dir = "out-grow-abs-4096"

@@ -1,6 +1,7 @@
-"""Tests of glyph_embed.py and glyph_font.py: bitmaps (checked against an independent re-run of the
-released builder: Pillow drawing the pinned Unifont OTF token by token), PCA tables, the substrate key
-and the numerical equality of tables, verified caches, the pinned font, the command line, bad input."""
+"""Tests of glyph_embed.py, glyph_font.py and glyph_tools.py: bitmaps (checked against an independent
+re-run of the released builder: Pillow drawing the pinned Unifont OTF token by token), PCA tables, the
+substrate key and the numerical equality of tables, verified caches, the pinned font, the command line,
+bad input."""
 import io
 import os
 import random
@@ -13,6 +14,7 @@ from PIL import Image
 
 import glyph_embed as ge
 import glyph_font as gf
+import glyph_tools as gt
 from common import script_main
 from tests.released_builder import builder_font, builder_render
 
@@ -323,9 +325,9 @@ def test_bad_inputs(tmp_path):
 
 
 def run_cli(argv):
-    """glyph_embed.py as a script runs it: -> None, or the one-line error it exits with."""
+    """glyph_tools.py as a script runs it: -> None, or the one-line error it exits with."""
     try:
-        script_main("glyph_embed.py", ge.main, argv)
+        script_main("glyph_tools.py", gt.main, argv)
     except SystemExit as e:
         return str(e.code)
 
@@ -350,10 +352,10 @@ def test_cli_report_and_sheet(tmp_path, capsys):
                        (["--constants=x"], "constants must be one of"),
                        (["--dim=8"], "unknown config key 'dim'; did you mean table_dim?")):
         msg = run_cli([f"--strings_json={tj}"] + argv)
-        assert msg.startswith("glyph_embed.py: error: ") and said in msg and "\n" not in msg, msg
+        assert msg.startswith("glyph_tools.py: error: ") and said in msg and "\n" not in msg, msg
     tj.write_bytes(b'{"model": {"vocab": {"\xe9t\xe9": 0}}}')          # Latin-1, not UTF-8
     msg = run_cli([f"--strings_json={tj}"])
-    assert msg.startswith(f"glyph_embed.py: error: {tj}: ") and "utf-8" in msg and "\n" not in msg
+    assert msg.startswith(f"glyph_tools.py: error: {tj}: ") and "utf-8" in msg and "\n" not in msg
     tj.write_text(json.dumps({"model": {"vocab": ["a"]}}))
     assert f"{tj}: no model.vocab" in run_cli([f"--strings_json={tj}"])
 
@@ -461,7 +463,7 @@ def test_layout_engine_is_checked_and_named_in_the_key(monkeypatch):
     with pytest.raises(ValueError, match="layout must be one of basic, raqm; got 'harfbuzz'"):
         ge.frozen_table(["a"], "glyph", 1, layout="harfbuzz", use_cache=False)
     msg = run_cli(["--tokenizer=bvv241-2-3", "--layout=harfbuzz"])
-    assert msg == "glyph_embed.py: error: layout must be one of basic, raqm; got 'harfbuzz'", msg
+    assert msg == "glyph_tools.py: error: layout must be one of basic, raqm; got 'harfbuzz'", msg
     from PIL import features
     with monkeypatch.context() as m:                                     # a Pillow without libraqm
         m.setattr(features, "check", lambda name: False if name == "raqm" else True)
@@ -470,7 +472,7 @@ def test_layout_engine_is_checked_and_named_in_the_key(monkeypatch):
         msg = str(e.value)
         assert msg.startswith("layout=raqm: this Pillow has no libraqm support") and "libfribidi0" in msg
         assert "\n" not in msg
-        assert "raqm" not in {r["layout"] for r in ge.match_table(torch.ones(2, 1), ["a", "b"], constants=["bvv241-2-3"],
+        assert "raqm" not in {r["layout"] for r in gt.match_table(torch.ones(2, 1), ["a", "b"], constants=["bvv241-2-3"],
                                                                    use_cache=False)}
     if not have_raqm():
         pytest.skip("this Pillow has no raqm (install libfribidi0)")
@@ -526,13 +528,13 @@ def test_match_finds_the_recipe_of_a_rotated_table(tmp_path, capsys):
     t, info = ge.frozen_table(V, "glyph", 64)
     p = tmp_path / "released.pt"
     torch.save(scrambled(t), p)                                          # a plain tensor, no info
-    res = ge.match_table(ge.read_matrix(str(p)), V)
+    res = gt.match_table(gt.read_matrix(str(p)), V)
     best = res[0]
     assert (best["layout"], best["constants"], best["key"]) == ("basic", "bvv241-2-3", info["key"])
     assert best["reproduces"] and not best["rows"] and best["pair_corr"] > 0.999999
     assert not any(r["reproduces"] for r in res[1:])
     wrong = next(r for r in res if (r["layout"], r["constants"]) == ("basic", "bvv241-max"))
-    assert wrong["pair_corr"] < 0.99 and wrong["median"] > 10 * ge.MATCH_TOL        # every row moves
+    assert wrong["pair_corr"] < 0.99 and wrong["median"] > 10 * gt.MATCH_TOL        # every row moves
     tj = tmp_path / "tokenizer.json"
     import json
     tj.write_text(json.dumps({"model": {"vocab": {s: i for i, s in enumerate(V)}}}))
@@ -546,7 +548,7 @@ def test_match_finds_the_recipe_of_a_rotated_table(tmp_path, capsys):
 def test_match_points_at_the_rows_raqm_draws_differently():
     V = match_vocab()
     r, rinfo = ge.frozen_table(V, "glyph", 64, layout="raqm")
-    res = ge.match_table(scrambled(r, 1), V, constants=["bvv241-2-3"])
+    res = gt.match_table(scrambled(r, 1), V, constants=["bvv241-2-3"])
     assert (res[0]["layout"], res[0]["reproduces"]) == ("raqm", True)
     basic = res[1]
     assert basic["layout"] == "basic" and not basic["reproduces"]
@@ -573,7 +575,7 @@ def test_import_a_matrix_in_every_format(tmp_path, capsys):
     for name, write in files.items():
         p = str(tmp_path / name)
         write(p)
-        t, info = ge.import_table(p, V)
+        t, info = gt.import_table(p, V)
         assert torch.equal(t, m) and info["recipe"] == "imported" and info["kind"] == "imported" and info["dim"] == 8
         assert info["source_sha256"] == hashlib.sha256(open(p, "rb").read()).hexdigest()
         assert info["row_norms"]["min"] == pytest.approx(m.norm(dim=1).min().item(), rel=1e-6)
@@ -584,7 +586,7 @@ def test_import_a_matrix_in_every_format(tmp_path, capsys):
         assert torch.equal(t2, m) and info2 == info
     assert len(keys) == 1                                                # the key names the values, not the file
     np.save(tmp_path / "o.npy", (m + 1).numpy())
-    assert ge.import_table(str(tmp_path / "o.npy"), V)[1]["key"] not in keys
+    assert gt.import_table(str(tmp_path / "o.npy"), V)[1]["key"] not in keys
     tj = tmp_path / "tokenizer.json"
     import json
     tj.write_text(json.dumps({"model": {"vocab": {s: i for i, s in enumerate(V)}}}))
@@ -615,13 +617,13 @@ def test_malformed_matrices_are_one_line(tmp_path):
         p = str(tmp_path / name)
         write(p)
         with pytest.raises(ValueError) as e:
-            ge.import_table(p, V)
+            gt.import_table(p, V)
         msg = str(e.value)
         assert msg.startswith(p) and said in msg and "\n" not in msg, (name, msg)
     with pytest.raises(ValueError, match="nowhere.npy: no such file"):
-        ge.import_table(str(tmp_path / "nowhere.npy"), V)
+        gt.import_table(str(tmp_path / "nowhere.npy"), V)
     msg = run_cli([f"--import_from={tmp_path / 'rows.pt'}", "--tokenizer=bvv241-2-3"])
-    assert msg.startswith("glyph_embed.py: error: ") and "has 65,536 ids" in msg and "\n" not in msg
+    assert msg.startswith("glyph_tools.py: error: ") and "has 65,536 ids" in msg and "\n" not in msg
 
 
 def test_ablation_arms_of_the_model_cards():
