@@ -355,6 +355,35 @@ def read_jsonl(path):
 
 
 # -----------------------------------------------------------------------------
+# a growth's folder (grow.py): stage_{i}.pt in order, the schedule they were grown with, their log
+
+def growth_stages_done(out_dir, schedule, n_stages):
+    """-> number of completed stages. Refuses an out_dir grown with another schedule."""
+    path = os.path.join(out_dir, "grow_schedule.json")
+    done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
+    started = done or any(os.path.exists(run_checkpoint(os.path.join(out_dir, f"stage_{i}"))) for i in range(1, n_stages + 1))
+    if started and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        for k in sorted(set(old) | set(schedule)):
+            if old.get(k) != schedule.get(k):
+                fail(f"{path}: resuming with a changed schedule: {k} was {old.get(k)!r}, now {schedule.get(k)!r} "
+                     f"(use a new out_dir to grow differently)")
+    elif started:
+        fail(f"{out_dir}: has stage checkpoints but no grow_schedule.json: not a grow.py out_dir")
+    if done != list(range(1, len(done) + 1)):
+        fail(f"{out_dir}: stage checkpoints {done} are not the first stages in order (a stage file is missing)")
+    return len(done)
+
+
+def growth_reports(out_dir, n_done):
+    """The reports of the stages on disk (stage_1.pt .. stage_{n_done}.pt): each stage's latest line of
+    grow_log.jsonl, so a stage that was deleted and trained again is reported once, as it is now."""
+    latest = {r.get("stage"): r for r in read_jsonl(os.path.join(out_dir, "grow_log.jsonl"))}
+    return [latest[i] for i in range(1, n_done + 1) if i in latest]
+
+
+# -----------------------------------------------------------------------------
 # checkpoints: plain data, written atomically, verified on every load
 
 def table_fingerprint(t):
@@ -398,6 +427,33 @@ def check_plain(obj, where="checkpoint"):
     elif not isinstance(obj, _PLAIN):
         raise TypeError(f"{where} is a {type(obj).__name__}: checkpoints hold only dicts, lists, "
                         f"scalars and tensors (weights_only loading)")
+
+
+def save_table(table, info, path):
+    """A frozen table file ({'table', 'info'}: glyph_embed's table and its info), written atomically."""
+    if not all_finite(table):
+        raise ValueError(f"{path}: refusing to save a table with non-finite values")
+    with atomic_write(path, "wb") as f:
+        torch.save({"table": table, "info": info}, f)
+
+
+def load_table(path, tokenizer_fp=None):
+    """Load a saved table; checks its bytes against the recorded fingerprint (the file is intact),
+    that it is finite, and (if given) that it was built for the tokenizer of that fingerprint."""
+    try:
+        d = torch.load(path, weights_only=True)
+        table, info = d["table"], d["info"]
+    except Exception as e:
+        raise ValueError(f"{path}: not a glyph table file ({type(e).__name__})") from None
+    if table_fingerprint(table) != info.get("fingerprint"):
+        raise ValueError(f"{path}: table fingerprint {table_fingerprint(table)} != recorded "
+                         f"{info.get('fingerprint')} (corrupted file)")
+    if not all_finite(table):
+        raise ValueError(f"{path}: table has non-finite values")
+    if tokenizer_fp is not None and info.get("tokenizer_fingerprint") != tokenizer_fp:
+        raise ValueError(f"{path}: built for tokenizer fingerprint {info.get('tokenizer_fingerprint')}, "
+                         f"but the tokenizer in use has {tokenizer_fp}")
+    return table, info
 
 
 def save_checkpoint(obj, path):

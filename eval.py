@@ -68,10 +68,12 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 import prompts
+import train
 from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, write_json
 from common import autocast, bar_on, check_sampling, fail, resolve_device, resolve_dtype, script_main, shown
 from configurator import configure, defaults_from, key_docs
 from data import benchmarks
+from data.common import MixtureData
 from model import GPT, sample_next
 from unicode_tokenizer import checkpoint_tokenizer
 
@@ -948,6 +950,66 @@ def compare_table(paths):
 
 
 TABLE_HEAD = "| task | metric |"  # the first line of a compare table: what --compare --out may replace
+
+
+# -----------------------------------------------------------------------------
+# per-domain validation (merge.py's comparison of the experts and their merge): train.py's own
+# validation, the same fixed batches for every model
+
+def domain_data(names, cfg, tok, device):
+    """-> (train.py config, MixtureData) of the datasets to score (cfg: eval_iters, batch_size,
+    block_size, data_root), checked and opened before anything is written."""
+    for key in ("eval_iters", "batch_size", "block_size"):
+        if cfg[key] < 1:
+            fail(f"{key}={cfg[key]}: expected a positive whole number")
+    tcfg = {**train.DEFAULTS, "datasets": {n: 1.0 for n in names}, "data_root": cfg["data_root"],
+            "batch_size": cfg["batch_size"], "block_size": cfg["block_size"], "eval_iters": cfg["eval_iters"]}
+    return tcfg, MixtureData(tcfg, tok, device)
+
+
+class OneDataset:
+    """Dataset k of a MixtureData as train.evaluate reads a whole mixture, so that validation reports
+    each (model, dataset) as it finishes; each batch it hands out moves a progress bar."""
+
+    def __init__(self, data, k, bar):
+        self.data, self.k, self.bar = data, k, bar
+        self.names, self.weights, self.device = [data.names[k]], [1.0], data.device
+
+    def batch(self, split, a, b):
+        self.bar.update(1)
+        return self.data.batch(split, a, self.k)
+
+    def bytes_per_token(self, b):
+        return self.data.bytes_per_token(self.k)
+
+
+def evaluate_domains(models, tcfg, data, device, progress="auto"):
+    """-> {model label: {dataset: {"loss", "bpb"}}} on train.py's fixed validation batches; a line
+    per model and dataset as it goes (one takes seconds to minutes), and a bar over its batches on a
+    terminal (common.bar_on)."""
+    print(f"validation: {tcfg['eval_iters']} batches x {tcfg['batch_size']} x {tcfg['block_size']} tokens per "
+          f"dataset, {len(data.names)} dataset(s), {len(models)} models", flush=True)
+    results = {}
+    for i, (label, m) in enumerate(models.items(), 1):
+        results[label] = {}
+        for k, name in enumerate(data.names):
+            t0 = time.time()
+            with tqdm(total=tcfg["eval_iters"], desc=f"{i}/{len(models)} {name}", unit="batch", leave=False,
+                      disable=not bar_on(progress)) as bar:
+                r = train.evaluate(m, OneDataset(data, k, bar), tcfg, autocast(device))["val"][name]
+            results[label][name] = r
+            print(f"  {i}/{len(models)} {label}, {name}: loss {r['loss']:.4f}, {r['bpb']:.4f} bits/byte "
+                  f"({time.time() - t0:.1f} s)", flush=True)
+    return results
+
+
+def domain_table(results, names):
+    """The markdown table of evaluate_domains' results: loss and bits per byte, a row per model."""
+    head = "| model | " + " | ".join(f"{n} loss | {n} bpb" for n in names) + " |"
+    rows = [head, "|---|" + "---:|---:|" * len(names)]
+    for label, per in results.items():
+        rows.append(f"| {label} | " + " | ".join(f"{per[n]['loss']:.4f} | {per[n]['bpb']:.4f}" for n in names) + " |")
+    return "\n".join(rows)
 
 
 # -----------------------------------------------------------------------------

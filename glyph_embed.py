@@ -13,9 +13,9 @@ The recipe is the released bvv241 builder's (docs/design.md section 2); this fil
   5. PCA        of all the tokens' bitmaps, from exact integer pixel counts (signs fixed, the
                 null-space axes zeroed: the same table on every machine)
   6. normalise  project each bitmap on the leading table_dim axes and L2-normalise the row
-Then the kinds of frozen table (glyph, glyph_unique, binary16, random ...), a table's identity and
-its file. The command line and the tools around tables (importing a released matrix, matching it to
-a recipe, reports) are glyph_tools.py. Two choices are part of the recipe: the distortion's constants
+Then the kinds of frozen table (glyph, glyph_unique, binary16, random ...) and a table's identity.
+A table's file is checkpoint.save_table / load_table; the command line and the tools around tables
+(importing a released matrix, matching it to a recipe, reports) are glyph_tools.py. Two choices are part of the recipe: the distortion's constants
 (by default the tokenizer's own: constants_for) and Pillow's layout engine (basic, the default, or
 raqm).
 
@@ -40,7 +40,7 @@ import time
 import numpy as np
 import torch
 
-from checkpoint import all_finite, atomic_write, table_fingerprint
+from checkpoint import all_finite, load_table, table_fingerprint
 from data.download import cache_dir
 from glyph_font import cache_load, cache_save, cache_write, check_layout, content_digest, load_font
 
@@ -598,34 +598,3 @@ def check_same_substrate(a_info, a_table, b_info, b_table, where):
         raise ValueError(f"{where}: frozen tables (key {ka or kb}) differ by up to {d:.3g}, more than the "
                          f"tolerance {SUBSTRATE_TOL:g} for one substrate")
     return d
-
-
-# -----------------------------------------------------------------------------
-# a table's file
-
-def save_table(table, info, path):
-    if not all_finite(table):
-        raise ValueError(f"{path}: refusing to save a table with non-finite values")
-    with atomic_write(path, "wb") as f:
-        torch.save({"table": table, "info": info}, f)
-
-
-def load_table(path, tokenizer_or_fp=None):
-    """Load a saved table; checks its bytes against the recorded fingerprint (the file is intact),
-    that it is finite, and (if given) the tokenizer's fingerprint."""
-    try:
-        d = torch.load(path, weights_only=True)
-        table, info = d["table"], d["info"]
-    except Exception as e:
-        raise ValueError(f"{path}: not a glyph table file ({type(e).__name__})") from None
-    if table_fingerprint(table) != info.get("fingerprint"):
-        raise ValueError(f"{path}: table fingerprint {table_fingerprint(table)} != recorded "
-                         f"{info.get('fingerprint')} (corrupted file)")
-    if not all_finite(table):
-        raise ValueError(f"{path}: table has non-finite values")
-    if tokenizer_or_fp is not None:
-        fp = tokenizer_or_fp if isinstance(tokenizer_or_fp, str) else token_strings_of(tokenizer_or_fp)[1]
-        if info.get("tokenizer_fingerprint") != fp:
-            raise ValueError(f"{path}: built for tokenizer fingerprint {info.get('tokenizer_fingerprint')}, "
-                             f"but the tokenizer in use has {fp}")
-    return table, info

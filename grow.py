@@ -42,16 +42,16 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.nn import functional as F
 
+import lora
 import reproduce_report
 import train
-from checkpoint import (append_line, atomic_write, check_tokenizer, hold_out_dir, make_out_dir, model_checkpoint,
-                        model_from_checkpoint, read_checkpoint, read_jsonl, run_checkpoint, save_checkpoint)
+from checkpoint import (append_line, atomic_write, check_tokenizer, growth_reports, growth_stages_done, hold_out_dir,
+                        make_out_dir, model_checkpoint, model_from_checkpoint, read_checkpoint, run_checkpoint,
+                        save_checkpoint)
 from common import fail, script_main, setup_runtime
 from configurator import configure, defaults_from, key_docs
 from glyph_embed import check_same_substrate
-from model import GPT
 
 # -----------------------------------------------------------------------------
 # grow.py's own config keys; train.py's keys apply as well (data, batch, optimizer, model width)
@@ -75,64 +75,12 @@ _OWN = defaults_from(globals())
 DEFAULTS = {**{k: v for k, v in train.DEFAULTS.items() if k not in ("init_from", "lr_decay_iters", "eval_only", "plan")},
             "out_dir": "out-grow", "n_layer": 0, **_OWN}
 
-LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 # what a stage's result depends on: a re-run with any of these changed is refused, not resumed
 SCHEDULE_KEYS = ("growth", "grow_from", "new_block_init", "lora_from_stage", "lora_rank", "lora_alpha",
                  "lora_targets", "tokenizer", "embedding", "table_dim", "table_path", "d_model", "n_head",
                  "bias", "rope_base", "dropout", "datasets", "batch_size", "block_size",
                  "gradient_accumulation_steps", "seed", "warmup_iters", "min_lr", "weight_decay",
                  "beta1", "beta2", "grad_clip", "decay_lr")
-
-
-
-# -----------------------------------------------------------------------------
-# LoRA: a low-rank update next to a frozen nn.Linear, merged into it at the end of a stage
-
-class LoRALinear(nn.Module):
-    """y = base(x) + (alpha / rank) * x A^T B^T with base frozen. B starts at zero, so wrapping a
-    layer does not change the model; after training, merge() folds B A into base.weight."""
-
-    def __init__(self, base, rank, alpha):
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's default, as in peft
-
-    def forward(self, x):
-        # in place on the base output (its backward does not need it): one [B, T, out] tensor less
-        return self.base(x).add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
-
-    @torch.no_grad()
-    def merge(self):
-        """-> the base nn.Linear with the adapter folded in (computed in float32)."""
-        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scale
-        self.base.weight.copy_((self.base.weight.float() + delta).to(self.base.weight.dtype))
-        return self.base
-
-
-def attach_lora(model, blocks, targets, rank, alpha):
-    """Wrap the target linears of the given blocks (their base weights stay frozen)."""
-    for i in blocks:
-        for t in targets:
-            parent_name, name = t.split(".")
-            parent = getattr(model.transformer.h[i], parent_name)
-            setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha))
-
-
-def merge_lora(model):
-    """Replace every LoRALinear by its merged base: the model is a plain GPT again."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, LoRALinear):
-                setattr(module, name, child.merge())
-    return model
-
-
-def has_lora(model):
-    return any(isinstance(m, LoRALinear) for m in model.modules())
 
 
 # -----------------------------------------------------------------------------
@@ -153,14 +101,9 @@ def below(st):
     return st["depth"] - len(st["new"])
 
 
-def new_layers(st):
-    """The stage's new layers, 1-based ('4-6'), or 'none' in a LoRA-only stage."""
-    return f"{below(st) + 1}-{st['depth']}" if st["new"] else "none"
-
-
 def make_plan(cfg, n_base=0):
     """-> list of stages: dict(stage (1-based), new (block indices, [] in a LoRA-only stage), depth,
-    iters, lr, min_lr, lora). n_base: layers of the grow_from checkpoint (0 = grow from nothing)."""
+    iters, layers, tokens, lr, min_lr, lora). n_base: layers of the grow_from checkpoint (0 = grow from nothing)."""
     g = cfg["growth"]
     if not g or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in g):
         fail(f"growth={g!r}: expected a non-empty list of whole numbers (new blocks per stage; 0 = a LoRA-only "
@@ -190,19 +133,19 @@ def make_plan(cfg, n_base=0):
         fail(f"lora_from_stage={lf} and stage_lora={sl!r} are both set: say which stages have LoRA one way")
     if sl and (len(sl) != n or any(x not in (0, 1) for x in sl)):
         fail(f"stage_lora={sl!r}: expected {n} flags (1 = a LoRA stage, 0 = not), one per stage of growth={g}")
-    lora = [bool(x) for x in sl] if sl else [bool(lf) and i + 1 >= lf for i in range(n)]
-    if lora[0] and n_base == 0:
+    with_lora = [bool(x) for x in sl] if sl else [bool(lf) and i + 1 >= lf for i in range(n)]
+    if with_lora[0] and n_base == 0:
         fail(f"{'lora_from_stage=1' if lf else 'stage_lora[0]=1'} but stage 1 grows from nothing: there are no "
              f"earlier blocks to adapt")
-    if any(lora):
-        bad = [t for t in cfg["lora_targets"] if t not in LORA_TARGETS]
+    if any(with_lora):
+        bad = [t for t in cfg["lora_targets"] if t not in lora.TARGETS]
         if bad or not cfg["lora_targets"]:
             fail(f"lora_targets={cfg['lora_targets']!r}: {bad[0] if bad else 'empty'} is not a linear layer "
-                 f"of a block; expected some of {', '.join(LORA_TARGETS)}")
+                 f"of a block; expected some of {', '.join(lora.TARGETS)}")
         if cfg["lora_rank"] < 1 or cfg["lora_alpha"] <= 0:
             fail(f"lora_rank={cfg['lora_rank']}, lora_alpha={cfg['lora_alpha']}: expected rank >= 1 and alpha > 0")
     for i, k in enumerate(g):
-        if k == 0 and not lora[i]:
+        if k == 0 and not with_lora[i]:
             fail(f"growth={g}: stage {i + 1} adds no block and is not a LoRA stage, so it would train only the head; "
                  f"a stage with 0 new blocks needs LoRA (lora_from_stage <= {i + 1}, or stage_lora[{i}] = 1)")
     if cfg["new_block_init"] not in ("zero_proj", "random"):
@@ -210,9 +153,10 @@ def make_plan(cfg, n_base=0):
     stages, top = [], n_base
     for i, k in enumerate(g):
         stages.append(dict(stage=i + 1, new=list(range(top, top + k)), depth=top + k, iters=iters[i],
+                           layers=f"{top + 1}-{top + k}" if k else "none",  # the new layers, 1-based
                            tokens=iters[i] * tokens_per_iter, lr=lrs[i],
                            min_lr=cfg["min_lr"] * lrs[i] / cfg["learning_rate"],
-                           lora=lora[i]))
+                           lora=with_lora[i]))
         top += k
     return stages
 
@@ -280,7 +224,7 @@ def prepare_stage(model, st, cfg, first_from_scratch=False):
     if first_from_scratch and cfg["embedding"] == "trainable":
         model.transformer.wte.requires_grad_(True)
     if st["lora"]:
-        attach_lora(model, range(below(st)), cfg["lora_targets"], cfg["lora_rank"], cfg["lora_alpha"])
+        lora.attach(model, range(below(st)), cfg["lora_targets"], cfg["lora_rank"], cfg["lora_alpha"])
     return model
 
 
@@ -320,26 +264,6 @@ def check_lower_untouched(model, before, st):
         raise RuntimeError(f"stage {st['stage']}: frozen parameters changed during training: {changed[:3]}")
 
 
-@torch.no_grad()
-def merge_and_check(model, X):
-    """Merge the adapters; the merged model's logits must equal the unmerged ones (float32, no TF32)."""
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    was_training = model.training
-    model.eval()
-    try:
-        before = model(X)[0].float()
-        merge_lora(model)
-        after = model(X)[0].float()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        model.train(was_training)
-    diff = (after - before).abs().max().item()
-    if diff > 1e-4 * max(1.0, before.abs().max().item()):
-        raise RuntimeError(f"LoRA merge changed the logits by up to {diff:.3g}")
-    return diff
-
-
 def probe_tokens(model, cfg):
     """One fixed row of token ids for merge_and_check (any input shows a change in the logits)."""
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -370,29 +294,6 @@ def load_base(cfg, tok):
     return model
 
 
-def check_out_dir(out_dir, schedule, n_stages):
-    """-> number of completed stages. Refuses an out_dir grown with another schedule."""
-    path = os.path.join(out_dir, "grow_schedule.json")
-    done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
-    started = done or any(os.path.exists(run_checkpoint(os.path.join(out_dir, f"stage_{i}"))) for i in range(1, n_stages + 1))
-    if started and os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        for k in sorted(set(old) | set(schedule)):
-            if old.get(k) != schedule.get(k):
-                fail(f"{path}: resuming with a changed schedule: {k} was {old.get(k)!r}, now {schedule.get(k)!r} "
-                     f"(use a new out_dir to grow differently)")
-    elif started:
-        fail(f"{out_dir}: has stage checkpoints but no grow_schedule.json: not a grow.py out_dir")
-    if done != list(range(1, len(done) + 1)):
-        fail(f"{out_dir}: stage checkpoints {done} are not the first stages in order (a stage file is missing)")
-    return len(done)
-
-
-def fmt_m(n, exact=False):
-    return f"{n / 1e6:.1f}M" + (f" ({n:,})" if exact else "")
-
-
 # -----------------------------------------------------------------------------
 # the schedule, stage by stage
 
@@ -407,10 +308,10 @@ def grow(cfg):
     if cfg["plan_only"]:
         return print_plan(cfg, stages, tok.vocab_size, base)
     if cfg["curve_only"]:
-        return redraw_curve(cfg["out_dir"], len(stages))
+        return reproduce_report.redraw_depth_curve(cfg["out_dir"], len(stages))
     schedule = schedule_of(cfg, stages, base.table_info.get("fingerprint") if base is not None else None)
     out_dir = cfg["out_dir"]
-    n_done = check_out_dir(out_dir, schedule, len(stages))
+    n_done = growth_stages_done(out_dir, schedule, len(stages))
     master = setup_runtime(cfg["device"], cfg["dtype"]).master
 
     # -- checked; from here on we write to out_dir (never over an existing stage_{i}.pt) --
@@ -420,7 +321,7 @@ def grow(cfg):
         if not n_done:  # (re)written until a stage is done; compared from then on
             with atomic_write(sched_path) as f:
                 json.dump(schedule, f, indent=1)
-    reports = read_reports(out_dir, n_done)
+    reports = growth_reports(out_dir, n_done)
     model = base
     if 0 < n_done < len(stages):
         model = model_from_checkpoint(read_checkpoint(os.path.join(out_dir, f"stage_{n_done}.pt")), "cpu")
@@ -436,9 +337,9 @@ def grow(cfg):
         prepare_stage(model, st, cfg, first_from_scratch=(i == 1 and base is None))
         counts = model.param_counts()
         if master:
-            print(f"== stage {i}/{len(stages)}: " + (f"layers {new_layers(st)} new" if st["new"] else "no new layer")
+            print(f"== stage {i}/{len(stages)}: " + (f"layers {st['layers']} new" if st["new"] else "no new layer")
                   + (f" + LoRA on layers 1-{below(st)}" if st["lora"] else "") + "; trainable "
-                  f"{fmt_m(counts['trainable'])}, frozen {fmt_m(counts['frozen'])}; {st['iters']} iters, "
+                  f"{counts['trainable'] / 1e6:.1f}M, frozen {counts['frozen'] / 1e6:.1f}M; {st['iters']} iters, "
                   f"lr {st['lr']:g}{'; resuming' if resume else ''}")
         digests = frozen_digests(model)
         t0 = time.time()
@@ -452,8 +353,8 @@ def grow(cfg):
         ev = train.train(scfg, model=model, ckpt_path=work, ckpt_extra=extra)
         seconds = time.time() - t0
         check_lower_untouched(model, digests, st)  # before merging: the adapters' bases too
-        merge_diff = merge_and_check(model, probe_tokens(model, cfg)) if st["lora"] else None
-        rep = dict(stage=i, layers=new_layers(st), depth=st["depth"], lora=st["lora"],
+        merge_diff = lora.merge_and_check(model, probe_tokens(model, cfg)) if st["lora"] else None
+        rep = dict(stage=i, layers=st["layers"], depth=st["depth"], lora=st["lora"],
                    trainable=counts["trainable"], frozen=counts["frozen"], iters=st["iters"], tokens=st["tokens"],
                    val_loss=ev["val_loss"], val_bpb=ev["val_bpb"], seconds=round(seconds, 1),
                    lower_blocks_bit_identical=True, lora_merge_max_logit_diff=merge_diff, resumed=resume)
@@ -467,52 +368,20 @@ def grow(cfg):
             print(f"== stage {i} done: {seconds:.0f}s -> {os.path.join(out_dir, f'stage_{i}.pt')}")
         reports.append(rep)
     if master:
-        print_report(reports)
+        print(reproduce_report.growth_table(reports))
         for path in reproduce_report.depth_curve(out_dir, reports):
             print(f"depth curve: {path}")
         print(f"the grown model: {os.path.join(out_dir, f'stage_{len(stages)}.pt')} (sample.py / eval.py --ckpt)")
     return reports
 
 
-def redraw_curve(out_dir, n_stages):
-    """--curve_only: the depth curve of the finished stages in out_dir (after evaluating them), no training."""
-    done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
-    reports = read_reports(out_dir, len(done))
-    if not reports:
-        fail(f"{out_dir}: no finished stage (stage_1.pt and its line in grow_log.jsonl): nothing to draw")
-    for path in reproduce_report.depth_curve(out_dir, reports):
-        print(f"depth curve: {path}")
-    return reports
-
-
-def read_reports(out_dir, n_done):
-    """The reports of the stages on disk (stage_1.pt .. stage_{n_done}.pt): each stage's latest line of
-    grow_log.jsonl, so a stage that was deleted and trained again is reported once, as it is now."""
-    latest = {r.get("stage"): r for r in read_jsonl(os.path.join(out_dir, "grow_log.jsonl"))}
-    return [latest[i] for i in range(1, n_done + 1) if i in latest]
-
-
-def print_report(reports):
-    print("stage | layers | trainable | frozen | iters | tokens | val loss | bits/byte")
-    for r in reports:
-        print(f"{r['stage']} | {r['layers']}{' +LoRA' if r['lora'] else ''} | {fmt_m(r['trainable'])} | "
-              f"{fmt_m(r['frozen'])} | {r['iters']} | {r['tokens']:,} | {r['val_loss']:.4f} | {r['val_bpb']:.4f}")
-
-
-# -----------------------------------------------------------------------------
-# the depth curve: every stage's metrics side by side, as the growth papers report them by depth
-
 def print_plan(cfg, stages, vocab_size, base):
-    """--plan_only: the stages, their parameter counts, then each stage's memory and GPU-hours (plan.py)."""
+    """--plan_only: each stage's parameters, memory and GPU-hours (plan.py), from its model built on the
+    meta device and prepared as the real run prepares it."""
     import plan
     models = planned_models(cfg, stages, vocab_size, from_nothing=base is None)
-    counts = [m.param_counts() for m in models]
-    print("stage | new layers | depth | LoRA | trainable | frozen | iters | tokens | lr")
-    for st, c in zip(stages, counts):
-        print(f"{st['stage']} | {new_layers(st)} | {st['depth']} | {'yes' if st['lora'] else 'no'} | "
-              f"{fmt_m(c['trainable'], True)} | {fmt_m(c['frozen'], True)} | {st['iters']} | {st['tokens']:,} | {st['lr']:g}")
     plan.plan_stages(cfg, stages, models, [train.flops_per_token(m, cfg["block_size"]) for m in models])
-    return [dict(st, **c) for st, c in zip(stages, counts)]
+    return [dict(st, **m.param_counts()) for st, m in zip(stages, models)]
 
 
 def main(argv):

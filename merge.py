@@ -32,17 +32,13 @@ The merged model itself (MergedGPT) lives in model.py next to GPT, so that model
 merge file without importing this script; this file checks, builds, writes and validates merges.
 """
 import os
-import time
 from dataclasses import asdict
 
-from tqdm import tqdm
-
-import train
 from checkpoint import (check_output, check_tokenizer, model_from_checkpoint, read_checkpoint, remove_stale_partials,
                         save_checkpoint)
-from common import autocast, bar_on, fail, resolve_device, script_main
+from common import fail, resolve_device, script_main
 from configurator import configure, defaults_from, key_docs
-from data.common import MixtureData
+from eval import domain_data, domain_table, evaluate_domains
 from glyph_embed import check_same_substrate
 from model import MergedGPT
 
@@ -57,12 +53,11 @@ overwrite = False  # replace --out if it exists (refused otherwise)
 datasets = ""  # comma-separated prepared datasets (data/<name> or paths), "" = skip
 data_root = ""  # "" = the data/ folder next to this file
 eval_iters = 20  # validation batches per dataset
-batch_size = 8
+batch_size = 8  # sequences per validation batch
 block_size = 0  # evaluation context; 0 = the merge's (the smallest expert context)
 eval_experts = True  # also evaluate each expert alone (the comparison table)
 progress = "auto"  # bar over the validation batches: auto (on a terminal only) | always | never; lines either way
-seed = 1337
-device = "auto"
+device = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_from(globals())
 
@@ -138,7 +133,7 @@ def build_merge(paths, weights=None, mode="logits"):
 
 
 # -----------------------------------------------------------------------------
-# per-domain validation: train.py's own validation (the same fixed batches for every model)
+# the command line: check, merge, write, and score on each domain (eval.py's per-domain validation)
 
 def check_out(out, paths, overwrite):
     """The merge file never replaces an expert (whatever path, symlink or hard link names it), nor
@@ -148,71 +143,12 @@ def check_out(out, paths, overwrite):
     check_output(out, [("expert", p) for p in paths], "out", overwrite)
 
 
-def validation_data(names, cfg, tok, device):
-    """-> (train.py config, MixtureData) of the datasets to score: opened (and checked) before anything
-    is written."""
-    tcfg = {**train.DEFAULTS, "datasets": {n: 1.0 for n in names}, "data_root": cfg["data_root"],
-            "batch_size": cfg["batch_size"], "block_size": cfg["block_size"], "eval_iters": cfg["eval_iters"],
-            "seed": cfg["seed"]}
-    return tcfg, MixtureData(tcfg, tok, device)
-
-
-class OneDataset:
-    """Dataset k of a MixtureData as train.evaluate reads a whole mixture, so that validation reports
-    each (model, dataset) as it finishes; each batch it hands out moves a progress bar."""
-
-    def __init__(self, data, k, bar):
-        self.data, self.k, self.bar = data, k, bar
-        self.names, self.weights, self.device = [data.names[k]], [1.0], data.device
-
-    def batch(self, split, a, b):
-        self.bar.update(1)
-        return self.data.batch(split, a, self.k)
-
-    def bytes_per_token(self, b):
-        return self.data.bytes_per_token(self.k)
-
-
-def evaluate_domains(models, tcfg, data, device, progress="auto"):
-    """-> {model label: {dataset: {"loss", "bpb"}}} on train.py's fixed validation batches; a line
-    per model and dataset as it goes (one takes seconds to minutes), and a bar over its batches on a
-    terminal (common.bar_on)."""
-    print(f"validation: {tcfg['eval_iters']} batches x {tcfg['batch_size']} x {tcfg['block_size']} tokens per "
-          f"dataset, {len(data.names)} dataset(s), {len(models)} models", flush=True)
-    results = {}
-    for i, (label, m) in enumerate(models.items(), 1):
-        results[label] = {}
-        for k, name in enumerate(data.names):
-            t0 = time.time()
-            with tqdm(total=tcfg["eval_iters"], desc=f"{i}/{len(models)} {name}", unit="batch", leave=False,
-                      disable=not bar_on(progress)) as bar:
-                r = train.evaluate(m, OneDataset(data, k, bar), tcfg, autocast(device))["val"][name]
-            results[label][name] = r
-            print(f"  {i}/{len(models)} {label}, {name}: loss {r['loss']:.4f}, {r['bpb']:.4f} bits/byte "
-                  f"({time.time() - t0:.1f} s)", flush=True)
-    return results
-
-
-def format_table(results, names):
-    head = "| model | " + " | ".join(f"{n} loss | {n} bpb" for n in names) + " |"
-    rows = [head, "|---|" + "---:|---:|" * len(names)]
-    for label, per in results.items():
-        rows.append(f"| {label} | " + " | ".join(f"{per[n]['loss']:.4f} | {per[n]['bpb']:.4f}" for n in names) + " |")
-    return "\n".join(rows)
-
-
 def main(argv):
     cfg = configure(DEFAULTS, argv, docs=key_docs(__file__), prog="merge.py", positional="experts")
     paths = list(cfg["experts"])
     dev = resolve_device(cfg["device"])
     names = [n for n in cfg["datasets"].split(",") if n]
     # -- everything that can fail on bad input happens before the merge file is written --
-    for key in ("eval_iters", "batch_size"):
-        if cfg[key] < 1:
-            fail(f"{key}={cfg[key]}: expected a positive whole number")
-    for key in ("block_size", "seed"):
-        if cfg[key] < 0:
-            fail(f"{key}={cfg[key]}: expected a whole number >= 0")
     check_out(cfg["out"], paths, cfg["overwrite"])
     merged, ck = build_merge(paths, cfg["weights"] or None, cfg["mode"])
     if names:
@@ -222,7 +158,7 @@ def main(argv):
         cfg["block_size"] = cfg["block_size"] or merged.config.block_size
         if cfg["block_size"] > merged.config.block_size:
             fail(f"block_size={cfg['block_size']} exceeds the merge's context {merged.config.block_size}")
-        tcfg, data = validation_data(names, cfg, tok, dev)
+        tcfg, data = domain_data(names, cfg, tok, dev)
     remove_stale_partials(cfg["out"])  # of a merge killed while writing
     save_checkpoint(ck, cfg["out"])
     print(f"{merged.describe()}\nwrote {cfg['out']} ({os.path.getsize(cfg['out']) / 1e6:.1f} MB)")
@@ -235,7 +171,7 @@ def main(argv):
             models[f"expert {p}"] = e
     models[f"merge ({cfg['mode']}, weights {','.join(f'{w:.3g}' for w in merged.weights)})"] = merged
     results = evaluate_domains(models, tcfg, data, dev, cfg["progress"])
-    print(format_table(results, names))
+    print(domain_table(results, names))
     return results
 
 

@@ -160,9 +160,14 @@ def plan_run(cfg, model, flops):
 
 
 def plan_stages(cfg, stages, models, flops):
-    """grow.py --plan_only: each stage's plan (models: its meta models, prepared as grow.py prepares
+    """grow.py --plan_only: the stages, then each stage's plan (models: its meta models, prepared as grow.py prepares
     them; flops: their training FLOPs per token). -> the lines printed."""
-    lines, hours = [], 0
+    lines, hours = ["stage | new layers | depth | LoRA | trainable | frozen | iters | tokens | lr"], 0
+    for st, m in zip(stages, models):
+        c = m.param_counts()
+        lines.append(f"{st['stage']} | {st['layers']} | {st['depth']} | {'yes' if st['lora'] else 'no'} | "
+                     f"{c['trainable'] / 1e6:.1f}M ({c['trainable']:,}) | {c['frozen'] / 1e6:.1f}M ({c['frozen']:,}) | "
+                     f"{st['iters']} | {st['tokens']:,} | {st['lr']:g}")
     for st, m, f in zip(stages, models, flops):
         lines.append(f"-- stage {st['stage']}: depth {st['depth']}, {st['iters']:,} iterations")
         lines += describe(m, cfg, st["iters"], f)

@@ -470,9 +470,9 @@ def merge_experts(ctx):
         models = dict(zip(labels, [load_model(p)[0] for p in paths] + [merged]))
         t0 = time.time()
         vcfg = dict(data_root=ctx["data"], batch_size=S["batch_size"], block_size=S["block_size"],
-                    eval_iters=S["eval_iters"], seed=seed)
-        vcfg, vdata = merge.validation_data(domains, vcfg, ctx["tok"], "cpu")
-        domain_bpb = merge.evaluate_domains(models, vcfg, vdata, "cpu")  # the same batches for all
+                    eval_iters=S["eval_iters"])
+        vcfg, vdata = eval.domain_data(domains, vcfg, ctx["tok"], "cpu")
+        domain_bpb = eval.evaluate_domains(models, vcfg, vdata, "cpu")  # the same batches for all
         bench = {label: (experts[label.split()[0]]["benchmarks"] if label.endswith("expert") else
                          benchmark(m, ctx["tok"], S, tasks)) for label, m in models.items()}
         result = dict(experiment=exp, scale=ctx["scale"], settings=S, expert_datasets=EXPERT_MIX,

@@ -10,7 +10,8 @@ import re
 
 import numpy as np
 
-from checkpoint import atomic_write
+from checkpoint import atomic_write, growth_reports
+from common import fail
 
 
 def plural(n, word):
@@ -241,6 +242,26 @@ def stage_scores(out_dir):
                     unit = {"acc": " %", "bleu": " BLEU"}.get(t["metric"], "")
                     scores.setdefault(int(m.group(1)), {})[f"{task} {t['metric']}{unit} ({m.group(2)})"] = t["mean"]
     return scores
+
+
+def growth_table(reports):
+    """grow.py's summary at the end: one line per stage."""
+    lines = ["stage | layers | trainable | frozen | iters | tokens | val loss | bits/byte"]
+    for r in reports:
+        lines.append(f"{r['stage']} | {r['layers']}{' +LoRA' if r['lora'] else ''} | {r['trainable'] / 1e6:.1f}M | "
+                     f"{r['frozen'] / 1e6:.1f}M | {r['iters']} | {r['tokens']:,} | {r['val_loss']:.4f} | {r['val_bpb']:.4f}")
+    return "\n".join(lines)
+
+
+def redraw_depth_curve(out_dir, n_stages):
+    """grow.py --curve_only: the depth curve of the finished stages in out_dir (after evaluating them)."""
+    done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
+    reports = growth_reports(out_dir, len(done))
+    if not reports:
+        fail(f"{out_dir}: no finished stage (stage_1.pt and its line in grow_log.jsonl): nothing to draw")
+    for path in depth_curve(out_dir, reports):
+        print(f"depth curve: {path}")
+    return reports
 
 
 def depth_curve(out_dir, reports):

@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (RunFolder, check_finite, check_tokenizer, hold_out_dir, make_out_dir, model_checkpoint,
-                        model_from_checkpoint, open_run, run_checkpoint)
+from checkpoint import (RunFolder, check_finite, check_tokenizer, hold_out_dir, load_table, make_out_dir,
+                        model_checkpoint, model_from_checkpoint, open_run, run_checkpoint)
 from common import Progress, fail, script_main, setup_runtime
 from configurator import Config, defaults_from, key_docs, parse
 from data.common import MixtureData
@@ -133,7 +133,7 @@ def build_model(cfg, tok):
     if cfg.embedding != "trainable":
         import glyph_embed
         if cfg.table_path:
-            table, info = glyph_embed.load_table(cfg.table_path, tok)
+            table, info = load_table(cfg.table_path, tok.fingerprint)
         else:
             table, info = glyph_embed.frozen_table(tok, kind=cfg.embedding, table_dim=cfg.table_dim or cfg.d_model)
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed

@@ -95,7 +95,7 @@ def step_config(path, block_size, want_stage=0):
                 break
         if stage is None:
             return f"{os.path.basename(path)}: no stage fits in {free / 2 ** 30:.1f} GiB of available memory: not stepped"
-        what = (f"stage {stage['stage']}/{len(stages)} (depth {stage['depth']}, new layers {grow.new_layers(stage)}"
+        what = (f"stage {stage['stage']}/{len(stages)} (depth {stage['depth']}, new layers {stage['layers']}"
                 f"{', LoRA on the rest' if stage['lora'] else ''})")
     t0 = time.perf_counter()
     model = real_model(cfg, vocab, stage)

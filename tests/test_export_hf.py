@@ -22,7 +22,7 @@ import transformers
 from checkpoint import load_model, model_checkpoint, pid_alive, save_checkpoint, table_fingerprint
 import eval as E
 import export_hf
-import grow
+import lora
 import merge
 from model import GPT, GPTConfig
 
@@ -64,13 +64,13 @@ def ckpts(tmp_path_factory, tok):
     metrics = {"val_loss": 9.5, "val_bpb": 8.1, "val": {"shakespeare": {"loss": 9.5, "bpb": 8.1}}}
     out = {"plain": save(plain, tok, d / "plain.pt", iter_num=7, metrics=metrics)}
     grown = tiny_gpt(table, 2)
-    grow.attach_lora(grown, [0], list(grow.LORA_TARGETS), rank=4, alpha=8.0)
+    lora.attach(grown, [0], list(lora.TARGETS), rank=4, alpha=8.0)
     with torch.no_grad():
         for m in grown.modules():
-            if isinstance(m, grow.LoRALinear):
+            if isinstance(m, lora.LoRALinear):
                 m.lora_B.normal_(0, 0.05)  # a trained adapter: merging it changes the weights
-    grow.merge_lora(grown)
-    assert not grow.has_lora(grown)
+    lora.merge(grown)
+    assert not any(isinstance(m, lora.LoRALinear) for m in grown.modules())
     out["grown"] = save(grown, tok, d / "grown.pt")
     out["trainable"] = save(tiny_gpt(None, 4), tok, d / "trainable.pt")
     other = tiny_gpt(table, 3, n_layer=1, d_model=16, n_head=1, block_size=96)

@@ -15,6 +15,7 @@ from PIL import Image
 import glyph_embed as ge
 import glyph_font as gf
 import glyph_tools as gt
+from checkpoint import load_table, save_table
 from common import script_main
 from tests.released_builder import builder_font, builder_render
 
@@ -247,10 +248,10 @@ def test_non_finite_tables_are_never_saved_or_used(tmp_path):
     bad = t.clone()
     bad[3, 2] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        ge.save_table(bad, info, p)
+        save_table(bad, info, p)
     torch.save({"table": bad, "info": dict(info, fingerprint=ge.table_fingerprint(bad))}, p)
     with pytest.raises(ValueError, match="non-finite"):
-        ge.load_table(p)
+        load_table(p)
 
 
 def test_table_file_roundtrip_and_checks(tmp_path):
@@ -259,15 +260,15 @@ def test_table_file_roundtrip_and_checks(tmp_path):
     t2, info2 = ge.frozen_table(V, "glyph", 32)                    # from the cache
     assert torch.equal(t, t2) and info == info2
     p = str(tmp_path / "t.pt")
-    ge.save_table(t, info, p)
+    save_table(t, info, p)
     with pytest.raises(ValueError, match="tokenizer fingerprint"):
-        ge.load_table(p, V[:2999] + ["other"])
-    ge.load_table(p, V)
+        load_table(p, ge.token_strings_of(V[:2999] + ["other"])[1])
+    load_table(p, ge.token_strings_of(V)[1])
     bad = t.clone()
     bad[0, 0] += 1
     torch.save({"table": bad, "info": info}, p)
     with pytest.raises(ValueError, match="corrupted"):
-        ge.load_table(p)
+        load_table(p)
 
 
 # --- the pinned font ---------------------------------------------------------------------------
@@ -343,7 +344,7 @@ def test_cli_report_and_sheet(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "collision groups" in printed and "'and' vs 'ard': identical" in printed
     assert "' ' vs '\\n': identical" in printed and Image.open(sheet).size[0] > 100
-    table, info = ge.load_table(str(out))
+    table, info = load_table(str(out))
     assert table.shape == (9, 8) and info["dim"] == 8 and "key" in printed
     d = os.path.join(os.environ["GLYPHGPT_CACHE"], "glyph")      # --cache=false: no basis, no table cached
     assert not [f for f in (os.listdir(d) if os.path.isdir(d) else []) if not f.startswith("chars_")]
@@ -581,8 +582,8 @@ def test_import_a_matrix_in_every_format(tmp_path, capsys):
         assert info["row_norms"]["min"] == pytest.approx(m.norm(dim=1).min().item(), rel=1e-6)
         keys.add(info["key"])
         ours = str(tmp_path / (name + ".table.pt"))
-        ge.save_table(t, info, ours)
-        t2, info2 = ge.load_table(ours, V)                               # what train.py's table_path does
+        save_table(t, info, ours)
+        t2, info2 = load_table(ours, ge.token_strings_of(V)[1])  # what train.py's table_path does
         assert torch.equal(t2, m) and info2 == info
     assert len(keys) == 1                                                # the key names the values, not the file
     np.save(tmp_path / "o.npy", (m + 1).numpy())
@@ -594,7 +595,7 @@ def test_import_a_matrix_in_every_format(tmp_path, capsys):
     assert run_cli([f"--strings_json={tj}", f"--import_from={tmp_path / 't.safetensors'}", f"--out={out}"]) is None
     printed = capsys.readouterr().out
     assert "row norms min" in printed and '"recipe": "imported"' in printed
-    assert torch.equal(ge.load_table(str(out), V)[0], m)
+    assert torch.equal(load_table(str(out), ge.token_strings_of(V)[1])[0], m)
 
 
 def test_malformed_matrices_are_one_line(tmp_path):

@@ -15,6 +15,7 @@ import torch
 
 from checkpoint import load_model, read_checkpoint
 import grow as G
+import lora
 import train as T
 from configurator import configure
 from model import GPT, GPTConfig
@@ -176,11 +177,11 @@ def test_lora_only_stage_adapts_the_stack_and_merges_a_low_rank_delta(straight, 
     cfg = cfg_for(data_root, tmp_path, grow_from=str(base), growth=[0], stage_iters=[4], lora_from_stage=1,
                   lora_rank=4, lora_alpha=8.0)
     (st,) = G.make_plan(cfg, n_base=2)
-    assert st["new"] == [] and st["depth"] == 2 and st["lora"] and G.new_layers(st) == "none"
+    assert st["new"] == [] and st["depth"] == 2 and st["lora"] and st["layers"] == "none"
     model, _ = load_model(str(base))
     G.prepare_stage(G.stack_blocks(model, st, cfg), st, cfg)
     trains = {n for n, p in model.named_parameters() if p.requires_grad}
-    adapters = {f"transformer.h.{b}.{t}.lora_{m}" for b in (0, 1) for t in G.LORA_TARGETS for m in "AB"}
+    adapters = {f"transformer.h.{b}.{t}.lora_{m}" for b in (0, 1) for t in lora.TARGETS for m in "AB"}
     assert trains == adapters | {"transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight", "lm_head.bias"}
     (rep,) = G.grow(cfg)
     d, V = 32, 65536
@@ -190,7 +191,7 @@ def test_lora_only_stage_adapts_the_stack_and_merges_a_low_rank_delta(straight, 
     assert model.config.n_layer == 2 and not any("lora" in k or ".base." in k for k in ck["model"])
     s0, s1 = sd(base), ck["model"]
     for k, v in s0.items():
-        if any(f".{t}.weight" in k for t in G.LORA_TARGETS):  # moved, by a low-rank update only
+        if any(f".{t}.weight" in k for t in lora.TARGETS):  # moved, by a low-rank update only
             delta = (s1[k].double() - v.double())
             assert 0 < torch.linalg.matrix_rank(delta, rtol=1e-5) <= 4, k
         elif not k.startswith(("lm_head", "transformer.ln_f")):  # table, block norms, biases: untouched
@@ -202,7 +203,7 @@ def test_a_stage_without_blocks_must_be_a_lora_stage(data_root, tmp_path):
     assert [(st["new"], st["depth"], st["lora"]) for st in plan] == [([0], 1, False), ([], 1, True), ([1], 2, True)]
     # interleaved: LoRA-only stages between growth stages, growth stages without LoRA in between
     plan = G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 1, 0, 1, 0], stage_iters=[], stage_lora=[0, 0, 1, 0, 1]))
-    assert [(G.new_layers(st), st["depth"], st["lora"]) for st in plan] == [
+    assert [(st["layers"], st["depth"], st["lora"]) for st in plan] == [
         ("1-1", 1, False), ("2-2", 2, False), ("none", 2, True), ("3-3", 3, False), ("none", 3, True)]
     with pytest.raises(ValueError, match=r"growth=\[1, 0\]: stage 2 adds no block and is not a LoRA stage"):
         G.make_plan(cfg_for(data_root, tmp_path, growth=[1, 0], stage_iters=[]))
@@ -245,21 +246,21 @@ def tiny_model(n_layer=3):
 
 def test_lora_merge_preserves_logits():
     model = tiny_model()
-    G.attach_lora(model, [0, 1], G.LORA_TARGETS, rank=4, alpha=8.0)
+    lora.attach(model, [0, 1], lora.TARGETS, rank=4, alpha=8.0)
     for m in model.modules():
-        if isinstance(m, G.LoRALinear):
+        if isinstance(m, lora.LoRALinear):
             torch.nn.init.normal_(m.lora_B, std=0.05)  # as if trained: a real low-rank update
     X = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
         unmerged = model(X)[0]
-        G.merge_lora(model)
+        lora.merge(model)
         merged = model(X)[0]
-    assert not G.has_lora(model)
+    assert not any(isinstance(m, lora.LoRALinear) for m in model.modules())
     assert set(model.state_dict()) == set(tiny_model().state_dict())
     assert (merged - unmerged).abs().max() < 1e-5 and not torch.equal(merged, tiny_model()(X)[0])
     # the adapter's gradients are those of base(x) + (alpha / r) x A^T B^T
     lin = torch.nn.Linear(8, 12).requires_grad_(False)
-    m = G.LoRALinear(lin, 3, 6.0)
+    m = lora.LoRALinear(lin, 3, 6.0)
     torch.nn.init.normal_(m.lora_B)
     x = torch.randn(2, 5, 8, requires_grad=True)
     got = torch.autograd.grad(m(x).pow(2).sum(), [x, m.lora_A, m.lora_B])

@@ -389,12 +389,14 @@ def test_validation_one_dataset_at_a_time_equals_the_whole_mixture(experts, data
     """merge.py scores one dataset at a time (a line each as it finishes): the same figures as
     train.evaluate over all the datasets at once."""
     import train as T
+    from common import autocast
     from data.common import write_dataset
+    from eval import domain_data, evaluate_domains
     other = str(tmp_path / "other")
     write_dataset(other, [f"{i} fortunes of the fool" * 9 for i in range(30)], ["the queen weeps" * 20], tok, source="test")
-    tcfg, data = M.validation_data(["tiny", other], {"data_root": data_root, "batch_size": 2, "block_size": 16,
-                                                     "eval_iters": 2, "seed": 1337}, tok, "cpu")
+    tcfg, data = domain_data(["tiny", other], {"data_root": data_root, "batch_size": 2, "block_size": 16,
+                                               "eval_iters": 2}, tok, "cpu")
     with torch.no_grad():
-        got = M.evaluate_domains({"a": experts[0]}, tcfg, data, "cpu", progress=False)["a"]
-        want = T.evaluate(experts[0], data, tcfg, M.autocast("cpu"))["val"]
+        got = evaluate_domains({"a": experts[0]}, tcfg, data, "cpu", progress=False)["a"]
+        want = T.evaluate(experts[0], data, tcfg, autocast("cpu"))["val"]
     assert list(got) == ["tiny", other] and got == want

@@ -273,7 +273,7 @@ def test_sample_any_argument_gives_samples_or_one_line(run, key, value):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=st.sampled_from(["weights", "mode", "eval_iters", "batch_size", "block_size", "seed", "datasets"]),
+@given(key=st.sampled_from(["weights", "mode", "eval_iters", "batch_size", "block_size", "progress", "datasets"]),
        value=words)
 def test_merge_any_argument_gives_a_merge_or_one_line(run, tmp_path, key, value):
     out = tmp_path / f"m{abs(hash((key, value)))}.pt"
