@@ -265,7 +265,7 @@ def check_lower_untouched(model, before, st):
 
 
 def probe_tokens(model, cfg):
-    """One fixed row of token ids for merge_and_check (any input shows a change in the logits)."""
+    """One fixed row of token ids for lora.merge_and_check (any input shows a change in the logits)."""
     g = torch.Generator().manual_seed(cfg["seed"])
     ids = torch.randint(0, model.config.vocab_size, (1, cfg["block_size"]), generator=g)
     return ids.to(model.lm_head.weight.device)
