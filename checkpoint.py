@@ -311,11 +311,12 @@ class RunFolder:
             self.log.commit()
 
 
-def check_output(out, inputs, key="out", overwrite=None):
+def check_output(out, inputs, key="out", overwrite=None, file_name=None):
     """Before any work, where a script will write: never onto an input [(what, path), ...] (by any path,
-    symlink or hard link) nor a folder holding one; somewhere a file can be made (its nearest existing
-    folder is a folder that takes a new file: never an hour of work, then a failed write); an existing
-    output replaced only with overwrite (None: the caller has a rule of its own). One line each."""
+    symlink or hard link) nor a folder holding one; with file_name (the name to suggest), a file path,
+    not a folder; somewhere a file can be made (its nearest existing folder is a folder that takes a new
+    file: never an hour of work, then a failed write); an existing output replaced only with overwrite
+    (None: the caller has a rule of its own). One line each."""
     real = os.path.realpath(out)
     for what, p in inputs:
         if not p or not os.path.exists(p):
@@ -324,6 +325,8 @@ def check_output(out, inputs, key="out", overwrite=None):
             fail(f"{key}={shown(out)} is the {what} {shown(p)}: writing there would destroy it; choose another --{key}")
         if os.path.realpath(p).startswith(real.rstrip(os.sep) + os.sep):
             fail(f"{key}={shown(out)} holds the {what} {shown(p)}: replacing it would delete it; choose another --{key}")
+    if file_name and (os.path.isdir(out) or str(out).endswith(("/", os.sep))):
+        fail(f"{key}={shown(out)} is a folder: expected a file path (e.g. --{key}={shown(os.path.join(out, file_name))})")
     parent = os.path.dirname(os.path.abspath(out))
     while not os.path.exists(parent) and os.path.dirname(parent) != parent:
         parent = os.path.dirname(parent)

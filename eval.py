@@ -753,13 +753,6 @@ def default_out(ckpt, protocol):
     return os.path.join(os.path.dirname(os.path.abspath(ckpt)), f"eval_{stem}_{protocol}.json")
 
 
-def check_out(path, inputs):
-    """--out, before any work: a file path, not a folder, and checkpoint.check_output's rules."""
-    if os.path.isdir(path) or path.endswith(("/", os.sep)):
-        fail(f"out={shown(path)} is a folder: expected a file path (e.g. {shown(os.path.join(path, 'eval.json'))})")
-    check_output(path, inputs, "out")
-
-
 def read_json(path, what):
     """A JSON file -> its object, or one line naming the file (unreadable, not UTF-8, not JSON)."""
     try:
@@ -1040,7 +1033,7 @@ def run_compare(cfg):
     if not cfg.results:
         fail("--compare needs result files: python eval.py --compare a.json b.json")
     if cfg.out:
-        check_out(cfg.out, [("--compare file", p) for p in cfg.results])
+        check_output(cfg.out, [("--compare file", p) for p in cfg.results], "out", file_name="eval.json")
         if os.path.exists(cfg.out):
             try:
                 with open(cfg.out, encoding="utf-8") as f:
@@ -1082,7 +1075,7 @@ def plan(cfg):
     if not os.path.isfile(cfg.ckpt):
         fail(f"ckpt={shown(cfg.ckpt)}: no such checkpoint file{missing_checkpoint_hint(cfg.ckpt)}")
     path = cfg.out or default_out(cfg.ckpt, cfg.protocol)
-    check_out(path, [("checkpoint", cfg.ckpt)])
+    check_output(path, [("checkpoint", cfg.ckpt)], "out", file_name="eval.json")
     check_overwrite(path, cfg.ckpt)
     return task_names, notes, dev, path
 

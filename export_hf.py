@@ -568,12 +568,9 @@ def import_folder(folder, out, overwrite=False):
         fail("--to is empty: give the checkpoint file to write")
     folder_real = os.path.realpath(folder)
     inputs = [folder] + [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
-    check_output(out, [("source", p) for p in inputs], "to")
+    check_output(out, [("source", p) for p in inputs], "to", file_name="imported.pt")
     if os.path.realpath(out).startswith(folder_real.rstrip(os.sep) + os.sep):
         fail(f"to={shown(out)} is inside the source folder {shown(folder)}: write the checkpoint elsewhere")
-    if os.path.isdir(out):
-        fail(f"to={shown(out)} is a folder: give the checkpoint file's path, e.g. "
-             f"--to={shown(os.path.join(out, 'imported.pt'))}")
     if os.path.exists(out) and not overwrite:
         fail(f"to={shown(out)} exists: pass --overwrite to replace it")
     copy = os.path.abspath(out) + ".tokenizer.json"

@@ -135,21 +135,14 @@ def build_merge(paths, weights=None, mode="logits"):
 # -----------------------------------------------------------------------------
 # the command line: check, merge, write, and score on each domain (eval.py's per-domain validation)
 
-def check_out(out, paths, overwrite):
-    """The merge file never replaces an expert (whatever path, symlink or hard link names it), nor
-    any other file unless overwrite is set."""
-    if os.path.isdir(out):
-        raise ValueError(f"out={out} is a directory: give the merge file's path, e.g. --out={os.path.join(out, 'merged.pt')}")
-    check_output(out, [("expert", p) for p in paths], "out", overwrite)
-
-
 def main(argv):
     cfg = configure(DEFAULTS, argv, docs=key_docs(__file__), prog="merge.py", positional="experts")
     paths = list(cfg["experts"])
     dev = resolve_device(cfg["device"])
     names = [n for n in cfg["datasets"].split(",") if n]
     # -- everything that can fail on bad input happens before the merge file is written --
-    check_out(cfg["out"], paths, cfg["overwrite"])
+    # the merge file is a file, never an expert (by any path, symlink or hard link) nor replaces one unasked
+    check_output(cfg["out"], [("expert", p) for p in paths], "out", cfg["overwrite"], file_name="merged.pt")
     merged, ck = build_merge(paths, cfg["weights"] or None, cfg["mode"])
     if names:
         from unicode_tokenizer import get_tokenizer

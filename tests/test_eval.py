@@ -577,8 +577,9 @@ def test_out_is_never_an_input_nor_a_folder_and_is_checked_before_the_work(tiny_
     folder = os.path.dirname(tiny_ckpt)
     before = sorted(os.listdir(folder)), open(tiny_ckpt, "rb").read()
     for out, message in [(tiny_ckpt, "is the checkpoint"), (str(tmp_path / "link.pt"), "is the checkpoint"),
-                         (folder, "is a folder: expected a file path"), (folder + "/", "is a folder"),
-                         (str(tmp_path / "."), "is a folder"), (str(tmp_path / "new") + "/", "is a folder"),
+                         (folder, "holds the checkpoint"), (folder + "/", "holds the checkpoint"),
+                         (str(tmp_path / "."), "is a folder: expected a file path"),
+                         (str(tmp_path / "new") + "/", "is a folder"),
                          (str(tmp_path / "notes.txt" / "r.json"), "notes.txt is a file, not a folder"),
                          (str(tmp_path / "notes.txt"), "notes.txt exists and is not an eval.py result file")]:
         with pytest.raises(ValueError, match=re.escape(message)) as e:

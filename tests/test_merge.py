@@ -301,7 +301,7 @@ def test_out_replaces_an_existing_file_only_when_asked(expert_files, tmp_path):
     with pytest.raises(ValueError, match=f"out={out} exists: pass --overwrite=True to replace it"):
         M.main([*expert_files, f"--out={out}"])
     assert out.read_bytes() == b"an earlier merge"
-    with pytest.raises(ValueError, match=f"out={tmp_path} is a directory"):
+    with pytest.raises(ValueError, match=f"out={tmp_path} is a folder: expected a file path"):
         M.main([*expert_files, f"--out={tmp_path}", "--overwrite=True"])
     M.main([*expert_files, f"--out={out}", "--overwrite=True"])
     assert load_model(str(out))[1]["kind"] == "merge"
