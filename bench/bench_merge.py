@@ -16,12 +16,12 @@ import statistics
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 from configurator import ConfigError, configure, defaults_from
+from common import autocast, resolve_device
 from model import GPT, GPTConfig, MergedGPT
 
 # -----------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def main(argv):
     if cfg["preset"] not in PRESETS:
         raise ValueError(f"preset={cfg['preset']!r}: expected one of {', '.join(PRESETS)}")
     p = {k: cfg[k] or v for k, v in PRESETS[cfg["preset"]].items()}
-    dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(cfg["device"])
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     try:
@@ -92,7 +92,7 @@ def main(argv):
     B, T, G = p["batch_size"], p["seq_len"], p["gen_tokens"]
     es = build(shapes, cfg["vocab_size"], max(T, G + 8), dev)
     merged = MergedGPT(es, mode=cfg["mode"]).eval()
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else nullcontext()
+    ctx = autocast(dev)  # what merge.py and eval.py run in: bf16 on a GPU that has it, float32 otherwise
     now = timer(dev)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg["vocab_size"], (B, T), generator=g).to(dev)

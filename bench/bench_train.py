@@ -9,11 +9,9 @@ $ python bench/bench_train.py
 GPU, the paper's shape, bf16 autocast + flash attention + torch.compile, with MFU:
 $ python bench/bench_train.py --shape=paper --device=cuda --compile=true --batch_size=16
 """
-import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -22,7 +20,7 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 from configurator import configure, defaults_from
 from model import GPT, GPTConfig
-from common import gpu_peak_flops
+from common import gpu_peak_flops, precision_context, resolve_device, resolve_dtype
 from train import configure_optimizer, flops_per_token
 
 # -----------------------------------------------------------------------------
@@ -120,10 +118,9 @@ def build(arm, cfg, dev):
 def main(cfg):
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dt = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if dev.startswith("cuda") else "float32")
-    ctx = nullcontext() if dt == "float32" else torch.autocast("cuda" if dev.startswith("cuda") else "cpu",
-                                                               dtype=getattr(torch, dt))
+    dev = resolve_device(cfg["device"])
+    dt = resolve_dtype(cfg["dtype"], dev)  # train.py's precision rule: float32 on the CPU
+    ctx = precision_context(dt)
     if dev.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     s = SHAPES[cfg["shape"]]
