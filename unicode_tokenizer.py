@@ -27,9 +27,9 @@ matched literally first, then merges are applied by rank; a character with no id
 Merges are generated from the ordered n-gram list: for each n-gram p, every split (p[:i], p[i:])
 whose two halves are in the vocabulary. So "pair (a, b) has a merge" <=> "a+b is a reachable n-gram",
 and merge rank order == n-gram order. That lets tiktoken's Rust BPE (which merges by the rank of
-the *merged* token) reproduce the ids exactly for bvv241-2-3, see _tiktoken_engine() for the
-argument and the conditions checked before using it; anything else (bvv241-max) runs an exact BPE
-in Python that keeps the candidate pairs in a heap, O(n log n) in the length of the text.
+the *merged* token) reproduce the ids exactly for bvv241-2-3 and bvv241-max, see _tiktoken_engine()
+for the argument and the conditions checked before using it; any other BPE tokenizer.json runs an
+exact BPE in Python that keeps the candidate pairs in a heap, O(n log n) in the length of the text.
 
 Lossless mode: a character with no id (private use, U+FFFF, anything above U+FFFF) is written as 3
 escape ids taken from the free placeholder range instead of <unk>:
@@ -420,63 +420,107 @@ class UnicodeTokenizer:
 
     def _tiktoken_engine(self):
         """Exact HF BPE through tiktoken's Rust BPE, when provably identical (else None).
-        tiktoken merges, in a piece, the adjacent pair whose *concatenation* has the lowest rank
-        (leftmost on ties); HF merges the pair with the lowest *merge* rank (leftmost on ties).
-        They agree when:
-        (1) merges == generate_merges(targets) for the ordered list of merge results: then a pair of
-            tokens merges iff its concatenation is a reachable n-gram, and pair-rank order is n-gram
-            order, except between two splits of the same n-gram;
-        (2) no merge result is longer than 3 characters, and all trigrams rank before all bigrams.
-            A trigram never merges further, so ties between two splits of one trigram t are either
-            disjoint (the order is irrelevant), or [a, aa, a] for t = aaa (both pick the left pair),
-            or [ab, a, ba] for t = aba (HF would pick the right pair). That last one cannot arise:
-            whichever bigram formed first had the single 'a' as a neighbour, and every trigram merge
-            goes before the next bigram merge, so the 'a' was gone before the other bigram formed.
+        HF merges, anywhere in the text, the adjacent pair with the lowest *merge* rank (leftmost on
+        ties); tiktoken merges, in a piece, the adjacent pair whose *concatenation* has the lowest
+        rank (leftmost on ties). With T the merge results in order, they agree when:
+        (1) merges == generate_merges(T): a pair of tokens has a merge iff its concatenation is in T,
+            and merge rank order is (place of the concatenation in T, length of the left half).
+            Ranking T in order, both rules pick the same pair except on a tie: two candidate pairs
+            with the same concatenation t.
+        (2) every result of more than 2 characters ranks before every 2-character one. Then every
+            candidate pair, at any time, is two single characters or holds the newest token N (a
+            merge removes the pairs of its two symbols and adds pairs with the new token only; two
+            characters merge only when no pair with N is left, as those rank lower). So a tie is of
+            two character pairs (one split: HF takes the leftmost too), or of the two pairs around
+            N: (L, N) and (N, R), L+N == N+R == t, |L| == |R|; HF takes the shorter left half
+            (leftmost if equal), tiktoken the left pair: they differ only if |L| > |N| >= 2.
+        (3) no such tie can happen: for every t in T with t[:k] == t[-k:], 2 <= k < |t| / 2 and
+            L, N, R = t[:-k], t[:k], t[k:] in T, HF's BPE on L+N+R alone never holds exactly [L, N, R].
+            That covers every text (locality): until the tie no merge joins a symbol of L+N+R to
+            one outside, and each merge inside is the lowest-ranked pair of the whole text, so of
+            the inside too: L+N+R alone goes through the same merges. (bvv241-max: 146 such (t, k),
+            none reaches the tie; bvv241-2-3: none, no n-gram is that long.)
         Ranks: all bytes, UTF-8 prefixes of characters and the characters come before every n-gram,
         so bytes always form whole characters first (a byte string starting with a continuation
         byte is ranked only as that single byte, so no token straddles a character boundary, and no
         character stays partial: the -2 entries of rank_ids are unreachable for valid text).
-        Pieces are maximal runs of n-gram characters, or single other characters (no merge crosses a
-        character that is in no n-gram). Only reachable n-grams are ranked, so tiktoken's whole-piece
-        lookup never yields a token that BPE cannot build. Special tokens and characters without an
-        id are dealt with before (encode())."""
+        Only the n-grams that BPE builds from their own characters are ranked: by locality, no text
+        builds the others (bvv241-max has 1,811, like 'documentation'), so their merges never fire
+        and leaving them out keeps (1)-(3); then tiktoken's shortcut (a piece that is a ranked token
+        is returned as is, without BPE) is exact. tiktoken itself finds them: with every n-gram
+        ranked, it encodes each n-gram followed by the sentinel (so no piece is an n-gram), and
+        the built ones come out as one token. Pieces: maximal runs of n-gram characters, or single
+        other characters (no merge crosses a character that is in no n-gram). Special tokens and
+        characters without an id are dealt with before (encode())."""
         try:
             import tiktoken
         except ImportError:
             return None
         targets = list(dict.fromkeys(a + b for a, b in self.merges))
-        if (generate_merges(targets, self.vocab) != self.merges or any(len(t) > 3 for t in targets)
-                or any(len(t) < len(u) for t, u in zip(targets, targets[1:]))):
+        n_long = sum(len(t) > 2 for t in targets)
+        if generate_merges(targets, self.vocab) != self.merges or any(len(t) > 2 for t in targets[n_long:]):
             return None
-        ranks, rank_ids = {}, []
-        for b in range(256):  # every single byte (tiktoken wants them), ids only for ASCII chars
-            ranks[bytes([b])] = len(rank_ids)
-            rank_ids.append(self.vocab.get(chr(b), -2) if b < 128 else -2)
-        chars = sorted(self.char_ids | {ord(self.sentinel)})
-        for cp in chars:  # proper UTF-8 prefixes of multi-byte characters, then the characters
-            enc = chr(cp).encode("utf-8")
-            for k in range(2, len(enc)):
-                if enc[:k] not in ranks:
-                    ranks[enc[:k]] = len(rank_ids)
-                    rank_ids.append(-2)
-        for cp in chars:
-            enc = chr(cp).encode("utf-8")
-            if enc not in ranks:
-                ranks[enc] = len(rank_ids)
-                rank_ids.append(-1 if chr(cp) == self.sentinel else self.vocab[chr(cp)])
+        place = {t: i for i, t in enumerate(targets)}
         for t in targets:
-            ranks[t.encode("utf-8")] = len(rank_ids)
-            rank_ids.append(self.vocab[t])
-        ngram_chars = {ord(c) for t in targets for c in t}
-        pat = f"[{char_class(ngram_chars)}]+|[^{char_class(ngram_chars)}]" if ngram_chars else "(?s:.)"
-        enc = tiktoken.Encoding(f"bvv-{self.fingerprint}", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+            for k in range(2, (len(t) + 1) // 2):
+                if t[:k] == t[-k:] and all(s in place for s in (t[:k], t[:-k], t[k:])) \
+                        and self._reaches(t + t[k:], [t[:-k], t[:k], t[k:]], place):
+                    return None
+
+        def encoding(name, chars, ngrams, pat):  # -> tiktoken encoding, its ids by rank, the sentinel's rank
+            ranks, rank_ids = {}, []
+            for b in range(256):  # every single byte (tiktoken wants them), ids only for ASCII chars
+                ranks[bytes([b])] = len(rank_ids)
+                rank_ids.append(self.vocab.get(chr(b), -2) if b < 128 else -2)
+            chars = sorted(set(chars) | {ord(self.sentinel)})
+            for cp in chars:  # proper UTF-8 prefixes of multi-byte characters, then the characters
+                enc = chr(cp).encode("utf-8")
+                for k in range(2, len(enc)):
+                    if enc[:k] not in ranks:
+                        ranks[enc[:k]] = len(rank_ids)
+                        rank_ids.append(-2)
+            for cp in chars:
+                enc = chr(cp).encode("utf-8")
+                if enc not in ranks:
+                    ranks[enc] = len(rank_ids)
+                    rank_ids.append(-1 if chr(cp) == self.sentinel else self.vocab[chr(cp)])
+            for t in ngrams:
+                ranks[t.encode("utf-8")] = len(rank_ids)
+                rank_ids.append(self.vocab[t])
+            enc = tiktoken.Encoding(f"bvv-{name}-{self.fingerprint}", pat_str=pat, mergeable_ranks=ranks,
+                                    special_tokens={})
+            return enc, rank_ids, ranks[self.sentinel.encode("utf-8")]
+
+        ngram_chars, built = {ord(c) for t in targets for c in t}, targets
+        if targets:
+            cls = char_class(ngram_chars)
+            probe, _, end = encoding("probe", ngram_chars & self.char_ids, targets, f"[{cls}]+[^{cls}]*")
+            out = probe.encode_ordinary(self.sentinel.join(targets) + self.sentinel)  # BPE(n-gram), sentinel, ...
+            ends = [i for i, r in enumerate(out) if r == end]
+            built = [t for t, a, b in zip(targets, [-1] + ends, ends) if b - a == 2]
+            ngram_chars = {ord(c) for t in built for c in t}
+        cls = char_class(ngram_chars)
+        pat = f"[{cls}]+|[^{cls}]" if ngram_chars else "(?s:.)"
+        enc, rank_ids, _ = encoding("bpe", self.char_ids, built, pat)
         rank_to_id = rank_ids.__getitem__  # (faster than numpy for the short lists of typical documents)
 
         def run(text):  # text: no special tokens, unknown characters already replaced by the sentinel
-            ranks = enc.encode_ordinary(text)
-            return list(map(rank_to_id, ranks))
+            return list(map(rank_to_id, enc.encode_ordinary(text)))
         run.kind, run.enc = "tiktoken", enc
         return run
+
+    def _reaches(self, text, parts, place):
+        """Does HF's BPE on text alone ever hold exactly the symbols `parts`? (A short text: the
+        plain quadratic loop; merge order by place, as (1) of _tiktoken_engine gives it.)"""
+        sym = list(text)
+        while sym != parts:
+            pairs = [(place[a + b], len(a), i) for i, (a, b) in enumerate(zip(sym, sym[1:]))
+                     if a + b in place and a in self.vocab and b in self.vocab]
+            if not pairs:
+                return False
+            i = min(pairs)[2]
+            sym[i:i + 2] = [sym[i] + sym[i + 1]]
+        return True
 
     def _python_engine(self):
         """Exact BPE with HF's rule: merge the adjacent pair with the lowest merge rank, leftmost first,

@@ -162,7 +162,7 @@ def test_max_layout_from_the_released_lists(tmp_path):
     ngrams = ut.released_ngrams("bvv241-max")  # 73,768 candidates cut to the 73,727 slots, as the builder does
     assert len(ngrams) == 2048 + 6144 + 65535 and max(map(len, ngrams)) == 72
     assert s[0xD800:0xE000] + s[0xE100:0xF900] + s[0x10000:0x1FFFF] == ngrams
-    assert len(tok.merges) == 182678 and tok.engine.kind == "python"
+    assert len(tok.merges) == 182678 and tok.engine.kind == "tiktoken"  # see test_max_tiktoken_route_is_exact
     assert get_tokenizer("bvv241-abs").tokens == s  # the abs builder notebook makes the same vocabulary
     assert get_tokenizer("bvv241-abs").fingerprint == tok.fingerprint
     import tokenizers
@@ -173,6 +173,75 @@ def test_max_layout_from_the_released_lists(tmp_path):
     assert [tok.encode(x) for x in lines] == [e.ids for e in hf.encode_batch(lines)]
     assert tok.encode(text) == hf.encode(text).ids
     assert tok.decode(tok.encode("Hello world, привет мир, 你好世界 <s>")) == "Hello world, привет мир, 你好世界 <s>"
+
+
+def test_max_tiktoken_route_is_exact(tmp_path):
+    """bvv241-max through tiktoken (_tiktoken_engine) against the heap BPE in Python and `tokenizers`,
+    on the strings its argument is about: the n-grams BPE never builds (whole, and as whole pieces),
+    the n-grams with a border (t[:k] == t[-k:]) as L+N+R and repeated, long runs of one character,
+    n-gram boundaries (two n-grams glued, cut inside), mixed scripts without spaces, long runs."""
+    import copy
+    import itertools
+    import tokenizers
+    tok = get_tokenizer("bvv241-max")
+    assert tok.engine.kind == "tiktoken"
+    ref = copy.copy(tok)
+    ref._engine = slow = tok._python_engine()
+    tok.save(str(tmp_path / "max.json"))
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "max.json"))
+    rng = random.Random(7)
+    targets = list(dict.fromkeys(a + b for a, b in tok.merges))
+    unbuilt = [t for t in targets if len(t) > 3 and slow(t) != [tok.vocab[t]]]
+    assert len(unbuilt) == 1811 and "documentation" in unbuilt
+    texts = unbuilt + [f" {t}." for t in unbuilt[::7]] + [f"{t}{t}" for t in unbuilt[::13]]
+    bordered = [(t, k) for t in targets for k in range(2, (len(t) + 1) // 2) if t[:k] == t[-k:]]
+    for t, k in bordered:
+        texts += [t[:-k] + t + t[k:], t * 3, "x" + t + t[k:], t[k:] + t + " " + t[:-k]]
+    texts += [c * n for c in "-=.#*─~_!aяé你" for n in range(1, 140)]
+    texts += [a + b for a, b in itertools.product(["-" * 8, "=" * 10, ". . ", "...", "ing", "ff"], repeat=2)]
+    for _ in range(3000):
+        a, b = rng.choice(targets), rng.choice(targets)
+        texts += [a + b, a[1:] + b[:-1], a + b + a]
+    mixed = [t for t in targets if len(t) <= 5]
+    texts += ["".join(rng.choice(mixed) for _ in range(rng.randint(5, 60))) for _ in range(300)]
+    texts.append("".join(rng.choice(mixed) for _ in range(5000)))  # one long run (tiktoken's heap path)
+    texts.append(MULTILINGUAL * 3)
+    assert len(texts) > 14_000
+    ours = [tok.encode(x) for x in texts]
+    assert ours == [ref.encode(x) for x in texts]
+    assert ours == [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_tiktoken_route_on_random_small_tokenizers():
+    """The conditions of _tiktoken_engine on many random tokenizers over 2-4 letters (n-grams up to
+    9 characters, longer first: many with a border, as (3) is about): wherever the tiktoken route is
+    taken, it equals the heap BPE on random strings; a bigram ranked before a longer n-gram, or
+    merges that are not every split of the n-grams, fall back to the heap BPE."""
+    rng = random.Random(11)
+    taken = 0
+    for _ in range(300):
+        alphabet = "abcd"[:rng.randint(2, 4)]
+        cands = {"".join(rng.choice(alphabet) for _ in range(rng.randint(2, rng.choice([5, 7, 9]))))
+                 for _ in range(rng.randint(3, 30))}
+        order = sorted(cands, key=lambda g: (-len(g), rng.random()))
+        tokens = list(alphabet + " ") + order
+        merges = ut.generate_merges(order, {s: i for i, s in enumerate(tokens)})
+        tok = UnicodeTokenizer(tokens, merges, added=[])
+        slow = tok._python_engine()
+        taken += tok.engine.kind == "tiktoken"
+        texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(60)]
+        texts += [g * 3 for g in order] + [g + " " + g + g[::-1] for g in order]
+        assert [tok.engine(x) for x in texts] == [slow(x) for x in texts], merges
+    assert taken == 300  # (3) held for all of them
+    tok = UnicodeTokenizer(list("ab") + ["ab", "aba"], [("a", "b"), ("ab", "a")], added=[])
+    assert tok.engine.kind == "python"  # the bigram ab ranks before the trigram aba: (2) fails
+    tok = UnicodeTokenizer(list("ab") + ["aba", "ab", "ba"], [("ab", "a"), ("a", "b"), ("b", "a")], added=[])
+    assert tok.engine.kind == "python"  # (a, ba) is a split of aba but not a merge: (1) fails
+    merges = [("a", "ba"), ("ab", "a"), ("a", "b"), ("b", "a")]
+    tok = UnicodeTokenizer(list("ab") + ["aba", "ab", "ba"], merges, added=[])
+    assert tok.engine.kind == "tiktoken" and tok.encode("ababa") == tok._python_engine()("ababa")
+    place = {"abab": 0, "ab": 1}
+    assert tok._reaches("abab", ["ab", "ab"], place) and not tok._reaches("abab", ["a", "bab"], place)
 
 
 def cpu_seconds(fn, repeats=3):
@@ -309,12 +378,14 @@ def test_build_max_layout(tmp_path):
     ut.main(["build", *write_corpus(tmp_path), "--layout", "bvv241-max", "--top_k", "15", "--out", out])
     tok = get_tokenizer(out)
     assert tok.vocab_size == 131072 and max(len(a + b) for a, b in tok.merges) == 5
-    assert tok.engine.kind == "python"  # 4/5-grams: tiktoken's rank order is not provably identical
+    assert tok.engine.kind == "tiktoken"  # 4/5-grams too: see _tiktoken_engine
     import tokenizers
     hf = tokenizers.Tokenizer.from_file(out)
     text = MULTILINGUAL + "".join(CORPUS.values()) * 3
     assert tok.encode(text) == hf.encode(text).ids
     docs = text.split("\n")
+    assert tok.encode_batch(docs) == [e.ids for e in hf.encode_batch(docs)]  # threads around tiktoken
+    tok._engine = tok._python_engine()
     assert tok.encode_batch(docs) == [e.ids for e in hf.encode_batch(docs)]  # worker processes
     many = [f"{chr(0x4E00 + i // 100)}{chr(0x4E00 + i % 100)}" for i in range(9000)]
     layout = ut.build_layout(many, 131072)  # 9000 > 8192 slots below 0x10000: the rest go from 0x10000
