@@ -1,12 +1,14 @@
 """
 The runtime every script shares (as nanochat keeps common.py apart from gpt.py): which device and
-precision a run uses, DDP setup and teardown under torchrun, and one way for every script to turn a
+precision a run uses, DDP setup and teardown under torchrun, independent pieces of work spread over
+the cores (threaded), and one way for every script to turn a
 bad input into one line naming what was wrong (script_main).
 """
 import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -108,6 +110,23 @@ def precision_context(dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+
+
+def threaded(fn, items):
+    """[fn(item) for item in items] on torch's number of threads (Python threads, each running torch
+    on one thread). The heavy work of the glyph build (int8 matmuls, numpy indexing, Pillow's blur)
+    runs without the GIL, so independent pieces use every core; and one thread per piece never waits at
+    a barrier for an OpenMP team whose other thread another process holds up (small ops on two
+    OpenMP threads ran ~8x slower here while other jobs shared the 2 cores)."""
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        return [fn(item) for item in items]
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def gpu_peak_flops(device):

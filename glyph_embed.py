@@ -14,10 +14,11 @@ The recipe is the released bvv241 builder's (docs/design.md section 2); this fil
                 null-space axes zeroed: the same table on every machine)
   6. normalise  project each bitmap on the leading table_dim axes and L2-normalise the row
 Then the kinds of frozen table (glyph, glyph_unique, binary16, random ...) and a table's identity.
-A table's file is checkpoint.save_table / load_table; the command line and the tools around tables
-(importing a released matrix, matching it to a recipe, reports) are glyph_tools.py. Two choices are part of the recipe: the distortion's constants
-(by default the tokenizer's own: constants_for) and Pillow's layout engine (basic, the default, or
-raqm).
+A table's file is checkpoint.save_table / load_table; the exact integer products of step 5 and 6
+are int8_matmul.py; the command line and the tools around tables (importing a released matrix,
+matching it to a recipe, reports) are glyph_tools.py. Two choices are part of the recipe: the
+distortion's constants (by default the tokenizer's own: constants_for) and Pillow's layout engine
+(basic, the default, or raqm).
 
 A table's identity is its substrate key (substrate_key: tokenizer, recipe, font sha256, cell, width,
 a digest of the integer bitmaps), and two tables with one key are the same substrate when they
@@ -40,7 +41,9 @@ import time
 import numpy as np
 import torch
 
+import int8_matmul
 from checkpoint import all_finite, load_table, table_fingerprint
+from common import threaded
 from data.download import cache_dir
 from glyph_font import cache_load, cache_save, cache_write, check_layout, content_digest, load_font
 
@@ -92,19 +95,24 @@ def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241
     hard = np.concatenate([[0], np.cumsum(~((cps <= 0x24F) | ((cps >= 0x370) & (cps <= 0x58F))))])
     easy = (hard[starts + lens] - hard[starts]) == 0
     out = np.zeros((len(texts), cell, cell), dtype=np.uint8)
+
+    def draw_piece(piece):
+        n, e, s = piece
+        ix = inv[starts[s][:, None] + np.arange(n)]
+        strip = own[ix]                                      # [N, n, cell, cell]
+        sr = spill_row[ix]
+        if n > 1 and (sr < len(spills)).any():               # neighbours' spilt ink, clipped at the ends
+            strip[:, :-1] |= left[sr[:, 1:]]
+            strip[:, 1:] |= right[sr[:, :-1]]
+        out[s] = render_group(strip, cell, e and recipe == "faithful", recipe, constants)
+
+    pieces = []
     for n in np.unique(lens[lens > 0]):
         for e in (False, True):
             sel = np.nonzero((lens == n) & (easy == e))[0]
             chunk = max(1, (1 << 22) // (cell * cell * n))   # bounded memory per step
-            for c in range(0, len(sel), chunk):
-                s = sel[c:c + chunk]
-                ix = inv[starts[s][:, None] + np.arange(n)]
-                strip = own[ix]                              # [N, n, cell, cell]
-                sr = spill_row[ix]
-                if n > 1 and (sr < len(spills)).any():       # neighbours' spilt ink, clipped at the ends
-                    strip[:, :-1] |= left[sr[:, 1:]]
-                    strip[:, 1:] |= right[sr[:, :-1]]
-                out[s] = render_group(strip, cell, bool(e) and recipe == "faithful", recipe, constants)
+            pieces += [(int(n), e, sel[c:c + chunk]) for c in range(0, len(sel), chunk)]
+    threaded(draw_piece, pieces)                             # pieces write disjoint rows of out
     return out  # an empty string stays blank (the builder never sees one)
 
 
@@ -172,7 +180,7 @@ def plan(n, cell, easy, recipe, constants):
     """What to compute for every strip of n characters: for each needed pre-blur pixel, which character
     (k; n = blank) and which pixel of its cell (off) it comes from, after rotation + paste; the noise mask
     at those pixels; and how to blur (None | "full" | "window"). Computed once per strip width."""
-    key = (n, cell, easy, recipe, constants)
+    key = (n, cell, easy, recipe, constants)  # (two threads may both compute a missing plan: the same one)
     if key in _PLANS:
         return _PLANS[key]
     W, keep = cell * n, kept_columns(n, cell)
@@ -232,18 +240,11 @@ def render_group(strip, cell, easy, recipe, constants):
 # 5. PCA of all the bitmaps, the same on every machine
 
 NULL_VARIANCE = 1e-9  # components with eigenvalue <= this x the largest are numerically zero: zeroed
+# "proj-f64->f32" still describes project(): its exact int8 sums of W in fixed point are the float64
+# projection to ~1e-9 (W rounded to 2^-30) before the rounding to float32 (a unit of 6e-8 at 0.5):
+# the 131,072 x 4096 table is at most 6e-8 from the float64 matmul's (SUBSTRATE_TOL is 1e-6). So
+# the text, a field of every substrate key, is unchanged, and so are the keys.
 PCA_CONVENTION = "cov-f64;eigh;null<=1e-9*max->zero;sign:max|loading|>0;proj-f64->f32;l2"
-
-
-def gram_counts(X, chunk=8192):
-    """X^T X [D, D] int64 of X [V, D] uint8 0/1: co-occurrence counts of ink pixels, exact. An int8
-    matmul (int32 sums, a chunk of rows at a time) is ~4x faster here than float32 and exact on
-    every CPU whatever its summation order."""
-    G = torch.zeros(X.shape[1], X.shape[1], dtype=torch.int64)
-    for i in range(0, X.shape[0], chunk):
-        x = torch.from_numpy(X[i:i + chunk]).to(torch.int8)
-        G += torch._int_mm(x.T.contiguous(), x)
-    return G
 
 
 def pca(X, eigh="torch"):
@@ -253,7 +254,7 @@ def pca(X, eigh="torch"):
     signs fixed below."""
     V, D = X.shape
     with timed("gram"):
-        G = gram_counts(X).to(torch.float64)
+        G = int8_matmul.gram_counts(X).to(torch.float64)
     counts = torch.from_numpy(X.sum(axis=0, dtype=np.int64)).to(torch.float64)
     mu = counts / V
     C = (G - torch.outer(counts, counts) / V) / max(V - 1, 1)
@@ -308,20 +309,16 @@ def glyph_basis(strings, tok_fp, cell=32, recipe="faithful", constants="bvv241-2
 # 6. project and normalise
 
 def project(X, mu, W, table_dim):
-    """Rows of (X - mu) @ W[:, :table_dim], L2-normalised: computed in float64, rounded once to float32.
+    """Rows of (X - mu) @ W[:, :table_dim], L2-normalised, rounded once to float32. X is 0/1, so X @ W
+    is a sum of rows of W: int8_matmul.centred_unit_rows computes it with exact integer sums of W in
+    fixed point, the float64 projection to ~1e-9 (see PCA_CONVENTION), the same on every CPU and GPU.
     The zeroed null-space axes (the last columns of W) project to exact zeros, so they are not
     multiplied (433 of the 4096 axes of the 131,072-token 64x64 table)."""
     live = np.flatnonzero(np.any(W[:, :table_dim] != 0, axis=0))
     live = int(live[-1]) + 1 if len(live) else 0
-    Wd = torch.from_numpy(np.ascontiguousarray(W[:, :live]))
-    off = torch.from_numpy(mu) @ Wd
     out = torch.zeros(X.shape[0], table_dim, dtype=torch.float32)
-    chunk = max(1, (1 << 24) // table_dim)               # 128 MB of float64 rows at a time, in place
-    for i in range(0, X.shape[0], chunk):
-        y = torch.from_numpy(X[i:i + chunk]).to(torch.float64) @ Wd
-        y.sub_(off)
-        y.div_(y.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        out[i:i + chunk, :live] = y
+    if live:
+        int8_matmul.centred_unit_rows(X, mu, W[:, :live], out[:, :live])
     return out
 
 

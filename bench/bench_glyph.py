@@ -8,9 +8,13 @@ batched renderer over the literal per-token Pillow builder, measured side by sid
     python bench/bench_glyph.py --layout raqm   # the same cases drawn with Pillow's raqm layout
     git show <rev>:glyph_embed.py > /tmp/ge_ref.py && python bench/bench_glyph.py --module /tmp/ge_ref.py
                                           # the same cases with another version, for side-by-side figures
+    python bench/bench_glyph.py --big_only --against /tmp/ge_ref.py
+                                          # the 131,072 x 4096 table by both versions, one after the other,
+                                          # and the max |difference| of their tables (SUBSTRATE_TOL: 1e-6)
 
 Each case runs in a fresh subprocess (no cache: $GLYPHGPT_CACHE points to a temporary directory), so its
-peak RSS is its own. The table case builds twice: cold, then again without the basis/table caches but
+peak RSS is its own; its stage times (glyph_embed.TIMINGS: draw, render, gram, eigh, pca, project) are
+printed as <stage>_s (wall) and <stage>_cpu_s (process CPU, all threads). The table case builds twice: cold, then again without the basis/table caches but
 with the per-character glyph cells already drawn (rebuild_s: what every later build of another table costs).
 """
 import argparse
@@ -89,6 +93,8 @@ def case(args):
             out["rebuild_s"] = time.time() - t0
         out["fingerprint"] = info["fingerprint"]
         out["key"] = info.get("key")
+        if args.save:
+            torch.save(table, args.save)                     # for --against's comparison
         del table  # the truncations below are measured without the full table in memory
         for d in (512, 256, 64, 32):
             if d < args.table_dim:
@@ -113,26 +119,41 @@ def main():
     ap.add_argument("--cell", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--constants", default="", help=argparse.SUPPRESS)  # "": the tokenizer's own
     ap.add_argument("--layout", default="basic", help="Pillow's layout engine: basic | raqm")
+    ap.add_argument("--big_only", action="store_true", help="only the 131,072 x 4096 case")
+    ap.add_argument("--against", default=None, help="another glyph_embed.py: every table case is also built by "
+                                                     "it, and the max |difference| of the two tables printed")
+    ap.add_argument("--save", default="", help=argparse.SUPPRESS)  # where a table case writes its table
     args = ap.parse_args()
     if args.case:
         return case(args)
     load_module(args.module)
-    cases = [["--case", "table"]] + ([] if args.module else [["--case", "render_ratio"]])
-    if args.big:
-        cases.append(["--tokenizer", "bvv241-max", "--case", "table", "--table_dim", "4096", "--cell", "64"])
+    big = ["--tokenizer", "bvv241-max", "--case", "table", "--table_dim", "4096", "--cell", "64"]  # = -abs vocabulary
+    cases = [["--case", "table"]] + ([] if args.module or args.against else [["--case", "render_ratio"]])
+    cases = [big] if args.big_only else cases + [big] * args.big
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.threads} threads, tokenizer {args.tokenizer}, "
-          f"layout {args.layout}, module {args.module or 'glyph_embed.py'}")
-    mod = ["--module", args.module] if args.module else []
+          f"layout {args.layout}, module {args.module or 'glyph_embed.py'}" + (f", against {args.against}" if args.against else ""))
     for c in cases:
         with tempfile.TemporaryDirectory() as d:
-            env = dict(os.environ, GLYPHGPT_CACHE=d)
-            r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer, "--threads", str(args.threads),
-                                "--layout", args.layout] + mod + c, env=env,
-                               capture_output=True, text=True)
-            if r.returncode:
-                raise SystemExit(f"case {c} failed: {r.stderr.strip().splitlines()[-1]}")
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+            tables = []
+            for module in [args.module] + ([args.against] if args.against and "table" in c else []):
+                mod = ["--module", module] if module else []
+                save = ["--save", os.path.join(d, f"table{len(tables)}.pt")] if args.against else []
+                with tempfile.TemporaryDirectory() as cache:     # a cold cache for every build
+                    env = dict(os.environ, GLYPHGPT_CACHE=cache)
+                    r = subprocess.run([sys.executable, __file__, "--tokenizer", args.tokenizer, "--threads", str(args.threads),
+                                        "--layout", args.layout] + mod + save + c, env=env, capture_output=True, text=True)
+                if r.returncode:
+                    raise SystemExit(f"case {c} failed: {r.stderr.strip().splitlines()[-1]}")
+                res = json.loads(r.stdout.strip().splitlines()[-1])
+                print(f"[{module or 'glyph_embed.py'}] "
+                      + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()), flush=True)
+                tables += save[1:]
+            if len(tables) == 2:
+                import torch
+                a, b = (torch.load(t, mmap=True) for t in tables)
+                differ = sum(int((a[i:i + 8192] != b[i:i + 8192]).sum()) for i in range(0, len(a), 8192))
+                print(f"max |difference| of the two tables: {ge.max_abs_difference(a, b):.3g} "
+                      f"(SUBSTRATE_TOL {ge.SUBSTRATE_TOL:g}), {differ / max(a.numel(), 1):.1%} of the values differ")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from PIL import Image
 
 import glyph_embed as ge
 import glyph_font as gf
+import int8_matmul
 import glyph_tools as gt
 from checkpoint import load_table, save_table
 from common import script_main
@@ -134,7 +135,7 @@ def test_exact_pixel_counts_and_null_axes_projected_to_zero():
     rng = np.random.default_rng(0)
     X = (rng.random((1003, 72)) < 0.2).astype(np.uint8)
     X[:, 5], X[:, 9] = X[:, 4], 0
-    G = ge.gram_counts(X, chunk=256)
+    G = int8_matmul.gram_counts(X, chunk=256)
     assert G.dtype == torch.int64 and np.array_equal(G.numpy(), X.T.astype(np.int64) @ X)
     mu, W, ev = ge.pca(X)
     null = ev <= ge.NULL_VARIANCE * ev[0]
@@ -143,6 +144,43 @@ def test_exact_pixel_counts_and_null_axes_projected_to_zero():
     Y = (X - mu) @ W
     ref = Y / np.linalg.norm(Y, axis=1, keepdims=True)
     assert not t[:, -2:].any() and np.abs(t.numpy() - ref).max() < 1e-7
+
+
+def test_int8_projection_is_the_float64_one():
+    """project's integer route (W in 4 int8 digits, exact int32 sums) equals the float64 projection
+    to within the rounding to float32 (+1e-9) on random bitmaps and an orthonormal W shaped like a
+    real one (1024 axes, the last 100 zeroed), and the digits are W rounded to 2^-30."""
+    rng = np.random.default_rng(1)
+    X = (rng.random((1500, 1024)) < 0.17).astype(np.uint8)
+    W = np.linalg.qr(rng.standard_normal((1024, 1024)))[0]
+    W[:, -100:] = 0.0
+    mu = X.mean(axis=0)
+    digits, w, Wr = int8_matmul.fixed_point_digits(W)
+    assert digits.dtype == np.int8 and np.array_equal((digits * w[:, None, :]).sum(axis=0), Wr)
+    assert (np.abs(Wr - W) <= 2.0 ** -30 * np.abs(W).max(axis=0)).all()
+    for dim in (1024, 1000, 37):
+        t = ge.project(X, mu, W, dim).numpy()
+        Y = (X - mu) @ W[:, :dim]
+        ref = Y / np.linalg.norm(Y, axis=1, keepdims=True)  # float64
+        assert t.dtype == np.float32 and not t[:, 924:].any()
+        assert (np.abs(t - ref) <= np.spacing(np.abs(ref).astype(np.float32)) / 2 + 1e-9).all()
+
+
+def test_int8_matmul_pads_to_what_a_gpu_accepts():
+    """int_matmul pads every operand to CUDA's int8 shapes (M > 16, K and N multiples of 8) and the
+    result is the exact integer product; gram_counts and the projection give the same on a named
+    device as on the default one (the GPU where there is one: none here)."""
+    rng = np.random.default_rng(2)
+    for M, K, N in [(5, 13, 11), (17, 8, 8), (40, 21, 3)]:
+        a = torch.from_numpy(rng.integers(-128, 128, (M, K), dtype=np.int8))
+        b = torch.from_numpy(rng.integers(-128, 128, (K, N), dtype=np.int8))
+        r = int8_matmul.int_matmul(a, b)
+        assert r.dtype == torch.int32 and r.shape == (M, N) and torch.equal(r.long(), a.long() @ b.long())
+    assert int8_matmul.padded(a, 40, 24).shape == (40, 24) and int8_matmul.padded(a, 40, 21) is a
+    X = (rng.random((300, 5)) < 0.5).astype(np.uint8)
+    assert np.array_equal(int8_matmul.gram_counts(X, chunk=64, device="cpu").numpy(), X.T.astype(np.int64) @ X)
+    mu, W, _ = ge.pca(X)
+    assert torch.equal(int8_matmul.centred_unit_rows(X, mu, W, device="cpu"), ge.project(X, mu, W, 5))
 
 
 def test_two_numerical_paths_give_one_substrate():
