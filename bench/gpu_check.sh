@@ -6,7 +6,8 @@
 #
 # In order: training tokens/s, MFU and peak memory (ours vs a nanoGPT reference) without and with
 # torch.compile; a growth stage (3 new blocks on 6 frozen) vs its 9-block monolith; the merge's
-# overhead over its experts; log-likelihood eval throughput (ours vs lm-evaluation-harness); and,
+# overhead over its experts; log-likelihood eval throughput (ours vs lm-evaluation-harness); the glyph
+# PCA's exact int8 products (the abs table's shape) on the GPU against the CPU; and,
 # with 2 or more GPUs, a 2-process NCCL DDP run of train.py. Sized to finish within ~8 minutes on
 # one H100/H200. Each step prints its own table; the whole output is also kept in gpu_check.log.
 set -euo pipefail
@@ -21,6 +22,7 @@ if [ "${1:-}" = --cpu ]; then
   MERGE="--device=cpu --experts=1x64,1x64 --batch_size=2 --seq_len=32 --gen_tokens=2 --reps=1"
   EVAL="--device cpu --arc_items 4 --mmlu_subjects 1 --mmlu_per_subject 2 --d_model 64 --n_layer 1 --block_size 256"
   DDP_ARGS="--device=cpu --n_layer=1 --d_model=64 --n_head=4 --block_size=64 --batch_size=2"
+  GLYPH="2048 256 200 cpu"  # rows, pixels, live axes, device
   NGPU=2  # the DDP path runs on two CPU processes with gloo, so it is exercised too
 else
   DEV=cuda
@@ -30,6 +32,7 @@ else
   MERGE="--preset=gpu --device=cuda"
   EVAL="--device cuda --arc_items 570 --mmlu_subjects 8 --mmlu_per_subject 50 --d_model 1024 --n_layer 16 --n_head 32 --block_size 1024 --batch_size 64"
   DDP_ARGS="--device=cuda --n_layer=16 --d_model=1024 --n_head=32 --block_size=1024 --batch_size=8 --table_dim=1024"
+  GLYPH="131072 4096 3663 cuda"  # the abs table: 131,072 tokens, 64x64 cells, 3,663 live axes
   NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
@@ -52,6 +55,9 @@ python bench/bench_merge.py $MERGE
 
 section "evaluation: log-likelihood scoring, ours vs lm-evaluation-harness"
 python bench/bench_eval.py $EVAL
+
+section "glyph PCA: the exact int8 products on $DEV against the CPU"
+python bench/int8_products.py $GLYPH
 
 if [ "$NGPU" -ge 2 ]; then
   section "DDP: train.py on 2 processes ($([ $DEV = cuda ] && echo NCCL || echo gloo))"

@@ -16,6 +16,7 @@ def test_gpu_check_cpu_path_prints_every_figure(tmp_path):
                    "FLOP model, stage/mono",  # growth stage vs monolith
                    "| forward |", "| generate |",  # merge overhead
                    "arc_easy: 4 items", "same choice 4/4",  # eval throughput, and the same answers as lm-eval
+                   "on cpu, equal: True",  # the glyph PCA's int8 products on the GPU against the CPU
                    "done: 20 iterations"):  # the 2-process DDP run (gloo here, NCCL on GPUs)
         assert figure in out, f"gpu_check.sh --cpu printed no {figure!r}"
     assert os.path.exists(os.path.join(REPO, "gpu_check.log"))
