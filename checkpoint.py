@@ -349,6 +349,20 @@ def append_line(path, line):
         raise write_error(path, e) from None
 
 
+def read_json(path, what):
+    """A JSON file -> its object, or one line naming the file and what it should have been (missing or
+    unreadable, not UTF-8, not JSON, nested too deep)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        fail(f"{shown(path)}: not UTF-8 text ({e.reason} at byte {e.start}), so not {what}")
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5,000-digit integer, nesting too deep
+        fail(f"{shown(path)}: not JSON ({str(e)[:100] or type(e).__name__}), so not {what}")
+    except OSError as e:
+        fail(f"{shown(path)}: cannot read it ({e.strerror or e}), so not {what}")
+
+
 def read_jsonl(path):
     """The records of a JSON-lines file ([] when there is none)."""
     if not os.path.exists(path):
@@ -366,8 +380,7 @@ def growth_stages_done(out_dir, schedule, n_stages):
     done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
     started = done or any(os.path.exists(run_checkpoint(os.path.join(out_dir, f"stage_{i}"))) for i in range(1, n_stages + 1))
     if started and os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = read_json(path, "a grow.py schedule")
         for k in sorted(set(old) | set(schedule)):
             if old.get(k) != schedule.get(k):
                 fail(f"{path}: resuming with a changed schedule: {k} was {old.get(k)!r}, now {schedule.get(k)!r} "

@@ -53,7 +53,6 @@ out of ONE forward pass of the prompt. Rows are sorted by length and padded into
 rows and by tokens; for our GPT only the scored positions go through the 65,536-wide output head.
 """
 import hashlib
-import json
 import math
 import os
 import random
@@ -69,7 +68,7 @@ from tqdm import tqdm
 
 import prompts
 import train
-from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, write_json
+from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, read_json, write_json
 from common import autocast, bar_on, check_sampling, fail, resolve_device, resolve_dtype, script_main, shown
 from configurator import configure, defaults_from, key_docs
 from data import benchmarks
@@ -751,19 +750,6 @@ def default_out(ckpt, protocol):
     """out/ckpt.pt -> out/eval_ckpt_paper.json: next to the checkpoint, named after it."""
     stem = os.path.splitext(os.path.basename(ckpt))[0]
     return os.path.join(os.path.dirname(os.path.abspath(ckpt)), f"eval_{stem}_{protocol}.json")
-
-
-def read_json(path, what):
-    """A JSON file -> its object, or one line naming the file (unreadable, not UTF-8, not JSON)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except UnicodeDecodeError as e:
-        fail(f"{shown(path)}: not UTF-8 text ({e.reason} at byte {e.start}), so not {what}")
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5,000-digit integer, nesting too deep
-        fail(f"{shown(path)}: not JSON ({str(e)[:100] or type(e).__name__}), so not {what}")
-    except OSError as e:
-        fail(f"{shown(path)}: cannot read it ({e.strerror or e})")
 
 
 def check_overwrite(path, ckpt):

@@ -49,7 +49,7 @@ from dataclasses import fields
 import torch
 
 from checkpoint import (atomic_write, check_finite, check_output, load_model, model_from_checkpoint, pid_alive,
-                        remove_stale_partials, save_checkpoint, write_error)
+                        read_json, remove_stale_partials, save_checkpoint, write_error)
 from common import fail, first_line, script_main, shown
 from configurator import configure, defaults_from, key_docs
 from model import GPTConfig
@@ -439,13 +439,9 @@ def read_config(folder):
     and that it equals the copy the export recorded (glyphgpt.recorded)."""
     path = os.path.join(folder, "config.json")
     where = shown(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except FileNotFoundError:
+    if not os.path.exists(path):
         fail(f"{shown(folder)} has no config.json: not a folder written by export_hf.py")
-    except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON, nested too deep
-        fail(f"{where}: cannot read it as JSON ({type(e).__name__}: {first_line(e)})")
+    cfg = read_json(path, "the config.json of an export_hf.py folder")
     if not isinstance(cfg, dict):
         fail(f"{where} holds a JSON {type(cfg).__name__}, expected an object")
     g = cfg.get("glyphgpt")

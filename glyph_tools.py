@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from checkpoint import all_finite, save_table, table_fingerprint
+from checkpoint import all_finite, read_json, save_table, table_fingerprint
 from common import fail, script_main
 from configurator import configure, defaults_from, key_docs
 from data.download import sha256_file
@@ -258,8 +258,7 @@ def sample_sheet(path, texts=("A", "the", "中", "<pad>", "ing"), cell=32, const
 
 def strings_from_tokenizer_json(path):
     """id -> stored token string of an HF tokenizer.json (model.vocab + added_tokens); gaps -> ''."""
-    from unicode_tokenizer import read_json  # one line naming the file: missing, not UTF-8, not JSON
-    j = read_json(path)
+    j = read_json(path, "an HF tokenizer.json")
     try:
         vocab = {i: s for s, i in j.get("model", {}).get("vocab", {}).items()}
         vocab.update((a["id"], a["content"]) for a in j.get("added_tokens", []))

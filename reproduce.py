@@ -32,7 +32,6 @@ This file runs the experiments and writes their JSON; reproduce_report.py turns 
 seed statistics, verdicts, markdown tables and plots.
 """
 import importlib.util
-import json
 import os
 import shutil
 import time
@@ -45,7 +44,7 @@ import grow
 import merge
 import reproduce_report
 import train
-from checkpoint import load_model, pid_alive, read_jsonl, run_checkpoint, save_checkpoint, write_json
+from checkpoint import load_model, pid_alive, read_json, read_jsonl, run_checkpoint, save_checkpoint, write_json
 from common import fail, script_main
 from configurator import configure, defaults_from, key_docs
 from unicode_tokenizer import get_tokenizer
@@ -123,11 +122,6 @@ def log(msg):
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 # -----------------------------------------------------------------------------
 # data: the prepare scripts' own command lines, into our folder, with the current tokenizer
 
@@ -139,7 +133,7 @@ def prepare_data(root, names, tok, max_bytes):
     for name in names:
         dataset_dir = os.path.join(root, name)
         meta = os.path.join(dataset_dir, "meta.json")
-        if os.path.exists(meta) and read_json(meta).get("tokenizer_fingerprint") == tok.fingerprint:
+        if os.path.exists(meta) and read_json(meta, "a dataset's meta.json").get("tokenizer_fingerprint") == tok.fingerprint:
             continue
         script = os.path.join(REPO, "data", name, "prepare.py")
         argv = ["--out_dir", dataset_dir, "--tokenizer", tok.name] + PREPARE_ARGS[name] + \
@@ -245,7 +239,7 @@ def run_train(ctx, name, cfg, tasks=None):
     if not os.path.exists(done):
         wait_for_other_invocation(out_dir, done)
     if os.path.exists(done):
-        res = read_json(done)
+        res = read_json(done, "a reproduce.py result")
         log(f"{name}: done before, skipped ({done}): "
             f"{reproduce_report.loss_text(res['final']['val_loss'], res['final']['val_bpb'])}")
         return res
@@ -393,7 +387,7 @@ def grow_vs_mono(ctx):
         gcfg.pop(k, None)
     done = os.path.join(grow_dir, "result.json")
     if os.path.exists(done):
-        grown = read_json(done)
+        grown = read_json(done, "a reproduce.py result")
         log(f"grown: done before, skipped ({done})")
     else:
         t0 = time.time()
@@ -462,7 +456,7 @@ def merge_experts(ctx):
     labels = [f"{n} expert" for n in EXPERT_MIX] + ["merged (logit average)"]
     if os.path.exists(done):
         log(f"merged: done before, skipped ({done})")
-        result = read_json(done)
+        result = read_json(done, "a reproduce.py result")
     else:
         _, ck = merge.build_merge(paths)  # checks: same tokenizer, same frozen table
         save_checkpoint(ck, merged_path)

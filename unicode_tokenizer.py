@@ -55,7 +55,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from checkpoint import atomic_write, check_tokenizer
+from checkpoint import atomic_write, check_tokenizer, read_json
 from common import fail, script_main
 from configurator import configure, defaults_from, key_docs
 from data.download import cache_dir, download, sha256_file
@@ -618,7 +618,7 @@ class UnicodeTokenizer:
         """Load a tokenizer.json of HF `tokenizers` (BPE, no normalizer, no pre-tokenizer). A malformed
         file gives one ValueError naming the file and what was expected; a valid one of another kind
         gives Unsupported (get_tokenizer then hands it to the `tokenizers` library)."""
-        d = read_json(path)
+        d = read_json(path, "a tokenizer.json")
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object (a tokenizer.json), got {type(d).__name__}")
         model = d.get("model")
@@ -659,7 +659,7 @@ class UnicodeTokenizer:
         if unk is not None and (not isinstance(unk, str) or unk not in vocab):
             raise ValueError(f"{path}: unk_token {unk!r} is not in the vocab")
         if lossless is None:
-            side = read_json(path + ".glyphgpt.json") if os.path.exists(path + ".glyphgpt.json") else {}
+            side = read_json(path + ".glyphgpt.json", "a tokenizer sidecar") if os.path.exists(path + ".glyphgpt.json") else {}
             lossless = bool(isinstance(side, dict) and side.get("lossless"))
         try:
             return cls(tokens, merges, added, vocab[unk] if unk is not None else None, lossless, name or path)
@@ -682,16 +682,6 @@ def _encode_in_worker(text):
 
 class Unsupported(ValueError):
     """A valid tokenizer.json that UnicodeTokenizer does not model (get_tokenizer then uses HFTokenizer)."""
-
-
-def read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such tokenizer file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_ngrams(path):
@@ -853,7 +843,7 @@ def get_tokenizer(name_or_path="bvv241-2-3"):
     if not os.path.exists(path):
         raise ValueError(f"unknown tokenizer {name!r}: not a known name (bvv241-2-3, bvv241-max, bvv241-abs, "
                          "bvv241-2-3-local, NAME-lossless, gpt2, cl100k_base, hf:OWNER/REPO) nor an existing file")
-    d = read_json(path)
+    d = read_json(path, "a tokenizer file")
     if isinstance(d, dict) and d.get("glyphgpt_tokenizer") == "tiktoken":
         tok = TiktokenTokenizer(d["name"])
         if d.get("fingerprint") not in (None, tok.fingerprint):

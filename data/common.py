@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import atomic_write
+from checkpoint import atomic_write, read_json
 from common import bar_on, fail, shown
 
 CHUNK_CHARS = 1 << 17  # characters of documents per task of a worker process: a task's overhead stays small
@@ -129,11 +129,7 @@ def read_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{shown(path)} not found: the dataset is not prepared ({prepare_command(data_dir)})")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    return read_json(path, "a dataset's meta.json")
 
 
 def open_split(data_dir, split, tok=None):

@@ -436,7 +436,7 @@ MALFORMED = {  # name -> (edit of config.json, applied to the recorded copy too?
     "tokenizer.json another one": (None, False, json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}).encode(),
                                    "tokenizer.json has fingerprint"),
     "config.json a list": ("list", False, None, "config.json holds a JSON list, expected an object"),
-    "config.json not UTF-8": ("bytes", False, None, "config.json: cannot read it as JSON"),
+    "config.json not UTF-8": ("bytes", False, None, "config.json: not UTF-8 text"),
     "no embedding": (lambda c: c.pop("embedding"), False, None, "config.json has no 'embedding'"),
     "no embedding anywhere": (lambda c: c.pop("embedding"), True, None, "glyphgpt.recorded must hold"),
     "empty experts": (lambda c: c.update(experts=[]), True, None, "'experts' must be a non-empty list"),

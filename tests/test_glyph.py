@@ -394,7 +394,7 @@ def test_cli_report_and_sheet(tmp_path, capsys):
         assert msg.startswith("glyph_tools.py: error: ") and said in msg and "\n" not in msg, msg
     tj.write_bytes(b'{"model": {"vocab": {"\xe9t\xe9": 0}}}')          # Latin-1, not UTF-8
     msg = run_cli([f"--strings_json={tj}"])
-    assert msg.startswith(f"glyph_tools.py: error: {tj}: ") and "utf-8" in msg and "\n" not in msg
+    assert msg.startswith(f"glyph_tools.py: error: {tj}: ") and "not UTF-8 text" in msg and "\n" not in msg
     tj.write_text(json.dumps({"model": {"vocab": ["a"]}}))
     assert f"{tj}: no model.vocab" in run_cli([f"--strings_json={tj}"])
 

@@ -458,13 +458,13 @@ def test_bad_input(tmp_path):
         tok.decode([65, 65536])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.decode([-1])
-    with pytest.raises(ValueError, match="no such tokenizer file"):
+    with pytest.raises(ValueError, match="missing.json: cannot read it \\(No such file or directory\\), so not a tokenizer.json"):
         UnicodeTokenizer.from_hf_json(str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="unknown tokenizer"):
         get_tokenizer(str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
     bad.write_text('{"model": {"type": "BPE", "vocab": {"a": 0}')
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="bad.json: not JSON \\(.*\\), so not a tokenizer file"):
         get_tokenizer(str(bad))
     bad.write_text(json.dumps({"model": {"type": "Unigram", "vocab": []}}))
     with pytest.raises(ValueError, match="expected 'BPE'"):
