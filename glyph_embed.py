@@ -74,8 +74,7 @@ def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241
     engine (glyph_font.LAYOUTS)."""
     if recipe not in ("faithful", "clean"):
         raise ValueError(f"recipe must be 'faithful' or 'clean', got {recipe!r}")
-    if constants not in RECIPES:
-        raise ValueError(f"constants must be one of {sorted(RECIPES)}, got {constants!r}")
+    check_constants(constants)
     font = font or load_font()
     lens = np.array([len(t) for t in texts], dtype=np.int64)
     cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
@@ -122,6 +121,12 @@ def render_batch(texts, cell=32, recipe="faithful", font=None, constants="bvv241
 # (R degrees, S px, p noise) of "easy" strings: bvv241-2-3 and bvv241-max / -abs / -nemo
 RECIPES = {"bvv241-2-3": (4, 2, 0.01), "bvv241-max": (7, 3, 0.03)}
 HARD = (0, 0, 0.001)  # strings not purely Latin (to U+024F) or Greek..Armenian (U+0370-U+058F)
+
+
+def check_constants(constants):
+    """ValueError (one line) unless constants names a RECIPES entry."""
+    if constants not in RECIPES:
+        raise ValueError(f"constants must be one of {', '.join(RECIPES)}; got {constants!r}")
 
 
 def constants_for(tokenizer):
@@ -512,8 +517,7 @@ def frozen_table(tokenizer, kind="glyph", table_dim=1024, cell=None, constants=N
     if kind not in TABLE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(TABLE_KINDS)}; got {kind!r}")
     constants = constants or constants_for(tokenizer)
-    if constants not in RECIPES:
-        raise ValueError(f"constants must be one of {', '.join(RECIPES)}; got {constants!r}")
+    check_constants(constants)
     strings, tok_fp, _ = token_strings_of(tokenizer)
     table_dim = table_width(kind, table_dim)
     cell = cell or (64 if table_dim > 1024 else 32)

@@ -119,8 +119,8 @@ class Font:
         which gives a lone combining mark an advance of 16 instead of 0 and refuses line-break
         characters). Pillow would pick raqm by itself wherever it is installed, so it is always named."""
         from PIL import ImageFont
-        check_layout(layout)
         if (size, layout) not in self._pillow:
+            check_layout(layout)
             engine = ImageFont.Layout.RAQM if layout == "raqm" else ImageFont.Layout.BASIC
             self._pillow[size, layout] = ImageFont.truetype(self.path, size, layout_engine=engine)
         return self._pillow[size, layout]
@@ -172,12 +172,17 @@ class Font:
 LAYOUTS = ("basic", "raqm")  # Pillow's layout engines a table can be drawn with
 
 
+def layout_available(layout):
+    """Can this Pillow lay text out with layout (one of LAYOUTS)? raqm needs Pillow's libraqm support."""
+    from PIL import features
+    return layout != "raqm" or features.check("raqm")
+
+
 def check_layout(layout):
     """ValueError (one line) unless layout is one of LAYOUTS and this Pillow can lay text out with it."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-    from PIL import features
-    if layout == "raqm" and not features.check("raqm"):
+    if not layout_available(layout):
         raise ValueError("layout=raqm: this Pillow has no libraqm support (PIL.features.check('raqm') is False); "
                          "Pillow's wheels bundle raqm but load FriBiDi at run time: install the Debian package "
                          "libfribidi0 (install.sh does), or build Pillow against libraqm")

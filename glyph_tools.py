@@ -21,8 +21,8 @@ from common import fail, script_main
 from configurator import configure, defaults_from, key_docs
 from data.download import sha256_file
 import glyph_embed  # its RECIPES and TIMINGS by their full names: capitals imported here would become config keys
-from glyph_embed import collision_groups, constants_for, frozen_table, render, substrate_key, token_strings_of
-from glyph_font import content_digest, load_font
+from glyph_embed import collision_groups, constants_for, frozen_table, render_batch, substrate_key, token_strings_of
+from glyph_font import content_digest, layout_available, load_font
 
 # -----------------------------------------------------------------------------
 # command-line defaults (python glyph_tools.py --key=value ...)
@@ -154,11 +154,10 @@ def match_table(matrix, tokenizer, layouts=None, constants=None, tol=MATCH_TOL, 
     score), reproduces, agree (fraction of rows), rows (the ids that disagree), groups ({row_kind: ids}).
     Layouts this Pillow cannot use are left out."""
     from glyph_font import LAYOUTS as all_layouts
-    from PIL import features
     strings = token_strings_of(tokenizer)[0]
     if matrix.shape[0] != len(strings):
         fail(f"a {matrix.shape[0]:,}-row matrix cannot be matched against a tokenizer of {len(strings):,} ids")
-    layouts = layouts or [x for x in all_layouts if x != "raqm" or features.check("raqm")]
+    layouts = layouts or [x for x in all_layouts if layout_available(x)]
     results = []
     for layout in layouts:
         for c in constants or list(glyph_embed.RECIPES):
@@ -214,7 +213,6 @@ def min_pairwise_distance(t, chunk=2048):
     return best
 
 
-
 def collision_report(table, strings, top=15):
     """Human-readable summary of the groups of ids with identical rows."""
     groups = collision_groups(table)
@@ -244,13 +242,13 @@ def sample_sheet(path, texts=("A", "the", "中", "<pad>", "ing"), cell=32, const
     draw = ImageDraw.Draw(sheet)
     draw.text((label_w + pad, 2), "clean", fill=0)
     draw.text((label_w + 2 * pad + cell * zoom, 2), "faithful", fill=0)
+    columns = [render_batch(texts, cell, recipe, font, constants, layout) for recipe in ("clean", "faithful")]
     for r, t in enumerate(texts):
         y = 16 + pad + r * (cell * zoom + pad)
         label = t if t.isascii() else " ".join(f"U+{ord(c):04X}" for c in t)
         draw.text((pad, y + cell * zoom // 2 - 6), label, fill=0)
-        for c, recipe in enumerate(("clean", "faithful")):
-            bm = render(t, cell, recipe, font, constants, layout)
-            img = Image.fromarray(((1 - bm) * 255).astype(np.uint8)).resize((cell * zoom,) * 2, Image.NEAREST)
+        for c, bitmaps in enumerate(columns):
+            img = Image.fromarray(((1 - bitmaps[r]) * 255).astype(np.uint8)).resize((cell * zoom,) * 2, Image.NEAREST)
             sheet.paste(img, (label_w + pad + c * (cell * zoom + pad), y))
     sheet.save(path)
     return path
@@ -276,7 +274,6 @@ def main(argv):
     else:
         from unicode_tokenizer import get_tokenizer
         tok = get_tokenizer(cfg.tokenizer)
-    strings = token_strings_of(tok)[0]
     if cfg.import_from:
         table, info = import_table(cfg.import_from, tok)
         n = info["row_norms"]
@@ -289,7 +286,7 @@ def main(argv):
     if cfg.match:
         results = match_table(read_matrix(cfg.match), tok, constants=[cfg.constants] if cfg.constants else None,
                               font_path=cfg.font or None, use_cache=cfg.cache)
-        print(match_report(results, strings))
+        print(match_report(results, token_strings_of(tok)[0]))
         return
     constants = cfg.constants or constants_for(cfg.strings_json or tok)
     t0 = time.time()
@@ -301,7 +298,7 @@ def main(argv):
         save_table(table, info, cfg.out)
         print(f"wrote {cfg.out}")
     if cfg.report:
-        print(collision_report(table, strings))
+        print(collision_report(table, token_strings_of(tok)[0]))
     if cfg.min_dist:
         print(f"minimum distance between distinct rows: {min_pairwise_distance(table):.6f}")
     if cfg.sheet:

@@ -357,8 +357,6 @@ class UnicodeTokenizer:
         if not isinstance(text, str):
             raise ValueError(f"expected str to encode, got {type(text).__name__}")
         if self._special_re.search(text) is None:
-            if self._unknown.search(text) is None:  # fast path: no special token, every character has an id
-                return (self._engine or self.engine)(text)
             return self._encode_ordinary(text)
         ids, pos = [], 0  # literal special-token strings first, leftmost-longest, as HF does
         for m in self._special_re.finditer(text):
@@ -529,7 +527,6 @@ class UnicodeTokenizer:
         each merge would be quadratic in the run). A popped pair is used only
         if both symbols are still what they were when it was pushed. Runs separated by characters that
         are in no merge are independent: encoded one by one, short ones cached."""
-        from functools import lru_cache
         rank = {(self.vocab[a], self.vocab[b]): (r, self.vocab[a + b]) for r, (a, b) in enumerate(self.merges)}
         merge_chars = {c for a, b in self.merges for c in a + b}
         runs = re.compile(f"[{py_class({ord(c) for c in merge_chars})}]+|." if merge_chars else ".", re.S)
@@ -561,7 +558,7 @@ class UnicodeTokenizer:
                         heapq.heappush(heap, (m[0], h, m[1]))
             return [t for t in sym if t is not None]
 
-        cached = lru_cache(maxsize=1 << 16)(lambda run: tuple(bpe(run)))
+        cached = functools.lru_cache(maxsize=1 << 16)(lambda run: tuple(bpe(run)))
 
         def run(text):  # text: no special tokens, unknown characters already replaced by the sentinel
             out = []
@@ -747,7 +744,7 @@ class TiktokenTokenizer:
         return out
 
     def save(self, path):
-        with open(path, "w") as f:
+        with atomic_write(path) as f:
             json.dump({"glyphgpt_tokenizer": "tiktoken", "name": self.name, "fingerprint": self.fingerprint}, f)
 
 
@@ -765,11 +762,11 @@ class HFTokenizer:
         self._fingerprint = hashlib.sha256(self.tok.to_str().encode("utf-8")).hexdigest()[:16]
         self.path, self.name = path, name or path
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        ids = self.tok.get_vocab(with_added_tokens=True)
         self._strings = [None] * self.vocab_size
-        for s, i in self.tok.get_vocab(with_added_tokens=True).items():
+        for s, i in ids.items():
             if 0 <= i < self.vocab_size:
                 self._strings[i] = s
-        ids = self.tok.get_vocab(with_added_tokens=True)
         pick = lambda *names: next((ids[n] for n in names if n in ids), None)
         self.eos_id = pick("</s>", "<|endoftext|>", "<eos>", "[SEP]")
         self.bos_id = pick("<s>", "<|startoftext|>", "<bos>", "[CLS]")
@@ -881,11 +878,14 @@ def download_hf(repo, filename="tokenizer.json"):
             download(url, path, sha256=HF_SHA256.get(repo), what=f"tokenizer {repo}")
         except SystemExit as e:  # one line from data/download.py; a library caller wants an exception
             raise ValueError(f"could not download {url}: {e}") from None
-        with open(path + ".sha256", "w") as f:  # trusted on first download, checked on every load
+        with atomic_write(path + ".sha256") as f:  # trusted on first download, checked on every load
             f.write(sha256_file(path) + "\n")
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    want = HF_SHA256.get(repo) or (open(path + ".sha256").read().strip() if os.path.exists(path + ".sha256") else digest)
+    digest = sha256_file(path)
+    want = HF_SHA256.get(repo)
+    if not want and os.path.exists(path + ".sha256"):
+        with open(path + ".sha256") as f:
+            want = f.read().strip()
+    want = want or digest
     if digest != want:
         raise ValueError(f"{path}: sha256 {digest} does not match {want}; delete the file to download it again")
     return path

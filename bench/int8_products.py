@@ -15,6 +15,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live one level up
 import int8_matmul  # noqa: E402
 
+if len(sys.argv) != 5 or not all(a.isdigit() for a in sys.argv[1:4]):
+    sys.exit(f"int8_products.py: error: expected ROWS PIXELS AXES DEVICE (e.g. 131072 4096 3663 cuda), got {sys.argv[1:]}")
 V, D, n, dev = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(0)
 X = (rng.integers(0, 5, (V, D), dtype=np.uint8) == 0).astype(np.uint8)  # 0/1 bitmaps, 20% ink
