@@ -364,11 +364,20 @@ def read_json(path, what):
 
 
 def read_jsonl(path):
-    """The records of a JSON-lines file ([] when there is none)."""
+    """The records of a JSON-lines file ([] when there is none); a line that is not JSON is one line
+    naming the file and the line."""
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.readlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:
+                fail(f"{shown(path)}: line {n} is not JSON ({first_line(e)}); fix or remove that line")
+    return records
 
 
 # -----------------------------------------------------------------------------
@@ -574,8 +583,7 @@ def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
     except ValueError as e:  # a table that does not fit model_args
         raise ValueError(f"{path}: {e}") from None
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the recorded model_args: "
-                         f"{str(e).splitlines()[0][:200]}") from None
+        raise ValueError(f"{path}: weights do not fit the recorded model_args: {first_line(e)}") from None
     model.table_info = dict(ckpt.get("table_info") or {})
     return model.to(device)
 

@@ -45,7 +45,8 @@ def check_sampling(temperature, top_k):
 
 
 def shown(path):
-    """A path as a one-line message shows it: as is, or its repr when it holds a newline or odd spaces."""
+    """A path (or any string value) as a one-line message shows it: as is, or its repr when it is empty
+    or holds a newline or odd spaces."""
     path = str(path)
     return path if path and path.isprintable() and path.strip() == path else repr(path)
 
@@ -214,7 +215,7 @@ class Progress:
     def evaluated(self, it, ev):
         per = " ".join(f"{n} {v['loss']:.4f}/{v['bpb']:.3f}" for n, v in ev["val"].items()) if len(ev["val"]) > 1 else ""
         self.write(f"step {it}: val loss {ev['val_loss']:.4f}, {ev['val_bpb']:.4f} bits/byte {per}")
-        if self.wandb and self.show:
+        if self.wandb:  # set on the master process only
             self.wandb.log({"iter": it, "val/loss": ev["val_loss"], "val/bpb": ev["val_bpb"]})
 
     def stepped(self):

@@ -23,6 +23,8 @@ import os
 import sys
 import tokenize
 
+from common import first_line, shown
+
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -118,16 +120,14 @@ def coerce(key, default, value, where="config"):
 def read_config_file(path):
     """Run a config file of plain assignments; returns its public top-level names."""
     if not os.path.isfile(path):
-        shown = path if path.isprintable() and path.strip() == path else repr(path)  # keep the message one line
-        raise ConfigError(f"{shown}: config file not found")
-    ns = {}
+        raise ConfigError(f"{shown(path)}: config file not found")
+    ns = {"__file__": os.path.abspath(path)}  # so a config can start from another: see config/*_trainable.py
     try:
         with open(path, encoding="utf-8") as f:
             code = compile(f.read(), path, "exec")
         exec(code, ns)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"{path}: could not run config file: {type(e).__name__}: {first}") from None
+        raise ConfigError(f"{shown(path)}: could not run config file: {type(e).__name__}: {first_line(e)}") from None
     return {k: v for k, v in ns.items()
             if not k.startswith("_") and not callable(v) and type(v).__name__ != "module"}
 
@@ -180,9 +180,10 @@ def configure(defaults, argv, verbose=True, docs=None, prog=None, positional=Non
 
 
 def defaults_from(namespace):
-    """The config keys of a script: its public module-level scalars, strings and containers."""
-    return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and isinstance(v, (int, float, bool, str, dict, list, tuple, type(None)))}
+    """The config keys of a script: its public lower-case module-level scalars, strings and containers
+    (an UPPER_CASE name is a constant, e.g. one imported from common.py, never an option)."""
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and k == k.lower()
+            and isinstance(v, (int, float, bool, str, dict, list, tuple, type(None)))}
 
 
 def key_docs(*paths):
@@ -209,8 +210,7 @@ def print_help(defaults, docs, prog=None):
     prog = prog or os.path.basename(sys.argv[0])
     print(f"usage: {prog} [config_file.py ...] [--key=value | --key value ...]  (later arguments win)")
     # a string as typed, unless it is empty or holds a newline or odd spaces (start="\n" shows as '\n')
-    plain = lambda v: isinstance(v, str) and v and v.isprintable() and v.strip() == v
-    shown = {k: f"--{k}={v if plain(v) else repr(v)}" for k, v in defaults.items()}
-    width = max(map(len, shown.values())) + 2
-    for key, text in shown.items():
+    lines = {k: f"--{k}={shown(v) if isinstance(v, str) else repr(v)}" for k, v in defaults.items()}
+    width = max(map(len, lines.values())) + 2
+    for key, text in lines.items():
         print(f"  {text:<{width}}{docs.get(key, '')}".rstrip())

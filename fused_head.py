@@ -67,13 +67,8 @@ def _head_loss(x, weight, bias, targets, chunk, want_x=False, want_w=False, want
 
 
 class _HeadLoss(torch.autograd.Function):
-    """Output head + cross-entropy with the gradients computed in the forward pass (_head_loss).
-
-    The plain route materialises [N, V] logits, then [N, V] log-probabilities, and in backward an
-    [N, V] gradient: three full passes over a tensor that, with a 65,536-id vocabulary, dwarfs the
-    rest of a small model. Here each chunk of rows is multiplied by the head, turned into
-    softmax - onehot in place and multiplied back while it is still in cache; backward only scales
-    the stored gradients. Same loss and gradients as F.cross_entropy (mean over targets != -1)."""
+    """Output head + cross-entropy with the gradients computed in the forward pass (_head_loss, see
+    the module docstring); backward only scales the stored gradients by the incoming one."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, targets, chunk):

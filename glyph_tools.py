@@ -20,8 +20,8 @@ from checkpoint import all_finite, read_json, save_table, table_fingerprint
 from common import fail, script_main
 from configurator import configure, defaults_from, key_docs
 from data.download import sha256_file
-import glyph_embed  # its RECIPES and TIMINGS by their full names: capitals imported here would become config keys
-from glyph_embed import collision_groups, constants_for, frozen_table, render_batch, substrate_key, token_strings_of
+from glyph_embed import (RECIPES, TIMINGS, collision_groups, constants_for, frozen_table, render_batch,
+                         substrate_key, token_strings_of)
 from glyph_font import content_digest, layout_available, load_font
 
 # -----------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def match_table(matrix, tokenizer, layouts=None, constants=None, tol=MATCH_TOL, 
     layouts = layouts or [x for x in all_layouts if layout_available(x)]
     results = []
     for layout in layouts:
-        for c in constants or list(glyph_embed.RECIPES):
+        for c in constants or list(RECIPES):
             ours, info = frozen_table(tokenizer, "glyph", matrix.shape[1], constants=c, font_path=font_path,
                                       use_cache=use_cache, layout=layout)
             corr, score = cosine_agreement(matrix, ours)
@@ -292,7 +292,7 @@ def main(argv):
     t0 = time.time()
     table, info = frozen_table(tok, cfg.kind, cfg.table_dim, cfg.cell, constants, cfg.font or None,
                                use_cache=cfg.cache, layout=cfg.layout)
-    stages = ", ".join(f"{k} {w:.1f}s" for k, (w, c) in glyph_embed.TIMINGS.items())
+    stages = ", ".join(f"{k} {w:.1f}s" for k, (w, c) in TIMINGS.items())
     print(f"{cfg.kind} table {tuple(table.shape)} in {time.time() - t0:.1f}s ({stages or 'cached'}): {json.dumps(info)}")
     if cfg.out:
         save_table(table, info, cfg.out)

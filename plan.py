@@ -47,25 +47,24 @@ def vocab_size_of(name):
     return get_tokenizer(name).vocab_size
 
 
-def compute_dtype(cfg, device):
-    """The precision the run computes in on `device`: common.resolve_dtype's rule without asking a GPU
-    ('auto' on a GPU is bfloat16, which every GPU in common.PEAK_FLOPS since the A100 has)."""
-    if device == "cpu" or cfg["dtype"] == "float32":
-        return "float32"
+def compute_dtype(cfg):
+    """The precision the run computes in on a GPU: common.resolve_dtype's rule without asking one
+    ('auto' is bfloat16, which every GPU in common.PEAK_FLOPS since the A100 has)."""
     return "bfloat16" if cfg["dtype"] == "auto" else cfg["dtype"]
 
 
-def memory(model, batch_size, block_size, device="cuda", dtype="bfloat16", ddp=False):
-    """-> dict of bytes per GPU (or for the CPU process): weights, table, grads, ddp_buckets, adamw,
-    activations, head (the [B, T, V] part, or the CPU fused head's buffers), total; per_sequence: the
-    bytes one more sequence of the micro-batch adds (for the largest micro-batch that fits)."""
+def memory(model, batch_size, block_size, device="cuda", dtype="bfloat16"):
+    """-> dict of bytes per GPU (or for the CPU process): weights, table, grads, adamw, activations,
+    head (the [B, T, V] part, or the CPU fused head's buffers), total; per_sequence: the bytes one
+    more sequence of the micro-batch adds (for the largest micro-batch that fits). DDP's gradient
+    buckets (one more copy of grads under torchrun) are not in total: describe() names them."""
     c = model.config
     d, V = c.d_model, c.vocab_size
     params = list(model.parameters())
     table = model.frozen_table.numel() * 4 if model.frozen_table is not None else 0
     trainable = sum(p.numel() for p in params if p.requires_grad)
     out = dict(weights=sum(p.numel() for p in params) * 4 - table, table=table, grads=4 * trainable,
-               ddp_buckets=4 * trainable if ddp else 0, adamw=8 * trainable)
+               adamw=8 * trainable)
     half = dtype != "float32"
     per_layer = (40 if half else 72) * d + (2 * d if c.dropout > 0 else 0)
     n_backward = len(model.transformer.h) - model.first_backward_block()
@@ -92,7 +91,7 @@ def largest_batch(mem, batch_size, gib):
 
 
 def peak_flops(cfg):
-    return cfg["peak_flops"] or next(f for key, f in PEAK_FLOPS if key == PLAN_GPU)
+    return cfg["peak_flops"] or dict(PEAK_FLOPS)[PLAN_GPU]
 
 
 def gpu_hours(flops, cfg, iters):
@@ -121,7 +120,7 @@ def describe(model, cfg, iters, flops):
     """The plan of one model (a run, or one grow.py stage; on the meta device: train.meta_model) with
     `flops` training FLOPs per token, as lines of text."""
     check_plan_config(cfg)
-    dtype = compute_dtype(cfg, "cuda")
+    dtype = compute_dtype(cfg)
     B, T = cfg["batch_size"], cfg["block_size"]
     counts = model.param_counts()
     mem = memory(model, B, T, "cuda", dtype)

@@ -6,8 +6,6 @@ $ python sample.py --ckpt=path/to/ckpt.pt --start="ROMEO:" --num_samples=3 --max
 $ python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0.8 --top_k=200
 $ python sample.py --help   # every key, its default and meaning
 """
-import os
-
 import torch
 
 from checkpoint import load_model, run_checkpoint
