@@ -206,8 +206,7 @@ def stack_blocks(model, st, cfg):
     for m in model.modules():  # the stage's dropout (config key) applies to old blocks too
         if isinstance(m, nn.Dropout):
             m.p = cfg["dropout"]
-    for m in model.modules():
-        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+        elif isinstance(getattr(m, "dropout", None), float):  # attention's own dropout probability
             m.dropout = cfg["dropout"]
     return model
 
@@ -285,12 +284,10 @@ def load_base(cfg, tok):
             fail(f"grow_from={path}: {key}={getattr(c, key)!r}, the config says {key}={cfg[key]!r}")
     if c.embedding != "trainable":  # the config's frozen table (built or loaded as train.py does)
         want = train.build_model({**cfg, "n_layer": 1}, tok)
-        try:  # one substrate: same key, equal within glyph_embed.SUBSTRATE_TOL
-            check_same_substrate(model.table_info, model.frozen_table, want.table_info, want.frozen_table,
-                                 f"grow_from={path}: its frozen table differs from the config's table "
-                                 f"(embedding={cfg['embedding']}, table_dim={cfg['table_dim']})")
-        except ValueError as e:
-            fail(str(e))
+        # one substrate: same key, equal within glyph_embed.SUBSTRATE_TOL (else a one-line ValueError)
+        check_same_substrate(model.table_info, model.frozen_table, want.table_info, want.frozen_table,
+                             f"grow_from={path}: its frozen table differs from the config's table "
+                             f"(embedding={cfg['embedding']}, table_dim={cfg['table_dim']})")
     return model
 
 

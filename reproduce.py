@@ -45,7 +45,7 @@ import merge
 import reproduce_report
 import train
 from checkpoint import load_model, pid_alive, read_json, read_jsonl, run_checkpoint, save_checkpoint, write_json
-from common import fail, script_main
+from common import PEAK_FLOPS, fail, script_main
 from configurator import configure, defaults_from, key_docs
 from unicode_tokenizer import get_tokenizer
 
@@ -491,7 +491,7 @@ def merge_experts(ctx):
 # -----------------------------------------------------------------------------
 # scaling up: GPU-hours of the papers' shapes, from FLOPs per token x tokens / (peak x MFU)
 
-PEAK_H100 = 989.4e12  # H100 SXM dense bf16 FLOP/s (common.PEAK_FLOPS)
+PEAK_H100 = dict(PEAK_FLOPS)["H100"]  # H100 SXM dense bf16 FLOP/s
 # MFU is an assumption (no GPU was available to measure it): 30% for the 1024-wide models (head dim
 # 32 and a 65,536-wide output head keep kernels small), 40% for the 4096-wide one (large GEMMs).
 # GPU-hours scale as 1 / MFU: at 20% they are 1.5x the 30% figure.
@@ -528,9 +528,7 @@ def scaling_estimate(path, overrides, script):
     tpi = cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
     if script == "grow":
         stages, flops, tokens = grow.make_plan(cfg), 0.0, 0
-        for st in stages:
-            m = train.meta_model(cfg, vocab, st["depth"])
-            grow.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
+        for st, m in zip(stages, grow.planned_models(cfg, stages, vocab)):
             flops += st["tokens"] * train.flops_per_token(m, cfg["block_size"])
             tokens += st["tokens"]
         counts = train.meta_model(cfg, vocab, stages[-1]["depth"]).param_counts()  # the final model, adapters merged
@@ -562,7 +560,6 @@ def scaling(ctx):
 
 # -----------------------------------------------------------------------------
 
-# the four experiments, in the order `all` runs them: the name on the command line -> what runs it
 def semantics(ctx):
     """Where the semantics live (probe.py): neighbours, part of speech, en-ru/en-zh translation retrieval
     and CKA on the first seed's glyph and trainable runs and the merge experiment's two experts (the
@@ -582,13 +579,15 @@ def semantics(ctx):
     return results
 
 
+# the four experiments, in the order `all` runs them: the name on the command line -> what runs it
 EXPERIMENTS = {"frozen_vs_trainable": frozen_vs_trainable, "grow_vs_mono": grow_vs_mono, "merge": merge_experts,
                "unique": unique}
+OTHER_COMMANDS = {"scaling": scaling, "semantics": semantics, "ablation": ablation}  # named on their own, not in `all`
 
 
 def chosen_experiments(cfg):
     """Check every value before any work starts; -> the experiments to run, in order, each once."""
-    names = list(EXPERIMENTS) + ["all", "scaling", "semantics", "ablation"]
+    names = list(EXPERIMENTS) + ["all"] + list(OTHER_COMMANDS)
     if not cfg.experiments:
         fail(f"no experiment given: expected one or more of {', '.join(names)} (e.g. python reproduce.py all)")
     for name in cfg.experiments:
@@ -619,7 +618,7 @@ def main(argv):
                data=os.path.join(out_dir, "data"), tok=get_tokenizer("bvv241-2-3"),
                assets=None if assets_dir == "none" else assets_dir, t0={})
     torch.manual_seed(0)
-    runners = {**EXPERIMENTS, "scaling": scaling, "semantics": semantics, "ablation": ablation}
+    runners = {**EXPERIMENTS, **OTHER_COMMANDS}
     results = {}
     for exp in todo:
         ctx["t0"][exp] = time.time()

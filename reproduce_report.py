@@ -213,17 +213,6 @@ def plot_merge(path, domain_bpb, domains):
     return save(plt, fig, path)
 
 
-USAGE = """usage: python reproduce.py EXPERIMENT ... (python reproduce.py --help lists them)
-reproduce_report.py has no command line of its own: reproduce.py calls it after each experiment, and
-its tables and plots land in out/reproduce/<scale>/<experiment>.md and .png (docs/results.md)."""
-
-if __name__ == "__main__":  # run by hand: say where the reports come from (exit 2 for any other argument)
-    import sys
-    asked = set(sys.argv[1:]) <= {"-h", "--help"}
-    print(USAGE, file=sys.stdout if asked else sys.stderr)
-    sys.exit(0 if asked else 2)
-
-
 # -----------------------------------------------------------------------------
 # grow.py's depth curve: the metrics of every stage
 
@@ -310,3 +299,14 @@ def depth_curve(out_dir, reports):
     with atomic_write(png, "wb") as f:
         save(plt, fig, f)
     return [md, png]
+
+
+USAGE = """usage: python reproduce.py EXPERIMENT ... (python reproduce.py --help lists them)
+reproduce_report.py has no command line of its own: reproduce.py calls it after each experiment, and
+its tables and plots land in out/reproduce/<scale>/<experiment>.md and .png (docs/results.md)."""
+
+if __name__ == "__main__":  # run by hand: say where the reports come from (exit 2 for any other argument)
+    import sys
+    asked = set(sys.argv[1:]) <= {"-h", "--help"}
+    print(USAGE, file=sys.stdout if asked else sys.stderr)
+    sys.exit(0 if asked else 2)

@@ -83,16 +83,12 @@ def step_config(path, block_size, want_stage=0):
     if is_grow:
         free = meminfo("MemAvailable") - HEADROOM
         stages = grow.make_plan(cfg)
-        for st in reversed(stages):
-            if want_stage:
-                stage = stages[want_stage - 1]
-                break
-            m = train.meta_model(cfg, vocab, st["depth"])
-            with torch.device("meta"):
-                grow.prepare_stage(m, st, cfg, first_from_scratch=st["stage"] == 1)
-            if plan.memory(m, 1, block_size, "cpu", "float32")["total"] <= free:
-                stage = st
-                break
+        if want_stage:
+            stage = stages[want_stage - 1]
+        else:  # the deepest stage whose model (built on the meta device, as the run prepares it) fits
+            fits = [st for st, m in zip(stages, grow.planned_models(cfg, stages, vocab))
+                    if plan.memory(m, 1, block_size, "cpu", "float32")["total"] <= free]
+            stage = fits[-1] if fits else None
         if stage is None:
             return f"{os.path.basename(path)}: no stage fits in {free / 2 ** 30:.1f} GiB of available memory: not stepped"
         what = (f"stage {stage['stage']}/{len(stages)} (depth {stage['depth']}, new layers {stage['layers']}"

@@ -9,7 +9,6 @@ they hold (so a loss in nats per token converts to bits per byte, comparable acr
 import argparse
 import collections
 import itertools
-import json
 import math
 import multiprocessing
 import os
@@ -18,9 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import atomic_write, read_json
+from checkpoint import atomic_write, read_json, write_json
 from common import bar_on, fail, shown
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK_CHARS = 1 << 17  # characters of documents per task of a worker process: a task's overhead stays small
 _TOK = None  # the tokenizer of the running write_split; forked workers inherit it (built once, before the fork)
 
@@ -107,8 +107,7 @@ def write_dataset(out_dir, train_docs, val_docs, tok, source, **extra):
                 dtype=np.dtype(dtype_for(tok.vocab_size)).name, eos_id=tok.eos_id,
                 train_tokens=train_tokens, val_tokens=val_tokens, train_bytes=train_bytes, val_bytes=val_bytes,
                 source=source, **extra)
-    with atomic_write(meta_path) as f:
-        json.dump(meta, f, indent=1, ensure_ascii=False)
+    write_json(meta_path, meta)
     print(f"{out_dir}: train {train_tokens:,} tokens ({train_bytes:,} bytes), val {val_tokens:,} tokens "
           f"({val_bytes:,} bytes), {train_bytes / max(train_tokens, 1):.2f} bytes/token")
     return meta
@@ -126,10 +125,13 @@ def prepare_command(data_dir):
 
 
 def read_meta(data_dir):
+    """data_dir/meta.json, checked (check_meta): every reader of a dataset gets one-line errors."""
     path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{shown(path)} not found: the dataset is not prepared ({prepare_command(data_dir)})")
-    return read_json(path, "a dataset's meta.json")
+    meta = read_json(path, "a dataset's meta.json")
+    check_meta(meta, data_dir)
+    return meta
 
 
 def open_split(data_dir, split, tok=None):
@@ -146,7 +148,9 @@ def open_split(data_dir, split, tok=None):
         raise ValueError(f"{path} is missing or truncated: expected {expected:,} bytes ({meta[f'{split}_tokens']:,} "
                          f"{dtype.name} tokens per meta.json)")
     ids = np.memmap(path, dtype=dtype, mode="r")
-    if tok is not None:  # an id the model has no row for would fail mid-run (a CUDA assert on a GPU)
+    # an id the model has no row for would fail mid-run (a CUDA assert on a GPU); a dtype whose largest
+    # value is a valid id needs no pass over the file
+    if tok is not None and np.iinfo(dtype).max >= tok.vocab_size:
         top = max((int(ids[i:i + (1 << 26)].max()) for i in range(0, len(ids), 1 << 26)), default=0)
         if top >= tok.vocab_size:
             raise ValueError(f"{path} holds token id {top}, beyond the {tok.vocab_size:,} ids of tokenizer "
@@ -234,7 +238,6 @@ def take_bytes(docs, max_bytes):
 # reading: train.py's deterministic sampler over one or more prepared datasets
 
 VAL_SEED = 1337  # draws the validation batches (the default seed's, so earlier figures stay comparable)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def check_meta(meta, d):
@@ -258,7 +261,6 @@ class MixtureData:
     but the iteration number."""
 
     def __init__(self, cfg, tok, device):
-        cfg = dict(cfg)
         weights = cfg["datasets"]
         if not isinstance(weights, dict) or not weights:
             fail(f"datasets={weights!r}: expected a dict name -> weight, e.g. {{'shakespeare': 1.0}}")
@@ -280,7 +282,6 @@ class MixtureData:
             if not os.path.isdir(d):
                 fail(f"dataset {name!r}: data directory {shown(d)} not found ({prepare_command(d)})")
             meta = read_meta(d)
-            check_meta(meta, d)
             splits = [open_split(d, s, tok) for s in ("train", "val")]
             for s, arr in zip(("train", "val"), splits):
                 if len(arr) <= self.T + 1:

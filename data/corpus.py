@@ -13,7 +13,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from checkpoint import atomic_write  # noqa: E402
+from checkpoint import write_json  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes of the fortune files
 
@@ -129,9 +129,6 @@ def token_budget(stream, tok, max_tokens, calib_docs, what="documents"):
 
 def add_to_meta(out_dir, meta, **extra):
     """Add keys known only after the documents were streamed (counts) to meta.json, atomically."""
-    import json
     meta.update(extra)
-    path = os.path.join(out_dir, "meta.json")
-    with atomic_write(path) as f:
-        json.dump(meta, f, indent=1, ensure_ascii=False)
+    write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
