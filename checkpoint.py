@@ -383,10 +383,15 @@ def read_jsonl(path):
 # -----------------------------------------------------------------------------
 # a growth's folder (grow.py): stage_{i}.pt in order, the schedule they were grown with, their log
 
+def finished_stages(out_dir, n_stages):
+    """The stages 1..n_stages whose stage_{i}.pt is in out_dir."""
+    return [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
+
+
 def growth_stages_done(out_dir, schedule, n_stages):
     """-> number of completed stages. Refuses an out_dir grown with another schedule."""
     path = os.path.join(out_dir, "grow_schedule.json")
-    done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
+    done = finished_stages(out_dir, n_stages)
     started = done or any(os.path.exists(run_checkpoint(os.path.join(out_dir, f"stage_{i}"))) for i in range(1, n_stages + 1))
     if started and os.path.exists(path):
         old = read_json(path, "a grow.py schedule")
@@ -401,11 +406,11 @@ def growth_stages_done(out_dir, schedule, n_stages):
     return len(done)
 
 
-def growth_reports(out_dir, n_done):
-    """The reports of the stages on disk (stage_1.pt .. stage_{n_done}.pt): each stage's latest line of
-    grow_log.jsonl, so a stage that was deleted and trained again is reported once, as it is now."""
+def growth_reports(out_dir, stages):
+    """The reports of the given finished stages (numbers): each stage's latest line of grow_log.jsonl,
+    so a stage that was deleted and trained again is reported once, as it is now."""
     latest = {r.get("stage"): r for r in read_jsonl(os.path.join(out_dir, "grow_log.jsonl"))}
-    return [latest[i] for i in range(1, n_done + 1) if i in latest]
+    return [latest[i] for i in stages if i in latest]
 
 
 # -----------------------------------------------------------------------------

@@ -318,7 +318,7 @@ def grow(cfg):
         if not n_done:  # (re)written until a stage is done; compared from then on
             with atomic_write(sched_path) as f:
                 json.dump(schedule, f, indent=1)
-    reports = growth_reports(out_dir, n_done)
+    reports = growth_reports(out_dir, range(1, n_done + 1))
     model = base
     if 0 < n_done < len(stages):
         model = model_from_checkpoint(read_checkpoint(os.path.join(out_dir, f"stage_{n_done}.pt")), "cpu")

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from checkpoint import atomic_write, growth_reports
+from checkpoint import atomic_write, finished_stages, growth_reports
 from common import fail
 
 
@@ -244,8 +244,7 @@ def growth_table(reports):
 
 def redraw_depth_curve(out_dir, n_stages):
     """grow.py --curve_only: the depth curve of the finished stages in out_dir (after evaluating them)."""
-    done = [i for i in range(1, n_stages + 1) if os.path.exists(os.path.join(out_dir, f"stage_{i}.pt"))]
-    reports = growth_reports(out_dir, len(done))
+    reports = growth_reports(out_dir, finished_stages(out_dir, n_stages))
     if not reports:
         fail(f"{out_dir}: no finished stage (stage_1.pt and its line in grow_log.jsonl): nothing to draw")
     for path in depth_curve(out_dir, reports):

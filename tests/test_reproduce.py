@@ -227,3 +227,15 @@ def test_ablation_runs_the_model_cards_arms_reusing_the_shared_runs(toy):
     assert [r["embedding"] for r in runs.values()] == ["random_bits", "random_float"]
     assert runs["random_bits"]["substrate_key"] != runs["random_float"]["substrate_key"]
     assert before == {d: os.path.getmtime(os.path.join(toy["out"], "runs", d)) for d in before}
+
+
+def test_depth_curve_redraw_reports_the_stage_files_on_disk(tmp_path):
+    """--curve_only draws the stages whose stage_{i}.pt exists: with stage 2's file gone, stages 1 and 3."""
+    rows = [dict(stage=i, layers=f"{2 * i - 1}-{2 * i}", depth=2 * i, lora=False, trainable=1, frozen=1, iters=1,
+                 tokens=1024, val_loss=5.0 - i, val_bpb=4.0 - i) for i in (1, 2, 3)]
+    (tmp_path / "grow_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for i in (1, 3):
+        (tmp_path / f"stage_{i}.pt").write_bytes(b"")
+    reports = reproduce_report.redraw_depth_curve(str(tmp_path), 3)
+    assert [r["stage"] for r in reports] == [1, 3]
+    assert "| 2 | 3-4 |" not in (tmp_path / "depth_curve.md").read_text()
