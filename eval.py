@@ -69,10 +69,10 @@ from tqdm import tqdm
 import prompts
 import train
 from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, read_json, write_json
-from common import autocast, bar_on, check_sampling, fail, resolve_device, resolve_dtype, script_main, shown
+from common import autocast, bar_on, check_sampling, fail, first_line, resolve_device, resolve_dtype, script_main, shown
 from configurator import configure, defaults_from, key_docs
 from data import benchmarks
-from data.common import MixtureData
+from data.common import MixtureData, open_split, read_meta
 from model import GPT, sample_next
 from unicode_tokenizer import checkpoint_tokenizer
 
@@ -494,7 +494,7 @@ def sample_answers(model, tok, task, prompts, max_new, runs, temperature, top_k,
     fitted = [fit_prompt(ids, block - n) for ids, n in zip(encoded, news)]
     truncated = sum(t for _, t in fitted)
     rows = [ids for ids, _ in fitted]
-    shown = [tok.decode(ids) if cut else p for (ids, cut), p in zip(fitted, prompts)]  # what len() slices off
+    kept = [tok.decode(ids) if cut else p for (ids, cut), p in zip(fitted, prompts)]  # what len() slices off
     keys = list(range(len(prompts))) if keys is None else keys
     out = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=f"{task} generate", unit="item", disable=not progress, leave=False)
@@ -507,7 +507,7 @@ def sample_answers(model, tok, task, prompts, max_new, runs, temperature, top_k,
             for k, i in enumerate(ids):
                 g = item_generator(seed, task, keys[i], device)
                 drawn = sample_next(logits[k:k + 1].expand(runs, -1), temperature, top_k, g)[:, 0].tolist()
-                answer = {t: released_answer(tok.decode(rows[i] + [t]), shown[i]) for t in set(drawn)}
+                answer = {t: released_answer(tok.decode(rows[i] + [t]), kept[i]) for t in set(drawn)}
                 out[i] = [answer[t] for t in drawn]
             bar.update(len(ids))
     else:
@@ -516,7 +516,7 @@ def sample_answers(model, tok, task, prompts, max_new, runs, temperature, top_k,
             idx = torch.tensor([ids] * runs, dtype=torch.long, device=device)
             with autocast(device, dtype):
                 y = model.generate(idx, news[i], temperature=temperature, top_k=top_k, generator=g)
-            out[i] = [released_answer(tok.decode(seq), shown[i]) for seq in y.tolist()]
+            out[i] = [released_answer(tok.decode(seq), kept[i]) for seq in y.tolist()]
             bar.update(1)
     bar.close()
     return out, truncated
@@ -642,7 +642,6 @@ def eval_generative(model, tok, name, items, opt, greedy):
 def eval_bpb(model, tok, val_data, limit=None, batch_size=4, dtype="auto", progress=False):
     """Bits per byte on data/<name>/val.bin: mean next-token loss over non-overlapping windows of
     block_size tokens, / ln 2, * tokens / bytes of the split (meta.json), so tokenizers compare."""
-    from data.common import open_split, read_meta
     data = open_split(val_data, "val", tok)
     meta = read_meta(val_data)
     device = next(model.parameters()).device
@@ -844,7 +843,7 @@ def check_per_item(path, name, t):
     """A task's per_item (ids and per-metric scores, what --compare pairs) and item_ci95s, if present."""
     bad = lambda what: fail(f"{shown(path)}: task {name!r}: {what}: not an eval.py result file")
     for m in metrics_of(t):
-        iv = t.get("item_ci95") if m == t["metric"] else t[m].get("item_ci95")
+        iv = entry_of(t, m).get("item_ci95")
         if iv is not None and not (isinstance(iv, list) and len(iv) == 2 and all(map(finite, iv))):
             bad(f"{m} 'item_ci95' is not [lo, hi]")
     if "per_item" not in t:
@@ -1001,8 +1000,7 @@ def open_model(path, device):
     except (ValueError, OSError):
         raise  # checkpoint.py's one-line messages already name the file
     except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        fail(f"{shown(path)}: cannot load as a glyphgpt model ({type(e).__name__}: {first})")
+        fail(f"{shown(path)}: cannot load as a glyphgpt model ({type(e).__name__}: {first_line(e)})")
 
 
 def check_paths(cfg):

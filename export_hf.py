@@ -52,7 +52,7 @@ from checkpoint import (atomic_write, check_finite, check_output, load_model, mo
                         read_json, remove_stale_partials, save_checkpoint, write_error)
 from common import fail, first_line, script_main, shown
 from configurator import configure, defaults_from, key_docs
-from model import GPTConfig
+from model import GPTConfig, MergedGPT
 from unicode_tokenizer import checkpoint_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -270,14 +270,11 @@ def eval_results(paths):
     """eval.py result files -> [(task, metric, value in %)] for the model card's model-index."""
     out = []
     for p in paths:
-        try:
-            with open(p, encoding="utf-8") as f:
-                res = json.load(f)
-            for task, r in res["tasks"].items():
-                if isinstance(r, dict) and isinstance(r.get("mean"), (int, float)):
-                    out.append((str(task), str(r.get("metric", "acc")), r["mean"], res.get("protocol")))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            fail(f"--eval={shown(p)}: not an eval.py result JSON ({type(e).__name__}: {first_line(e)})")
+        res = read_json(p, "an eval.py result JSON")
+        if not isinstance(res, dict) or not isinstance(res.get("tasks"), dict):
+            fail(f"--eval={shown(p)}: not an eval.py result JSON (no 'tasks' object)")
+        out += [(str(task), str(r.get("metric", "acc")), r["mean"], res.get("protocol"))
+                for task, r in res["tasks"].items() if isinstance(r, dict) and isinstance(r.get("mean"), (int, float))]
     return out
 
 
@@ -564,11 +561,9 @@ def import_folder(folder, out, overwrite=False):
         fail("--to is empty: give the checkpoint file to write")
     folder_real = os.path.realpath(folder)
     inputs = [folder] + [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
-    check_output(out, [("source", p) for p in inputs], "to", file_name="imported.pt")
+    check_output(out, [("source", p) for p in inputs], "to", overwrite, file_name="imported.pt")
     if os.path.realpath(out).startswith(folder_real.rstrip(os.sep) + os.sep):
         fail(f"to={shown(out)} is inside the source folder {shown(folder)}: write the checkpoint elsewhere")
-    if os.path.exists(out) and not overwrite:
-        fail(f"to={shown(out)} exists: pass --overwrite to replace it")
     copy = os.path.abspath(out) + ".tokenizer.json"
     for p in (out, copy):
         remove_stale_partials(p)
@@ -598,7 +593,7 @@ def import_folder(folder, out, overwrite=False):
         models = [model_from_checkpoint(c, "cpu", f"{shown(folder)} (expert {k})") for k, c in enumerate(ckpts)]
         if g["kind"] == "merge":
             import merge
-            merged = merge.MergedGPT(models, cfg["merge_weights"], cfg["merge_mode"])
+            merged = MergedGPT(models, cfg["merge_weights"], cfg["merge_mode"])
             ckpt = dict(merge.merge_checkpoint(merged, ckpts), **carried)
             for ent, src in zip(ckpt["experts"], g.get("experts") or []):
                 ent["source"] = src.get("source")

@@ -24,7 +24,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from checkpoint import atomic_write, check_output
-from common import fail, script_main
+from common import fail, resolve_device, script_main
 from configurator import configure, defaults_from, key_docs
 from unicode_tokenizer import checkpoint_tokenizer
 
@@ -39,7 +39,7 @@ class GlyphLM(TemplateLM):
             if ckpt is None:
                 raise ValueError("GlyphLM needs model= and tokenizer=, or ckpt=PATH")
             import eval as E
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = resolve_device(device or "auto")
             model, info = E.open_model(ckpt, device)
             tokenizer = tokenizer or checkpoint_tokenizer(info, ckpt)
         elif tokenizer is None:
@@ -140,9 +140,9 @@ def main(argv):
     cfg = configure(DEFAULTS, argv, verbose=False, docs=key_docs(__file__), prog="lm_eval_adapter.py")
     if not cfg.ckpt or not cfg.tasks:
         fail("--ckpt and --tasks are required, e.g. --ckpt=out/ckpt.pt --tasks=arc_easy")
-    for key in ("limit", "batch_size"):
-        if cfg[key] < (0 if key == "limit" else 1):
-            fail(f"{key}={cfg[key]}: expected a whole number >= {0 if key == 'limit' else 1}")
+    for key, least in (("limit", 0), ("batch_size", 1)):
+        if cfg[key] < least:
+            fail(f"{key}={cfg[key]}: expected a whole number >= {least}")
     if cfg.out:
         check_output(cfg.out, [("checkpoint", cfg.ckpt)], "out")
     lm = GlyphLM(ckpt=cfg.ckpt, batch_size=cfg.batch_size)

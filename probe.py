@@ -144,8 +144,7 @@ def word_ids(tok, word):
 def word_vectors(model, tok, word_seq, context="", pool="mean", batch=64):
     """-> {level: [N, d] float32 on the CPU}, one row per word: the word's tokens, after the
     document-start token and `context`, pooled (mean or last) at every level of level_names(model)."""
-    if pool not in ("mean", "last"):
-        fail(f"pool={pool!r}: expected mean or last")
+    check_pool(pool)
     dev = model.lm_head.weight.device
     prefix = [tok.eos_id] + (tok.encode(context) if context else [])
     seqs = [(prefix, word_ids(tok, w)) for w in word_seq]
@@ -166,6 +165,11 @@ def word_vectors(model, tok, word_seq, context="", pool="mean", batch=64):
             head = model.lm_head.weight[torch.tensor(w[span.start - len(p):span.stop - len(p)], device=dev)]
             rows["head"].append(head.float().mean(0).cpu())
     return {n: torch.stack(r) for n, r in rows.items()}
+
+
+def check_pool(pool):
+    if pool not in ("mean", "last"):
+        fail(f"pool={pool!r}: expected mean or last")
 
 
 def unit_rows(x, mean=None):
@@ -355,14 +359,24 @@ def ordered_levels(dicts):
 # -----------------------------------------------------------------------------
 # 3. linear CKA
 
-def linear_cka(x, y):
+def centred(x):
+    """x [n, d] in float64, its columns centred."""
+    return x.double() - x.double().mean(0)
+
+
+def gram_norm(x):
+    """||Xc^T Xc||_F: one side's normaliser in linear_cka."""
+    x = centred(x)
+    return (x.T @ x).norm()
+
+
+def linear_cka(x, y, x_norm=None, y_norm=None):
     """Linear CKA of two sets of representations of the same n inputs, x [n, d1], y [n, d2]:
     ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with columns centred. 1 = the same representation
-    up to a rotation and a uniform scale; near 0 = unrelated."""
-    x = x.double() - x.double().mean(0)
-    y = y.double() - y.double().mean(0)
-    num = (y.T @ x).norm() ** 2
-    den = (x.T @ x).norm() * (y.T @ y).norm()
+    up to a rotation and a uniform scale; near 0 = unrelated. x_norm, y_norm: gram_norm(x), gram_norm(y)
+    when already known (a level x level matrix needs each level's once, not once per pair)."""
+    num = (centred(y).T @ centred(x)).norm() ** 2
+    den = (gram_norm(x) if x_norm is None else x_norm) * (gram_norm(y) if y_norm is None else y_norm)
     return float(num / den) if den > 0 else 0.0
 
 
@@ -387,17 +401,16 @@ def text_states(model, ids, window_):
     """-> [levels][n, d]: every level's state at every token of ids, read in windows of window_ tokens
     (the last, shorter window included)."""
     dev = model.lm_head.weight.device
-    per = None
-    for s in range(0, len(ids), window_):
-        idx = torch.tensor([ids[s:s + window_]], dtype=torch.long, device=dev)
-        states = [h[0].float().cpu() for h in layer_states(model, idx)]
-        per = [[h] for h in states] if per is None else [p + [h] for p, h in zip(per, states)]
-    return [torch.cat(p) for p in per]
+    windows = [[h[0].float().cpu() for h in layer_states(model, torch.tensor([ids[s:s + window_]], device=dev))]
+               for s in range(0, len(ids), window_)]
+    return [torch.cat(level) for level in zip(*windows)]
 
 
 def cka_matrix(xs, ys):
     """[len(xs) x len(ys)] linear CKA of every pair of levels."""
-    return [[linear_cka(x, y) for y in ys] for x in xs]
+    x_norms = [gram_norm(x) for x in xs]
+    y_norms = x_norms if ys is xs else [gram_norm(y) for y in ys]
+    return [[linear_cka(x, y, a, b) for y, b in zip(ys, y_norms)] for x, a in zip(xs, x_norms)]
 
 
 def cka(probed, path, n_tokens, window_):
@@ -520,10 +533,10 @@ def plot(out_png, trans=None, cka_res=None, pos=None):
 def run_probe(command, cfg):
     """-> (results dict, markdown) of one command (or all three) on cfg's checkpoints."""
     dev = resolve_device(cfg["device"])
-    if cfg["k"] < 1 or cfg["max_tokens"] < 2 or cfg["window"] < 1:
-        fail("k, window >= 1 and max_tokens >= 2 expected")
-    if cfg["pool"] not in ("mean", "last"):
-        fail(f"pool={cfg['pool']!r}: expected mean or last")
+    for key, least in (("k", 1), ("max_tokens", 2), ("window", 1)):
+        if cfg[key] < least:
+            fail(f"{key}={cfg[key]}: expected a whole number >= {least}")
+    check_pool(cfg["pool"])
     cfg = dict(cfg, word_list=repo_path(cfg["word_list"]), text=repo_path(cfg["text"]))
     table = read_word_list(cfg["word_list"]) if command in ("neighbours", "translate", "all") else None
     pair_list = [p for p in cfg["pairs"].split(",") if p]

@@ -160,7 +160,7 @@ def jsonl_rows(text, where):
             continue
         obj = load_json(line, f"{where}:{n}")
         if not isinstance(obj, dict):
-            raise ValueError(f"{where}:{n}: expected a JSON object per line, got {shown(obj)}")
+            raise ValueError(f"{where}:{n}: expected a JSON object per line, got {brief(obj)}")
         rows.append((n, obj))
     return rows
 
@@ -168,7 +168,7 @@ def jsonl_rows(text, where):
 KINDS = {str: "a string", list: "a list", dict: "an object", bool: "true or false"}
 
 
-def shown(value, n=40):
+def brief(value, n=40):
     """A value in an error message: its repr (one line), cut to n characters."""
     text = repr(value)
     return text if len(text) <= n else text[:n - 3] + "..."
@@ -179,12 +179,12 @@ def field(obj, dotted, where, kind=None):
     bool): the type the value must have."""
     for key in dotted.split("."):
         if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected an object holding {key!r}, got {shown(obj)}")
+            raise ValueError(f"{where}: expected an object holding {key!r}, got {brief(obj)}")
         if key not in obj:
             raise ValueError(f"{where}: missing key {dotted!r}")
         obj = obj[key]
     if kind is not None and not isinstance(obj, kind):
-        raise ValueError(f"{where}: {dotted!r} is {shown(obj)}, expected {KINDS[kind]}")
+        raise ValueError(f"{where}: {dotted!r} is {brief(obj)}, expected {KINDS[kind]}")
     return obj
 
 
@@ -195,7 +195,7 @@ def strings(obj, dotted, where, empty_ok=False):
         raise ValueError(f"{where}: {dotted!r} is an empty list")
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            raise ValueError(f"{where}: {dotted}[{i}] is {shown(v)}, expected a string")
+            raise ValueError(f"{where}: {dotted}[{i}] is {brief(v)}, expected a string")
     return values
 
 
@@ -204,7 +204,7 @@ def item_id(value, where, default):
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f"{where}: id {shown(value)} is not a string or a whole number")
+        raise ValueError(f"{where}: id {brief(value)} is not a string or a whole number")
     return str(value)
 
 
@@ -219,7 +219,7 @@ def mmlu_rows(f, where):
                 raise ValueError(f"{at}: expected 6 fields (question,A,B,C,D,answer), got {len(row)}")
             answer = row[5].strip()
             if answer not in ("A", "B", "C", "D"):
-                raise ValueError(f"{at}: answer {shown(row[5])} is not one of A, B, C, D")
+                raise ValueError(f"{at}: answer {brief(row[5])} is not one of A, B, C, D")
             rows.append((row[0], row[1:5], answer))
     except csv.Error as e:  # a field over the csv module's size limit, ...
         raise ValueError(f"{where}:{reader.line_num}: not readable CSV ({e})") from None
@@ -272,10 +272,10 @@ def arc_record(obj, n, at):
     labels = [field(c, "label", f"{at}: question.choices[{i}]", str) for i, c in enumerate(choices)]
     texts = [field(c, "text", f"{at}: question.choices[{i}]", str) for i, c in enumerate(choices)]
     if "" in labels or len(set(labels)) != len(labels):
-        raise ValueError(f"{at}: the labels {shown(labels, 80)} must be distinct and not empty")
+        raise ValueError(f"{at}: the labels {brief(labels, 80)} must be distinct and not empty")
     answer = obj.get("answerKey")
     if answer is not None and answer not in labels:
-        raise ValueError(f"{at}: answerKey {shown(answer)} is not one of the labels {shown(labels, 80)}")
+        raise ValueError(f"{at}: answerKey {brief(answer)} is not one of the labels {brief(labels, 80)}")
     return dict(id=item_id(obj.get("id"), at, str(n)), question=field(obj, "question.stem", at, str), labels=labels,
                 texts=texts, answer=answer)
 
@@ -290,7 +290,7 @@ def hellaswag_record(obj, n, at):
     label = field(obj, "label", at)
     if isinstance(label, bool) or not isinstance(label, (int, str)) or not re.fullmatch(r"[0-9]+", str(label)) \
             or int(label) >= len(endings):
-        raise ValueError(f"{at}: label {shown(label)} is not an index into the {len(endings)} endings")
+        raise ValueError(f"{at}: label {brief(label)} is not an index into the {len(endings)} endings")
     return dict(id=item_id(obj.get("ind"), at, str(n)), activity_label=field(obj, "activity_label", at, str),
                 ctx_a=field(obj, "ctx_a", at, str), ctx_b=field(obj, "ctx_b", at, str), endings=endings,
                 label=int(label))
@@ -304,7 +304,7 @@ def boolq_records(text, where):
 def boolq_record(obj, n, at):
     answer = field(obj, "answer", at)
     if not isinstance(answer, bool):
-        raise ValueError(f"{at}: answer {shown(answer)} is not true/false")
+        raise ValueError(f"{at}: answer {brief(answer)} is not true/false")
     return dict(id=str(n), question=field(obj, "question", at, str), passage=field(obj, "passage", at, str),
                 answer=answer)
 
@@ -322,12 +322,12 @@ def squad_records(text, where):
                 question = field(qa, "question", where_qa, str)
                 impossible = qa.get("is_impossible", False)
                 if not isinstance(impossible, bool):
-                    raise ValueError(f"{where_qa}: 'is_impossible' is {shown(impossible)}, expected true or false")
+                    raise ValueError(f"{where_qa}: 'is_impossible' is {brief(impossible)}, expected true or false")
                 answers = []
                 if not impossible:
                     given = qa.get("answers") or []
                     if not isinstance(given, list):
-                        raise ValueError(f"{where_qa}: 'answers' is {shown(given)}, expected a list")
+                        raise ValueError(f"{where_qa}: 'answers' is {brief(given)}, expected a list")
                     answers = [field(x, "text", f"{where_qa}.answers[{i}]", str) for i, x in enumerate(given)]
                 records.append(dict(id=item_id(qa.get("id"), where_qa, f"{a}/{p}/{q}"), context=context,
                                     question=question, answers=answers))
