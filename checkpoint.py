@@ -56,7 +56,7 @@ def atomic_write(path, mode="w"):
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError as e:
+    except (OSError, UnicodeEncodeError) as e:  # the disk, or text UTF-8 cannot hold (a lone surrogate)
         raise write_error(path, e) from None
     finally:
         if os.path.exists(tmp):

@@ -69,7 +69,8 @@ from tqdm import tqdm
 import prompts
 import train
 from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, read_json, write_json
-from common import autocast, bar_on, check_sampling, fail, first_line, resolve_device, resolve_dtype, script_main, shown
+from common import (autocast, bar_on, check_sampling, fail, first_line, precision_context, resolve_device,
+                    resolve_dtype, script_main, shown)
 from configurator import configure, defaults_from, key_docs
 from data import benchmarks
 from data.common import MixtureData, open_split, read_meta
@@ -442,6 +443,7 @@ def loglikelihoods(model, requests, batch_size=64, max_tokens=8192, dtype="auto"
     continuation: [(logprob, is_greedy)] in request order, plus the set of truncated requests (their
     context lost tokens from the left to fit block_size)."""
     device = next(model.parameters()).device
+    precision = resolve_dtype(dtype, str(device))  # once: on a GPU it asks the device about bf16
     block = model.config.block_size
     rows, targets, truncated = plan_loglik(requests, block)
     by_row = {}
@@ -454,7 +456,7 @@ def loglikelihoods(model, requests, batch_size=64, max_tokens=8192, dtype="auto"
         tg = [t for b, i in enumerate(ids) for t in ((b,) + x[1:] for x in by_row.get(i, []))]
         if tg:
             b, pos, tok, req = (torch.tensor(c) for c in zip(*tg))
-            with autocast(device, dtype):
+            with precision_context(precision):
                 logits = logits_at(model, pad(rows, ids, device), b.to(device), pos.to(device))
             lp = F.log_softmax(logits.float(), dim=-1).cpu()
             logprob.index_add_(0, req, lp[torch.arange(len(tok)), tok].double())
@@ -488,6 +490,7 @@ def sample_answers(model, tok, task, prompts, max_new, runs, temperature, top_k,
     drawn from that one distribution. Longer: model.generate (KV cache) on the prompt repeated
     `runs` times."""
     device = next(model.parameters()).device
+    precision = resolve_dtype(dtype, str(device))  # once: on a GPU it asks the device about bf16
     block = model.config.block_size
     encoded = tok.encode_batch(prompts)
     news = [max_new] * len(prompts) if isinstance(max_new, int) else list(max_new)
@@ -502,7 +505,7 @@ def sample_answers(model, tok, task, prompts, max_new, runs, temperature, top_k,
         for ids in batches(rows, batch_size, max_tokens):
             b = torch.arange(len(ids), device=device)
             pos = torch.tensor([len(rows[i]) - 1 for i in ids], device=device)
-            with autocast(device, dtype):
+            with precision_context(precision):
                 logits = logits_at(model, pad(rows, ids, device), b, pos).float()
             for k, i in enumerate(ids):
                 g = item_generator(seed, task, keys[i], device)
@@ -514,7 +517,7 @@ def sample_answers(model, tok, task, prompts, max_new, runs, temperature, top_k,
         for i, ids in enumerate(rows):
             g = item_generator(seed, task, keys[i], device)
             idx = torch.tensor([ids] * runs, dtype=torch.long, device=device)
-            with autocast(device, dtype):
+            with precision_context(precision):
                 y = model.generate(idx, news[i], temperature=temperature, top_k=top_k, generator=g)
             out[i] = [released_answer(tok.decode(seq), kept[i]) for seq in y.tolist()]
             bar.update(1)
@@ -645,6 +648,7 @@ def eval_bpb(model, tok, val_data, limit=None, batch_size=4, dtype="auto", progr
     data = open_split(val_data, "val", tok)
     meta = read_meta(val_data)
     device = next(model.parameters()).device
+    precision = resolve_dtype(dtype, str(device))  # once: on a GPU it asks the device about bf16
     block = model.config.block_size
     n_windows = max(1, (len(data) - 1) // block)
     if limit is not None:
@@ -655,7 +659,7 @@ def eval_bpb(model, tok, val_data, limit=None, batch_size=4, dtype="auto", progr
         L = min(block, len(data) - 1 - starts[-1])
         x = torch.stack([torch.from_numpy(data[a:a + L].astype(np.int64)) for a in starts]).to(device)
         y = torch.stack([torch.from_numpy(data[a + 1:a + 1 + L].astype(np.int64)) for a in starts]).to(device)
-        with autocast(device, dtype):
+        with precision_context(precision):
             logits, _ = model(x)
         total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
         count += y.numel()

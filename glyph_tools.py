@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from checkpoint import all_finite, read_json, save_table, table_fingerprint
-from common import fail, script_main
+from common import fail, first_line, script_main
 from configurator import configure, defaults_from, key_docs
 from data.download import sha256_file
 from glyph_embed import (RECIPES, TIMINGS, collision_groups, constants_for, frozen_table, render_batch,
@@ -68,7 +68,7 @@ def read_matrix(path):
     except ImportError:
         fail(f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)")
     except Exception as e:  # truncated, not that format, a pickle that is not plain tensors ...
-        fail(f"{path}: unreadable as {ext} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+        fail(f"{path}: unreadable as {ext} ({type(e).__name__}: {first_line(e)})")
     mats = {k: v for k, v in found.items() if torch.is_tensor(v) and v.dim() == 2}
     if len(mats) != 1:
         shapes = ", ".join(f"{k or 'tensor'} {tuple(v.shape)}" for k, v in found.items() if torch.is_tensor(v))

@@ -44,7 +44,8 @@ import grow
 import merge
 import reproduce_report
 import train
-from checkpoint import load_model, pid_alive, read_json, read_jsonl, run_checkpoint, save_checkpoint, write_json
+from checkpoint import (LOG_NAME, load_model, pid_alive, read_json, read_jsonl, read_pid, run_checkpoint, save_checkpoint,
+                        write_json)
 from common import PEAK_FLOPS, fail, script_main
 from configurator import configure, defaults_from, key_docs
 from unicode_tokenizer import get_tokenizer
@@ -189,8 +190,7 @@ def wait_for_other_invocation(out_dir, done):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            with open(lock) as f:
-                pid = int(f.read().strip() or 0)
+            pid = read_pid(lock)
             if pid == os.getpid() or not pid_alive(pid):
                 os.remove(lock)
             else:
@@ -254,7 +254,7 @@ def run_train(ctx, name, cfg, tasks=None):
     t0 = time.time()
     bench = benchmark(model, ctx["tok"], ctx["S"], tasks or ctx["S"]["eval_tasks"])
     tpi = cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"]
-    rows = read_jsonl(os.path.join(out_dir, "log.jsonl"))
+    rows = read_jsonl(os.path.join(out_dir, LOG_NAME))
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first includes start-up
     res = dict(name=name, embedding=cfg["embedding"], table_dim=cfg["table_dim"], seed=cfg["seed"],
                **table_identity(model), torch_threads=torch.get_num_threads(),
@@ -395,7 +395,7 @@ def grow_vs_mono(ctx):
         seconds = time.time() - t0
         stage_rows, points, flops = [], [], 0.0
         for (st, model, fpt), rep in zip(stage_models(gcfg, grow_dir), reports):
-            for p in curve(read_jsonl(os.path.join(grow_dir, f"stage_{st['stage']}", "log.jsonl")), tpi):
+            for p in curve(read_jsonl(os.path.join(grow_dir, f"stage_{st['stage']}", LOG_NAME)), tpi):
                 points.append(dict(p, flops=flops + p["tokens"] * fpt, stage=st["stage"]))
             flops += st["iters"] * tpi * fpt
             stage_rows.append(dict(stage=st["stage"], layers=rep["layers"], trainable=rep["trainable"],
