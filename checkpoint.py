@@ -623,11 +623,14 @@ def load_model(path, device="cpu"):
     models (kind 'merge', written by merge.py)."""
     ckpt = read_checkpoint(path, device)
     kind = ckpt["kind"]
-    if kind == "gpt":
-        model = model_from_checkpoint(ckpt, device, path)
-    elif kind == "merge":
-        model = merged_from_checkpoint(ckpt, device, path)
-    else:
-        raise ValueError(f"{path}: unknown checkpoint kind {kind!r} (expected 'gpt' or 'merge')")
+    try:
+        if kind == "gpt":
+            model = model_from_checkpoint(ckpt, device, path)
+        elif kind == "merge":
+            model = merged_from_checkpoint(ckpt, device, path)
+        else:
+            raise ValueError(f"{path}: unknown checkpoint kind {kind!r} (expected 'gpt' or 'merge')")
+    except (KeyError, TypeError, AttributeError, IndexError) as e:  # plain data of an unexpected shape
+        raise ValueError(f"{shown(path)}: cannot load as a glyphgpt model ({type(e).__name__}: {first_line(e)})") from None
     model.eval()
     return model, ckpt

@@ -69,7 +69,7 @@ from tqdm import tqdm
 import prompts
 import train
 from checkpoint import atomic_write, check_output, load_model, missing_checkpoint_hint, read_json, write_json
-from common import (autocast, bar_on, check_sampling, fail, first_line, precision_context, resolve_device,
+from common import (autocast, bar_on, check_sampling, fail, precision_context, resolve_device,
                     resolve_dtype, script_main, shown)
 from configurator import configure, defaults_from, key_docs
 from data import benchmarks
@@ -997,16 +997,6 @@ def domain_table(results, names):
 # -----------------------------------------------------------------------------
 # command line
 
-def open_model(path, device):
-    """-> (model, checkpoint dict); anything wrong with the file is one line naming it."""
-    try:
-        return load_model(path, device=device)
-    except (ValueError, OSError):
-        raise  # checkpoint.py's one-line messages already name the file
-    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
-        fail(f"{shown(path)}: cannot load as a glyphgpt model ({type(e).__name__}: {first_line(e)})")
-
-
 def check_paths(cfg):
     """Path options: a control character (a newline, a tab) in one is a quoting slip, not a file name."""
     for key, value in [(k, cfg[k]) for k in PATH_KEYS] + [("results", p) for p in cfg["results"]]:
@@ -1070,7 +1060,7 @@ def plan(cfg):
 
 def run_eval(cfg):
     task_names, notes, dev, path = plan(cfg)
-    model, ck = open_model(cfg.ckpt, dev)
+    model, ck = load_model(cfg.ckpt, dev)
     tok = checkpoint_tokenizer(ck, cfg.ckpt, cfg.tokenizer or None)
     sources = [TASKS[t]["source"] for t in task_names if "source" in TASKS[t]]
     data_dir = cfg.data_dir or (benchmarks.ensure_data(sources) if sources else None)

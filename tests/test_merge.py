@@ -218,7 +218,7 @@ def test_sample_eval_and_train_validation_accept_the_merge(experts, expert_files
                            "max_new_tokens": 4, "temperature": 0.0, "device": "cpu"})
     assert texts[0].startswith("the king")
     import eval as E
-    model, ck = E.open_model(out, "cpu")
+    model, ck = load_model(out, "cpu")
     res = E.evaluate(model, checkpoint_tokenizer(ck, out), ["bpb"], val_data=os.path.join(data_root, "tiny"))
     in_memory = E.evaluate(merged, tok, ["bpb"], val_data=os.path.join(data_root, "tiny"))
     assert res["bpb"]["mean"] == pytest.approx(in_memory["bpb"]["mean"], rel=1e-6)  # the file is that merge

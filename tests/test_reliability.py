@@ -111,6 +111,19 @@ def test_every_load_path_refuses_a_checkpoint_with_a_nan_weight(run, data_root, 
     assert not (tmp_path / "t").exists() and not (tmp_path / "g").exists()
 
 
+def test_a_merge_file_of_an_unexpected_shape_is_one_line_naming_it(run, tmp_path):
+    """Plain data in the wrong shape (an expert that is no model entry) is refused by load_model itself,
+    which every script loads through, in one line naming the file."""
+    ck = read_checkpoint(run[0])
+    for experts in ([42], [{"model_args": ck["model_args"]}], [{"model": 3, "model_args": ck["model_args"]}]):
+        bad = str(tmp_path / "bad_merge.pt")
+        save_checkpoint(dict(kind="merge", format=1, mode="logits", weights=[1.0], experts=experts,
+                             tokenizer_fingerprint=None, table=None), bad)
+        with pytest.raises(ValueError) as e:
+            load_model(bad)
+        assert str(e.value).startswith(bad) and "\n" not in str(e.value), str(e.value)
+
+
 def test_a_model_with_a_nan_weight_is_never_saved(run):
     model, _ = load_model(run[0])
     with torch.no_grad():
